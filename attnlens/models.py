@@ -216,7 +216,7 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
     from diffusers import DiffusionPipeline
 
     kind, location = resolve_model(str(model))
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     try:
         pipe = DiffusionPipeline.from_pretrained(location, safety_checker=None, **kwargs)
     except TypeError:

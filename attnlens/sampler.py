@@ -1,0 +1,285 @@
+"""The guided sampler: one readable denoising loop over a pipeline's components that any guidance method plugs into.
+
+It follows ``StableDiffusionPipeline.__call__`` of diffusers 0.3x–0.42 (prompt encoding, latent preparation,
+``scheduler.set_timesteps``, classifier-free guidance, ``scheduler.step``, VAE decoding) and adds, before the
+sampling forward of every step that the method's ``plan`` selects, the guidance update of the released methods:
+
+1. a separate, grad-enabled UNet forward on the **conditional embedding only** (batch 1, no CFG), recorded as phase
+   ``guidance`` with its ``iteration``; the method's layers keep their autograd graph (``rec.live_maps``);
+2. ``loss = method.loss(maps, parse, i)``; ``z ← z − α_i ∂L/∂z`` (plain gradient descent), with the refinement
+   loop described in ``attnlens.methods.base``;
+3. then the ordinary CFG forward (phase ``sample``) and scheduler step on the updated latent.
+
+Only cross-attention probabilities are computed explicitly, and only in ``attn2`` layers that are recorded or that
+the loss needs; every other attention layer keeps its fused kernel (the released code computes every layer's
+attention explicitly, self-attention included, on every call).
+
+With ``method="none"`` the loop performs exactly the operations of ``pipe(...)``, so latents are bit-identical to
+a plain pipeline call with the same generator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import AttnlensError
+from .methods import GuidanceMethod, LossOutput, get_method
+from .recorder import Recorder, RecordingConfig
+from .store import Run, open_run
+from .tokens import check_prompt
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class SampleResult:
+    """What ``guided_sample`` returns: the PIL image, the final latent and the per-step log."""
+
+    image: Any
+    latents: torch.Tensor
+    log: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _grad(loss: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(loss, [latents], retain_graph=False)[0]
+
+
+def guided_sample(
+    pipe,
+    prompt: str,
+    *,
+    method: GuidanceMethod | None = None,
+    parse: Any = None,
+    recorder: Recorder | None = None,
+    seed: int | None = 0,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+    progress: ProgressFn | None = None,
+) -> SampleResult:
+    """Sample one image with an optional guidance method, recording through ``recorder`` if given.
+
+    Args:
+        pipe: a ``StableDiffusionPipeline`` (SD 1.x / 2.x family).
+        prompt (`str`): the prompt.
+        method (`GuidanceMethod`, *optional*): None or ``none`` for plain sampling.
+        parse (`Parse`, *optional*): the prompt's parse, required by methods that bind words.
+        recorder (`Recorder`, *optional*): an *entered* recorder (``with attnlens.record(...) as rec``).
+        seed (`int`, *optional*, defaults to 0): seeds a ``torch.Generator`` on the pipeline's device.
+
+    Shapes:
+        latents: (1, C, H/f, W/f).
+    """
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise AttnlensError("guided sampling supports SD 1.x/2.x pipelines; SDXL runs can be recorded with attnlens.record(pipe)")
+    device = pipe.unet.device
+    dtype = pipe.unet.dtype
+    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if height % pipe.vae_scale_factor or width % pipe.vae_scale_factor:
+        raise AttnlensError(f"height and width must be multiples of {pipe.vae_scale_factor}, got {height}×{width}")
+    generator = torch.Generator(device=device.type if device.type != "mps" else "cpu")
+    generator = generator.manual_seed(seed) if seed is not None else generator
+    do_cfg = guidance_scale > 1.0
+    guided = method is not None and method.name != "none"
+    t0 = time.perf_counter()
+
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt=negative_prompt)
+    embeds = torch.cat([uncond, cond]) if do_cfg else cond
+    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = pipe.scheduler.timesteps
+    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, cond.dtype, device, generator)
+    extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
+    n = len(timesteps)
+
+    if recorder is not None:
+        recorder.latent_hw = tuple(latents.shape[-2:])
+        recorder.n_steps = n
+        recorder.set_batch_layout(do_cfg)
+        if guided:
+            recorder.need_live = set(method.layers(recorder.resolutions()))
+            if not recorder.need_live:
+                res = sorted({r[0] for r in recorder.resolutions().values()})
+                raise AttnlensError(f"method '{method.name}' found no cross-attention layers it can use",
+                                    hint=f"this model has maps at resolutions {res}; set the method's resolution option")
+    elif guided:
+        raise AttnlensError("guided sampling needs a recorder (use attnlens.sample or attnlens.record(pipe, None))")
+
+    log: list[dict[str, Any]] = []
+    warned = False
+    t_guid = 0.0
+
+    def forward_loss(z: torch.Tensor, i: int, t, it: int) -> tuple[torch.Tensor, LossOutput]:
+        z = z.detach().requires_grad_(True)
+        with recorder.context(i, float(t), phase="guidance", iteration=it), torch.enable_grad():
+            pipe.unet(pipe.scheduler.scale_model_input(z, t), t, encoder_hidden_states=cond, return_dict=False)
+            out = method.loss(recorder.live_maps, parse, i)
+        return z, out
+
+    def update(z: torch.Tensor, out: LossOutput, i: int, it: int, step_size: float) -> torch.Tensor:
+        nonlocal warned
+        loss = out.loss
+        entry = {"loss": float(loss.detach()), **{k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                                                    for k, v in out.terms.items()}}
+        applied = 0.0
+        grad_norm = float("nan")
+        if not torch.isfinite(loss.detach()):
+            skip = True
+        elif float(loss.detach()) == 0.0 or not loss.requires_grad:
+            skip, grad_norm = True, 0.0
+        else:
+            g = _grad(loss, z)
+            grad_norm = float(g.detach().norm())
+            skip = not math.isfinite(grad_norm)
+            if not skip:
+                z = z.detach() - step_size * g
+                applied = 1.0
+        if not math.isfinite(entry["loss"]) or not math.isfinite(grad_norm):
+            entry["nonfinite"] = 1.0
+            if not warned:
+                warnings.warn(f"non-finite loss or gradient at step {i} (iteration {it}); update skipped", stacklevel=2)
+                warned = True
+        entry.update(grad_norm=grad_norm, step_size=step_size, update_applied=applied)
+        recorder.log_scalars(i, it, entry)
+        log.append({"step": i, "iteration": it, **entry})
+        return z.detach()
+
+    for i, t in enumerate(timesteps):
+        plan = method.plan(i, n) if guided else None
+        if plan is not None:
+            tg = time.perf_counter()
+            z, out = forward_loss(latents, i, t, 0)
+            it = 0
+            if plan.max_refinement > 0 and method.refine(i, out):
+                while True:
+                    prev = out
+                    z = update(z, out, i, it, plan.step_size)
+                    it += 1
+                    z, out = forward_loss(z, i, t, it)
+                    if it >= plan.max_refinement or not method.refine(i, prev):
+                        break
+            latents = update(z, out, i, it, plan.step_size)
+            recorder.log_scalars(i, 0, {"refinement_iterations": it})
+            t_guid += time.perf_counter() - tg
+        if recorder is not None:
+            recorder.record_latent(i, latents)
+        with torch.no_grad():
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = pipe.scheduler.scale_model_input(model_input, t)
+            if recorder is not None:
+                with recorder.context(i, float(t), phase="sample"):
+                    noise = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            else:
+                noise = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            if do_cfg:
+                noise_uncond, noise_text = noise.chunk(2)
+                noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+            latents = pipe.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+        if progress is not None:
+            progress(i + 1, n)
+
+    if not torch.isfinite(latents).all():
+        raise AttnlensError("the final latent is not finite (NaN/inf); the image would be blank",
+                            hint="lower the method's step_size, or use fp32 (--dtype fp32)")
+    with torch.no_grad():
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        image = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])[0]
+    if recorder is not None:
+        recorder.record_final_latent(latents)
+    total = time.perf_counter() - t0
+    return SampleResult(image=image, latents=latents, log=log,
+                        timings={"total_s": total, "guidance_s": t_guid, "steps": n})
+
+
+def sample(
+    pipe,
+    prompt: str,
+    *,
+    method: str | GuidanceMethod = "none",
+    method_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    spacy_model: str | None = None,
+    bind: list[str] | None = None,
+    include_entities: bool = False,
+    recording: RecordingConfig | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> Run | SampleResult:
+    """Parse, guide, sample and record one (prompt, seed): the library form of ``attnlens record``.
+
+    Args:
+        pipe: a pipeline from ``attnlens.load_pipeline``.
+        prompt (`str`): the prompt (at most 75 word pieces; longer prompts are truncated with a warning).
+        method (`str` or `GuidanceMethod`, defaults to `"none"`): ``none``, ``syngen``, ``syngen-entropy``,
+            ``attend-excite``, ``divide-bind``, a registered name, or ``path/to/file.py:function``.
+        method_options (`dict`, *optional*): hyperparameter overrides, e.g. ``{"step_size": 10}``.
+        seed (`int`, defaults to 0): generator seed.
+        out (`str`, *optional*): run folder; None samples without storing.
+        bind (`list[str]`, *optional*): manual sets ``["red>crown", "golden>strawberry"]`` overriding the parse.
+
+    Returns:
+        The opened ``Run`` when ``out`` is given, else the ``SampleResult``.
+
+    Examples::
+
+        >>> import attnlens
+        >>> pipe = attnlens.load_pipeline()
+        >>> run = attnlens.sample(pipe, "a red crown and a golden strawberry", method="syngen",
+        ...                       seed=1, out="runs/crown-syngen-1", num_inference_steps=10)  # doctest: +SKIP
+        >>> run.manifest["method"]["name"]                                                     # doctest: +SKIP
+        'syngen'
+    """
+    prompt_info = check_prompt(prompt, pipe.tokenizer)
+    m = method if isinstance(method, GuidanceMethod) else get_method(method, **(method_options or {}))
+    parse = None
+    if m.name != "none" or bind:
+        from .parse import parse_prompt
+
+        parse = parse_prompt(prompt_info.text, tokenizer=pipe.tokenizer, spacy_model=spacy_model, bind=bind,
+                             include_entities=include_entities)
+    info: dict[str, Any] = {
+        "prompt": prompt,
+        "seed": seed,
+        "steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "method": {"name": m.name, "hyperparameters": m.hyperparameters()},
+        "parse": parse.to_dict() if parse is not None else None,
+        "bind": list(bind) if bind else None,
+        "prompt_warnings": prompt_info.warnings,
+        **(manifest or {}),
+    }
+    from .recorder import record
+
+    cfg = recording or RecordingConfig()
+    rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
+    with rec:
+        height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        if rec.store is not None:
+            rec.store.manifest.update({"height": height, "width": width})
+        result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,
+                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                               height=height, width=width, progress=progress)
+        if rec.store is not None:
+            rec.store.manifest["timings"].update(result.timings)
+            rec.save_images([result.image], seeds=[seed])
+    if out is None:
+        return result
+    return open_run(out)

@@ -1,0 +1,412 @@
+"""On-disk run stores: one run = one directory, a Zarr v3 group that opens without attnlens.
+
+Layout (documented for users in ``docs/store.md``)::
+
+    RUN/
+      manifest.json                     authoritative manifest; rewritten atomically; "status" says complete or not
+      zarr.json                         the root group; its attributes repeat the manifest (for plain zarr users)
+      image.png | image-<k>.png         final image of each sample
+      attention/<layer>/maps            (step, phase, iteration, sample, head, token, y, x) float16, one chunk per
+                                        (step, phase, iteration); NaN where nothing was recorded
+      attention/<layer>/{step,phase,iteration,token}   coordinate arrays (xarray.open_zarr(group=...) works)
+      attention/<layer>/timestep        (step,) the scheduler timestep of each loop index
+      latents/latents                   (step, sample, channel, y, x) float32: the latent entering step i's sampling
+      latents/final                     (sample, channel, y, x) float32: the latent after the last step
+      scalars/<name>                    (step, iteration, sample) float32: loss terms, grad norm, step size, ...
+
+Writes go through ``RunWriter``, which is driven by a single background thread in ``attnlens.recorder``; readers use
+``open_run`` (zarr, JSON and PNG only — nothing is ever unpickled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import AttnlensError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+PHASES = ("sample", "guidance", "sample_uncond")
+MAP_DIMS = ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
+STATUS_RUNNING = "running"
+STATUS_COMPLETE = "complete"
+STATUS_FAILED = "failed"
+
+
+def _compressor():
+    import zarr
+
+    return zarr.codecs.ZstdCodec(level=3)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (readers never see a partial file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read ``RUN/manifest.json``; raises AttnlensError when the folder is not a run."""
+    path = Path(path)
+    f = path / MANIFEST
+    if not f.is_file():
+        raise AttnlensError(f"'{path}' is not an attnlens run (no {MANIFEST})", hint="run 'attnlens ls ROOT' to list runs")
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AttnlensError(f"'{path}/{MANIFEST}' is corrupted ({exc.__class__.__name__})") from exc
+
+
+def is_run(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Check that ``path`` may receive a new run and create it.
+
+    A complete run is replaced only with ``overwrite=True``; an incomplete or failed run is replaced (its data is
+    not a result); any other non-empty folder is refused, so nothing already written is damaged.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise AttnlensError(f"output path '{path}' exists and is not a folder", hint="choose another --out")
+        if is_run(path):
+            try:
+                status = read_manifest(path).get("status")
+            except AttnlensError:
+                status = "corrupted"
+            if status == STATUS_COMPLETE and not overwrite:
+                raise AttnlensError(
+                    f"'{path}' already holds a complete run", hint="pass --overwrite to replace it, or choose another --out"
+                )
+            shutil.rmtree(path)
+        elif any(path.iterdir()):
+            raise AttnlensError(
+                f"output folder '{path}' exists, is not empty and is not an attnlens run",
+                hint="choose a new or empty folder",
+            )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".attnlens-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise AttnlensError(f"cannot write to '{path}': {exc.strerror or exc}", hint="choose a writable --out") from exc
+    return path
+
+
+class RunWriter:
+    """Creates and fills one run store. Not thread-safe: one thread (the recorder's writer) calls the array methods.
+
+    ``open`` writes the manifest with status "running"; ``finish`` rewrites it atomically with the final status.
+    """
+
+    def __init__(self, path: str | Path, manifest: dict[str, Any], *, overwrite: bool = False):
+        import zarr
+
+        self.path = prepare_run_dir(path, overwrite=overwrite)
+        self.manifest = dict(manifest)
+        self.manifest.setdefault("schema_version", SCHEMA_VERSION)
+        self.manifest["status"] = STATUS_RUNNING
+        self.manifest.setdefault("timings", {})["started"] = time.time()
+        self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+        self._arrays: dict[str, Any] = {}
+        self._n_iter: dict[str, int] = {}
+        self._n_steps: dict[str, int] = {}
+        self.bytes_written = 0
+        self.write_manifest()
+
+    # -- manifest ---------------------------------------------------------------------------------------------
+    def write_manifest(self) -> None:
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+        self.group.attrs.update({"attnlens": json.loads(json.dumps(self.manifest, default=str))})
+
+    def finish(self, status: str = STATUS_COMPLETE, error: str | None = None) -> None:
+        self.manifest["status"] = status
+        t = self.manifest.setdefault("timings", {})
+        t["finished"] = time.time()
+        t["wall_s"] = t["finished"] - t.get("started", t["finished"])
+        if error:
+            self.manifest["error"] = error
+        self.manifest["layers"] = {
+            name: {"shape": list(a.shape), "dims": list(MAP_DIMS)} for name, a in self._arrays.items() if "/" not in name
+        }
+        self.write_manifest()
+
+    # -- arrays -----------------------------------------------------------------------------------------------
+    def _grow(self, arr, axis: int, size: int) -> None:
+        if arr.shape[axis] < size:
+            shape = list(arr.shape)
+            shape[axis] = size
+            arr.resize(tuple(shape))
+
+    def write_map(self, layer: str, step: int, phase: str, iteration: int, n_steps: int, tokens: list[list[str]],
+                  timestep: float | None, data: np.ndarray) -> None:
+        """Write one (sample, head, token, y, x) block at (step, phase, iteration) of ``layer``."""
+        arr = self._arrays.get(layer)
+        if arr is None:
+            arr = self._create_layer(layer, data, n_steps, tokens)
+        if step >= arr.shape[0]:
+            self._grow(arr, 0, step + 1)
+            self._grow(self._arrays[layer + "/step"], 0, step + 1)
+            self._arrays[layer + "/step"][: step + 1] = np.arange(step + 1)
+            self._grow(self._arrays[layer + "/timestep"], 0, step + 1)
+        if iteration >= arr.shape[2]:
+            self._grow(arr, 2, iteration + 1)
+            it = self._arrays[layer + "/iteration"]
+            self._grow(it, 0, iteration + 1)
+            it[: iteration + 1] = np.arange(iteration + 1)
+        arr[step, PHASES.index(phase), iteration] = data
+        if timestep is not None and phase != "guidance":
+            self._arrays[layer + "/timestep"][step] = timestep
+        self.bytes_written += data.nbytes
+
+    def _create_layer(self, layer: str, data: np.ndarray, n_steps: int, tokens: list[list[str]]):
+        s, h, t, y, x = data.shape
+        g = self.group.require_group(f"attention/{layer}")
+        arr = g.create_array(
+            "maps", shape=(max(n_steps, 1), len(PHASES), 1, s, h, t, y, x), chunks=(1, 1, 1, s, h, t, y, x),
+            dtype=data.dtype, fill_value=np.nan, compressors=_compressor(), dimension_names=list(MAP_DIMS),
+        )
+        arr.attrs.update({
+            "description": "cross-attention probabilities (softmax over the 77 text positions) of one attn2 layer",
+            "phases": list(PHASES),
+            "layer": layer,
+            "resolution": [y, x],
+        })
+        coords = {
+            "step": np.arange(max(n_steps, 1)),
+            "phase": np.array(PHASES),
+            "iteration": np.arange(1),
+            "token": np.arange(t),
+        }
+        for name, values in coords.items():
+            self._arrays[f"{layer}/{name}"] = g.create_array(name, data=values, dimension_names=[name])
+        ts = g.create_array("timestep", shape=(max(n_steps, 1),), dtype="float64", fill_value=np.nan,
+                            dimension_names=["step"])
+        self._arrays[f"{layer}/timestep"] = ts
+        width = max([len(p) for row in tokens for p in row] + [1])
+        text = np.full((s, t), "", dtype=f"<U{width}")
+        for i, row in enumerate(tokens):
+            text[i, : min(len(row), t)] = row[:t]
+        g.create_array("token_text", data=text, dimension_names=["sample", "token"])
+        self._arrays[layer] = arr
+        return arr
+
+    def write_latent(self, step: int, n_steps: int, latent: np.ndarray) -> None:
+        arr = self._arrays.get("latents/latents")
+        if arr is None:
+            g = self.group.require_group("latents")
+            arr = g.create_array(
+                "latents", shape=(max(n_steps, 1), *latent.shape), chunks=(1, *latent.shape), dtype="float32",
+                fill_value=np.nan, compressors=_compressor(),
+                dimension_names=["step", "sample", "channel", "y", "x"],
+            )
+            arr.attrs["description"] = "latent entering the sampling (CFG) forward of each loop index"
+            self._arrays["latents/latents"] = arr
+        self._grow(arr, 0, step + 1)
+        arr[step] = latent.astype(np.float32)
+
+    def write_final_latent(self, latent: np.ndarray) -> None:
+        g = self.group.require_group("latents")
+        arr = g.create_array("final", data=latent.astype(np.float32), dimension_names=["sample", "channel", "y", "x"],
+                             overwrite=True)
+        arr.attrs["description"] = "latent after the last denoising step (what the VAE decodes)"
+
+    def write_scalar(self, name: str, step: int, iteration: int, sample: int, value: float, n_steps: int,
+                     n_samples: int) -> None:
+        key = f"scalars/{name}"
+        arr = self._arrays.get(key)
+        if arr is None:
+            g = self.group.require_group("scalars")
+            arr = g.create_array(name, shape=(max(n_steps, 1), 1, n_samples), chunks=(256, 64, n_samples),
+                                 dtype="float32", fill_value=np.nan, dimension_names=["step", "iteration", "sample"])
+            self._arrays[key] = arr
+        self._grow(arr, 0, step + 1)
+        self._grow(arr, 1, iteration + 1)
+        arr[step, iteration, sample] = value
+
+    def write_image(self, image, sample: int, n_samples: int) -> str:
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            arr = np.asarray(image)
+            if arr.dtype != np.uint8:
+                arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+            image = Image.fromarray(arr)
+        name = "image.png" if n_samples == 1 else f"image-{sample}.png"
+        image.save(self.path / name)
+        self.manifest.setdefault("images", {})[str(sample)] = name
+        return name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A recorded run, opened read-only. Arrays are read lazily from Zarr.
+
+    Examples::
+
+        >>> run = attnlens.open_run("runs/red-crown")                       # doctest: +SKIP
+        >>> run.layers                                                      # module paths
+        >>> m = run.maps(run.layers[0], step=10)        # (sample, head, token, y, x) numpy
+        >>> run.token_positions("strawberry")
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.manifest.get("status", "unknown")
+
+    @property
+    def complete(self) -> bool:
+        return self.status == STATUS_COMPLETE
+
+    @property
+    def group(self):
+        import zarr
+
+        return zarr.open_group(str(self.path), mode="r", zarr_format=3)
+
+    @property
+    def layers(self) -> list[str]:
+        g = self.group
+        if "attention" not in g:
+            return []
+        return sorted(g["attention"].group_keys(), key=_layer_sort_key)
+
+    def array(self, layer: str):
+        """The zarr array of ``layer`` (dims ``MAP_DIMS``)."""
+        try:
+            return self.group[f"attention/{layer}/maps"]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(layer, self.layers, n=3)
+            raise AttnlensError(f"no layer '{layer}' in {self.path}", hint=f"closest: {', '.join(close) or 'none'}")
+
+    def resolution(self, layer: str) -> tuple[int, int]:
+        shape = self.array(layer).shape
+        return int(shape[-2]), int(shape[-1])
+
+    def resolutions(self) -> dict[str, tuple[int, int]]:
+        return {name: self.resolution(name) for name in self.layers}
+
+    def maps(self, layer: str, step: int | slice = slice(None), phase: str = "sample", iteration: int = 0,
+             sample: int | slice = slice(None)) -> np.ndarray:
+        """Maps of ``layer`` at ``step`` as float32 numpy, dims ``(sample, head, token, y, x)`` for an int step."""
+        arr = self.array(layer)
+        it = iteration if iteration < arr.shape[2] else None
+        if it is None:
+            raise AttnlensError(f"iteration {iteration} was not recorded (max {arr.shape[2] - 1})")
+        return np.asarray(arr[step, PHASES.index(phase), it, sample]).astype(np.float32)
+
+    def recorded_steps(self, layer: str | None = None, phase: str = "sample", iteration: int = 0) -> list[int]:
+        """Loop indices with data for (phase, iteration), read from the record index in the manifest."""
+        index = self.manifest.get("records", {}).get(phase, {})
+        return sorted(int(s) for s, its in index.items() if iteration in its)
+
+    @property
+    def tokens(self) -> list[list[str]]:
+        return [s["pieces"] for s in self.manifest.get("samples", [])]
+
+    def token_positions(self, word: str, sample: int = 0) -> list[int]:
+        """Positions of ``word`` in sample ``sample``: its pieces (case-insensitive, ``</w>`` ignored)."""
+        pieces = self.tokens[sample]
+        target = word.lower().replace(" ", "")
+        clean = [p.replace("</w>", "").lower() for p in pieces]
+        for start in range(len(clean)):
+            acc = ""
+            for end in range(start, len(clean)):
+                acc += clean[end]
+                if acc == target:
+                    return list(range(start, end + 1))
+                if not target.startswith(acc):
+                    break
+        raise AttnlensError(f"'{word}' is not a word of the prompt", hint=f"tokens: {' '.join(pieces)}")
+
+    def timesteps(self) -> np.ndarray:
+        layer = self.layers[0]
+        return np.asarray(self.group[f"attention/{layer}/timestep"][:])
+
+    def latents(self) -> np.ndarray | None:
+        g = self.group
+        return np.asarray(g["latents/latents"][:]) if "latents" in g and "latents" in g["latents"] else None
+
+    def scalars(self) -> dict[str, np.ndarray]:
+        """``{name: (step, iteration, sample) array}`` of the per-step scalars (loss terms, grad norm, ...)."""
+        g = self.group
+        if "scalars" not in g:
+            return {}
+        return {name: np.asarray(a[:]) for name, a in g["scalars"].arrays()}
+
+    def image(self, sample: int = 0):
+        from PIL import Image
+
+        name = self.manifest.get("images", {}).get(str(sample))
+        if name is None:
+            return None
+        return Image.open(self.path / name)
+
+    def to_xarray(self, layer: str):
+        """The layer as an ``xarray.Dataset`` (same as ``xr.open_zarr(run, group="attention/<layer>")``)."""
+        import xarray as xr
+
+        return xr.open_zarr(str(self.path), group=f"attention/{layer}", consolidated=False)
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"Run({str(self.path)!r}, status={self.status!r}, method={m.get('method', {}).get('name')!r}, "
+                f"prompt={m.get('prompt')!r}, seed={m.get('seed')!r})")
+
+
+def _layer_sort_key(name: str):
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    parts = name.split(".")
+    return (order.get(parts[0], 3), [int(p) if p.isdigit() else p for p in parts[1:]])
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a run store read-only (manifest + lazy Zarr arrays)."""
+    path = Path(path)
+    return Run(path=path, manifest=read_manifest(path))
+
+
+def find_runs(root: str | Path) -> Iterator[Path]:
+    """Every run folder under ``root`` (``root`` itself if it is a run), sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise AttnlensError(f"'{root}' does not exist")
+    if is_run(root):
+        yield root
+        return
+    for manifest in sorted(root.rglob(MANIFEST)):
+        yield manifest.parent
