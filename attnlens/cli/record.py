@@ -1,0 +1,145 @@
+"""``attnlens record``: one recorded run per (prompt, seed)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import AttnlensError
+from . import app
+from ._output import console, err_console, warn
+
+EXAMPLES = """
+Examples:
+
+  attnlens record "a red crown and a golden strawberry"
+
+  attnlens record "a red crown and a golden strawberry" --method syngen --seed 1 --seed 2
+
+  attnlens record --prompts-file prompts.txt --method attend-excite --seed 0 --out runs/ae
+
+  attnlens record "a red apple" --method syngen -O step_size=10 -O distance=jsd --bind "red>apple"
+
+  attnlens record "a cat" --layers "up_blocks.*" --record-steps 0:25 --heads all
+
+  attnlens record "a red crown" --model CompVis/stable-diffusion-v1-4      # on a GPU
+
+Each run is written to OUT/<prompt-slug>/<method>-seed<N>; `attnlens ls OUT` lists them.
+"""
+
+
+def slugify(text: str, limit: int = 60) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (slug[:limit].rstrip("-") or "prompt")
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as JSON when possible (numbers, true/false, lists), else as a string."""
+    if "=" not in text:
+        raise AttnlensError(f"method option '{text}' is not KEY=VALUE", hint="e.g. -O step_size=10")
+    key, _, raw = text.partition("=")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
+    out = list(prompts)
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise AttnlensError(f"prompts file '{prompts_file}' not found")
+        out += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not out:
+        raise AttnlensError("no prompt given", hint='attnlens record "a red crown" or --prompts-file FILE')
+    return out
+
+
+@app.command(epilog=EXAMPLES)
+def record(
+    prompt: list[str] = typer.Argument(None, help="Prompt(s) to record. Quote each prompt."),
+    model: str = typer.Option("attnlens-tiny", "--model", "-m",
+                              help="Embedded model name, hub id (CompVis/stable-diffusion-v1-4) or local diffusers folder."),
+    method: str = typer.Option("none", "--method",
+                               help="none | syngen | syngen-entropy | attend-excite | divide-bind | path/to/file.py:function"),
+    method_option: list[str] = typer.Option([], "--method-option", "-O", help="Method hyperparameter KEY=VALUE (repeatable)."),
+    seed: list[int] = typer.Option([], "--seed", "-s", help="Seed (repeatable); default 0."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="Text file with one prompt per line."),
+    steps: int = typer.Option(50, "--steps", help="Number of denoising steps."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="Classifier-free guidance scale."),
+    height: Optional[int] = typer.Option(None, "--height", help="Image height (default: the model's native size)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Image width (default: the model's native size)."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Root folder for the runs."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace runs that are already complete."),
+    bind: list[str] = typer.Option([], "--bind", help='Manual binding "MOD[,MOD]>NOUN" overriding the parse (repeatable).'),
+    spacy_model: Optional[str] = typer.Option(None, "--spacy-model", help="spaCy pipeline for the parse."),
+    include_entities: bool = typer.Option(False, "--include-entities", help="Add SynGen's entity-only sets (rule D)."),
+    heads: str = typer.Option("mean", "--heads", help="mean | all"),
+    tokens: str = typer.Option("prompt", "--tokens", help="prompt (<sot>..<eot>) | all (77 positions)"),
+    layers: list[str] = typer.Option([], "--layers", help="Layer name, glob or resolution (e.g. 16); repeatable."),
+    record_steps: Optional[str] = typer.Option(None, "--record-steps", help="Steps to record: 0:25, ::5, 0,10,20."),
+    dtype: str = typer.Option("fp16", "--dtype", help="Storage precision of the maps: fp16 | fp32."),
+    uncond: bool = typer.Option(False, "--uncond", help="Also record the unconditional CFG half."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
+    model_dtype: Optional[str] = typer.Option(None, "--model-dtype", help="fp16 | fp32 (default: fp16 on cuda, fp32 on cpu)."),
+) -> None:
+    """Record every cross-attention map of every step and layer, one run per (prompt, seed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..models import load_pipeline
+    from ..recorder import RecordingConfig, parse_steps
+    from ..sampler import sample
+    from ..tokens import check_prompt
+
+    prompts = read_prompts(prompt or [], prompts_file)
+    seeds = list(seed) or [0]
+    options = dict(parse_option(o) for o in method_option)
+    layer_spec = [int(x) if x.isdigit() else x for x in layers] or None
+    config = RecordingConfig(heads=heads, tokens=tokens, layers=layer_spec, steps=parse_steps(record_steps),
+                             dtype=dtype, uncond=uncond)
+    if steps < 1:
+        raise AttnlensError(f"--steps must be at least 1, got {steps}")
+    from ..methods import get_method
+
+    get_method(method, **options)  # validate before loading a model
+    targets = []
+    for p in prompts:
+        for s in seeds:
+            path = out / slugify(p) / f"{slugify(Path(method).stem if method.endswith('.py') or ':' in method else method)}-seed{s}"
+            targets.append((p, s, path))
+    from ..store import prepare_run_dir, is_run, read_manifest
+
+    for _, _, path in targets:  # refuse early, before any sampling, when an output is a complete run
+        if is_run(path) and not overwrite and read_manifest(path).get("status") == "complete":
+            prepare_run_dir(path, overwrite=False)
+
+    with err_console.status(f"loading {model} ..."):
+        pipe = load_pipeline(model, device=device, dtype=model_dtype)
+    for p in prompts:
+        for w in check_prompt(p, pipe.tokenizer).warnings:
+            warn(w)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=False)
+    done = []
+    with progress:
+        for p, s, path in targets:
+            task = progress.add_task(f"{method} seed {s}: {p[:40]}", total=None)
+
+            def tick(i: int, n: int, task=task) -> None:
+                progress.update(task, completed=i, total=n)
+
+            run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
+                         num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width,
+                         spacy_model=spacy_model, bind=list(bind) or None, include_entities=include_entities,
+                         recording=config, overwrite=overwrite, progress=tick,
+                         manifest={"model_id": model})
+            done.append(run)
+    for run in done:
+        console.print(str(run.path), markup=False)
+    err_console.print(f"recorded {len(done)} run(s) under {out}; next: attnlens ls {out}", markup=False)
