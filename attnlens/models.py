@@ -217,9 +217,10 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
 
     kind, location = resolve_model(str(model))
     kwargs: dict[str, Any] = {"dtype": dtype}
+    index = Path(location) / "model_index.json"
+    if kind == "hub" or (index.exists() and "safety_checker" in json.loads(index.read_text())):
+        kwargs["safety_checker"] = None  # research use: no NSFW filter replacing images with black squares
     try:
-        pipe = DiffusionPipeline.from_pretrained(location, safety_checker=None, **kwargs)
-    except TypeError:
         pipe = DiffusionPipeline.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
         if kind == "hub":

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AttnlensError
-from .store import STATUS_COMPLETE, STATUS_FAILED, RunWriter
+from .store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, layer_sort_key
 
 LayerFilter = None | str | int | Iterable[str | int] | Callable[[str], bool]
 StepFilter = None | int | range | slice | Iterable[int] | Callable[[int], bool]
@@ -48,8 +48,9 @@ StepFilter = None | int | range | slice | Iterable[int] | Callable[[int], bool]
 
 
 def cross_attention_layers(unet) -> dict[str, Any]:
-    """``{module path: Attention}`` of every cross-attention (``attn2``) module of ``unet``, in module order."""
-    return {name: m for name, m in unet.named_modules() if name.endswith("attn2") and hasattr(m, "set_processor")}
+    """``{module path: Attention}`` of every cross-attention (``attn2``) module of ``unet``, in execution order."""
+    found = {name: m for name, m in unet.named_modules() if name.endswith("attn2") and hasattr(m, "set_processor")}
+    return {name: found[name] for name in sorted(found, key=layer_sort_key)}
 
 
 def select_layers(names: list[str], spec: LayerFilter, resolutions: dict[str, tuple[int, int]] | None = None) -> list[str]:

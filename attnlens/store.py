@@ -20,11 +20,13 @@ Writes go through ``RunWriter``, which is driven by a single background thread i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +42,14 @@ MAP_DIMS = ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
+
+
+@contextlib.contextmanager
+def _quiet_zarr_strings():
+    """Fixed-width unicode coordinates (phase names, token pieces) trigger zarr's 'no v3 spec yet' warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+        yield
 
 
 def _compressor():
@@ -192,6 +202,7 @@ class RunWriter:
             "phases": list(PHASES),
             "layer": layer,
             "resolution": [y, x],
+            "coordinates": "timestep token_text",
         })
         coords = {
             "step": np.arange(max(n_steps, 1)),
@@ -199,8 +210,9 @@ class RunWriter:
             "iteration": np.arange(1),
             "token": np.arange(t),
         }
-        for name, values in coords.items():
-            self._arrays[f"{layer}/{name}"] = g.create_array(name, data=values, dimension_names=[name])
+        with _quiet_zarr_strings():
+            for name, values in coords.items():
+                self._arrays[f"{layer}/{name}"] = g.create_array(name, data=values, dimension_names=[name])
         ts = g.create_array("timestep", shape=(max(n_steps, 1),), dtype="float64", fill_value=np.nan,
                             dimension_names=["step"])
         self._arrays[f"{layer}/timestep"] = ts
@@ -208,7 +220,8 @@ class RunWriter:
         text = np.full((s, t), "", dtype=f"<U{width}")
         for i, row in enumerate(tokens):
             text[i, : min(len(row), t)] = row[:t]
-        g.create_array("token_text", data=text, dimension_names=["sample", "token"])
+        with _quiet_zarr_strings():
+            g.create_array("token_text", data=text, dimension_names=["sample", "token"])
         self._arrays[layer] = arr
         return arr
 
@@ -298,7 +311,7 @@ class Run:
         g = self.group
         if "attention" not in g:
             return []
-        return sorted(g["attention"].group_keys(), key=_layer_sort_key)
+        return sorted(g["attention"].group_keys(), key=layer_sort_key)
 
     def array(self, layer: str):
         """The zarr array of ``layer`` (dims ``MAP_DIMS``)."""
@@ -388,7 +401,8 @@ class Run:
                 f"prompt={m.get('prompt')!r}, seed={m.get('seed')!r})")
 
 
-def _layer_sort_key(name: str):
+def layer_sort_key(name: str):
+    """Order layers as the UNet executes them: down blocks, mid block, up blocks (then by index)."""
     order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     parts = name.split(".")
     return (order.get(parts[0], 3), [int(p) if p.isdigit() else p for p in parts[1:]])

@@ -1,0 +1,3 @@
+from attnlens.cli import main
+
+main()

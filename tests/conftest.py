@@ -1,0 +1,61 @@
+"""Shared fixtures: the embedded tiny pipeline and tiny SD 2.x / SDXL pipelines (CPU, fp32)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+sys.path.insert(0, str(Path(__file__).parent))
+
+PROMPT = "a red crown and a golden strawberry"
+
+
+def pytest_configure(config):
+    import logging
+
+    for name in ("diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    import attnlens
+
+    return attnlens.load_pipeline()
+
+
+@pytest.fixture(scope="session")
+def sd2_pipe(tmp_path_factory):
+    import attnlens
+    from tiny_models import build_sd2
+
+    return attnlens.load_pipeline(str(build_sd2(tmp_path_factory.mktemp("sd2"))))
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe(tmp_path_factory):
+    import attnlens
+    from tiny_models import build_sdxl
+
+    return attnlens.load_pipeline(str(build_sdxl(tmp_path_factory.mktemp("sdxl"))))
+
+
+def attnlens_cmd() -> list[str]:
+    return [sys.executable, "-m", "attnlens"]

@@ -1,0 +1,190 @@
+"""Recorder on the embedded tiny pipeline and tiny SD 2.x / SDXL configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import attnlens
+from attnlens.recorder import RecordingProcessor, cross_attention_layers
+from conftest import PROMPT
+
+STEPS = 4  # PNDM with skip_prk_steps: 5 timesteps for 4 steps
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_every_layer_every_step_recorded_with_shapes(tiny_pipe, tmp_path):
+    with attnlens.record(tiny_pipe, tmp_path / "r", seeds=[0]) as rec:
+        out = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen())
+        rec.save_images(out.images)
+    run = attnlens.open_run(tmp_path / "r")
+    n_t = len(tiny_pipe.scheduler.timesteps)
+    assert n_t == STEPS + 1
+    layers = list(cross_attention_layers(tiny_pipe.unet))
+    assert run.layers == layers and len(layers) == 10
+    expected_res = {16: 3, 8: 3, 4: 4}
+    seen = {}
+    n_tokens = len(tiny_pipe.tokenizer(PROMPT).input_ids)  # <sot> .. <eot>
+    for layer in layers:
+        arr = run.array(layer)
+        assert tuple(arr.metadata.dimension_names) == attnlens.store.MAP_DIMS
+        step, phase, it, sample, head, token, y, x = arr.shape
+        assert (step, it, sample, head, token) == (n_t, 1, 1, 1, n_tokens)
+        seen[y] = seen.get(y, 0) + 1
+        data = run.maps(layer, step=slice(None))  # (step, sample, head, token, y, x)
+        assert np.isfinite(data).all(), "every step of the sample phase is recorded"
+        assert (data >= 0).all() and (data.sum(axis=3) <= 1.0 + 1e-2).all()
+    assert seen == expected_res
+    assert run.manifest["records"]["sample"] == {str(i): [0] for i in range(n_t)}
+    # PNDM repeats a timestep: steps are loop indices, timesteps are stored beside them
+    ts = run.timesteps()
+    assert len(ts) == n_t and len(set(ts.tolist())) == n_t - 1
+    assert run.manifest["samples"][0]["pieces"][-1] == "<|endoftext|>"
+    assert run.latents().shape == (n_t, 1, 4, 16, 16)
+
+
+def test_recorded_maps_equal_explicit_attention(tiny_pipe, tmp_path):
+    """What is stored is the softmax of the layer's own q·k (head mean), checked against a direct computation."""
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    module = dict(tiny_pipe.unet.named_modules())[layer]
+    captured = {}
+
+    def hook(mod, args, kwargs):
+        captured.setdefault("h", (kwargs.get("hidden_states", args[0] if args else None).clone(),
+                                  kwargs["encoder_hidden_states"].clone()))
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with attnlens.record(tiny_pipe, tmp_path / "r", dtype="fp32", tokens="all", heads="all"):
+            tiny_pipe(PROMPT, num_inference_steps=1, generator=_gen())
+    finally:
+        handle.remove()
+    hidden, enc = captured["h"]
+    with torch.no_grad():
+        q = module.head_to_batch_dim(module.to_q(hidden))
+        k = module.head_to_batch_dim(module.to_k(enc))
+        probs = torch.softmax(q @ k.transpose(1, 2) * module.scale, dim=-1)
+    heads = module.heads
+    cond = probs.view(2, heads, 16, 16, 77)[1].permute(0, 3, 1, 2).numpy()
+    stored = attnlens.open_run(tmp_path / "r").maps(layer, step=0)[0]
+    np.testing.assert_allclose(stored, cond, atol=1e-5)
+
+
+def test_bit_identical_latents_with_and_without_recording(tiny_pipe, tmp_path):
+    plain = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen(7), output_type="latent").images
+    with attnlens.record(tiny_pipe, tmp_path / "r", heads="all", tokens="all", uncond=True):
+        recorded = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen(7), output_type="latent").images
+    assert torch.equal(plain, recorded)
+    # and attnlens's own loop with method "none" is the same computation as pipe(...)
+    ours = attnlens.sample(tiny_pipe, PROMPT, seed=7, num_inference_steps=STEPS, out=None).latents
+    assert torch.equal(plain, ours)
+
+
+def test_processors_restored_after_success_and_error(tiny_pipe, tmp_path):
+    before = dict(tiny_pipe.unet.attn_processors)
+    with attnlens.record(tiny_pipe, tmp_path / "ok"):
+        assert all(isinstance(p, RecordingProcessor) for k, p in tiny_pipe.unet.attn_processors.items() if "attn2" in k)
+        assert not any(isinstance(p, RecordingProcessor) for k, p in tiny_pipe.unet.attn_processors.items() if "attn1" in k)
+        tiny_pipe(PROMPT, num_inference_steps=1, generator=_gen())
+    assert all(tiny_pipe.unet.attn_processors[k] is v for k, v in before.items())
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with attnlens.record(tiny_pipe, tmp_path / "err"):
+            raise RuntimeError("boom")
+    assert all(tiny_pipe.unet.attn_processors[k] is v for k, v in before.items())
+    assert attnlens.open_run(tmp_path / "err").status == "failed"
+    assert not tiny_pipe.unet._forward_pre_hooks
+
+
+def test_double_entry_and_nesting_refused(tiny_pipe, tmp_path):
+    rec = attnlens.record(tiny_pipe, None)
+    with rec:
+        with pytest.raises(attnlens.AttnlensError, match="already"):
+            rec.__enter__()
+        with pytest.raises(attnlens.AttnlensError, match="already being recorded"):
+            with attnlens.record(tiny_pipe, None):
+                pass
+    before = dict(tiny_pipe.unet.attn_processors)
+    assert not any(isinstance(p, RecordingProcessor) for p in before.values())
+
+
+def test_layer_step_head_token_filters(tiny_pipe, tmp_path):
+    with attnlens.record(tiny_pipe, tmp_path / "r", layers=["up_blocks.2.*", 8], steps=slice(1, 3), heads="all",
+                         tokens="all", dtype="fp32", prompts=[PROMPT]):
+        tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen())
+    run = attnlens.open_run(tmp_path / "r")
+    assert all(l.startswith("up_blocks.2") or run.resolution(l) == (8, 8) for l in run.layers)
+    assert len(run.layers) == 5
+    arr = run.array(run.layers[0])
+    assert arr.dtype == np.float32 and arr.shape[4] == 8 and arr.shape[5] == 77
+    assert sorted(run.manifest["records"]["sample"]) == ["1", "2"]
+    with pytest.raises(attnlens.AttnlensError, match="closest"):
+        with attnlens.record(tiny_pipe, None, layers="up_blocks.2.attentions.0.transformer_block.0.attn2"):
+            tiny_pipe(PROMPT, num_inference_steps=1, generator=_gen())
+
+
+def test_batch_of_prompts_and_images_per_prompt_all_recorded(tiny_pipe, tmp_path):
+    prompts = ["a red cat", "a blue checkered bowl on a table"]
+    gens = [_gen(s) for s in (1, 2, 3, 4)]
+    with attnlens.record(tiny_pipe, tmp_path / "b", prompts=prompts, seeds=[1, 2, 3, 4]) as rec:
+        out = tiny_pipe(prompts, num_images_per_prompt=2, num_inference_steps=2, generator=gens)
+        rec.save_images(out.images)
+    run = attnlens.open_run(tmp_path / "b")
+    samples = run.manifest["samples"]
+    assert [s["prompt"] for s in samples] == [prompts[0]] * 2 + [prompts[1]] * 2
+    assert [s["seed"] for s in samples] == [1, 2, 3, 4]
+    assert samples[2]["pieces"][2:4] == ["blue</w>", "chec"]
+    m = run.maps(run.layers[0], step=0)
+    assert m.shape[0] == 4
+    # token axis spans the longest prompt; both images of one prompt share its embedding but not their noise
+    assert not np.allclose(m[0], m[1])
+    assert (tmp_path / "b" / "image-3.png").exists() and run.image(3).size == (64, 64)
+
+
+@pytest.mark.parametrize("fixture", ["sd2_pipe", "sdxl_pipe"])
+def test_sd2_and_sdxl_record(fixture, request, tmp_path):
+    pipe = request.getfixturevalue(fixture)
+    with attnlens.record(pipe, tmp_path / fixture, prompts=["a red cat"], seeds=[0]) as rec:
+        out = pipe("a red cat", num_inference_steps=3, generator=_gen(), height=32, width=32)
+        rec.save_images(out.images)
+    run = attnlens.open_run(tmp_path / fixture)
+    assert run.complete
+    assert len(run.layers) == len(cross_attention_layers(pipe.unet))
+    for layer in run.layers:
+        data = run.maps(layer, step=slice(None))
+        assert np.isfinite(data).all() and data.shape[0] == 3
+    assert run.manifest["model"]["pipeline"] == type(pipe).__name__
+
+
+def test_load_pipeline_families_and_errors(tiny_pipe, sd2_pipe, sdxl_pipe, tmp_path):
+    from attnlens.models import model_family
+
+    assert model_family(tiny_pipe) == "sd" and model_family(sd2_pipe) == "sd" and model_family(sdxl_pipe) == "sdxl"
+    assert attnlens.load_pipeline(tiny_pipe) is tiny_pipe
+    assert tiny_pipe.unet.dtype == torch.float32 and tiny_pipe.device.type == "cpu"
+    with pytest.raises(attnlens.AttnlensError, match="not available"):
+        attnlens.load_pipeline("CompVis/stable-diffusion-v1-4")
+    with pytest.raises(attnlens.AttnlensError, match="not found"):
+        attnlens.load_pipeline(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(attnlens.AttnlensError, match="model_index.json"):
+        attnlens.load_pipeline(str(tmp_path / "empty"))
+
+
+def test_embedded_model_is_deterministic(tmp_path, monkeypatch):
+    """Built twice from scratch, the embedded model has byte-identical weights."""
+    from attnlens import models
+
+    hashes = []
+    for k in range(2):
+        monkeypatch.setenv("ATTNLENS_HOME", str(tmp_path / f"home{k}"))
+        folder = models.embedded_model_path("attnlens-tiny")
+        import hashlib
+
+        hashes.append({p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in sorted(folder.rglob("*.safetensors"))})
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 3
