@@ -52,6 +52,21 @@ def _grad(loss: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(loss, [latents], retain_graph=False)[0]
 
 
+def guidance_forward(pipe, recorder: Recorder, method: GuidanceMethod, parse: Any, latents: torch.Tensor, t,
+                     cond: torch.Tensor, step: int, iteration: int = 0) -> tuple[torch.Tensor, LossOutput]:
+    """One grad-enabled UNet forward on the conditional embedding only, and the method's loss on its live maps.
+
+    Returns the latent leaf (``requires_grad``) and the ``LossOutput``; ``∂loss/∂latent`` is then
+    ``torch.autograd.grad(out.loss, [z])``. The forward is recorded as phase ``guidance``, iteration ``iteration``.
+    ``recorder.need_live`` must hold ``method.layers(recorder.resolutions())``.
+    """
+    z = latents.detach().requires_grad_(True)
+    with recorder.context(step, float(t), phase="guidance", iteration=iteration), torch.enable_grad():
+        pipe.unet(pipe.scheduler.scale_model_input(z, t), t, encoder_hidden_states=cond, return_dict=False)
+        out = method.loss(recorder.live_maps, parse, step)
+    return z, out
+
+
 def guided_sample(
     pipe,
     prompt: str,
@@ -121,11 +136,7 @@ def guided_sample(
     t_guid = 0.0
 
     def forward_loss(z: torch.Tensor, i: int, t, it: int) -> tuple[torch.Tensor, LossOutput]:
-        z = z.detach().requires_grad_(True)
-        with recorder.context(i, float(t), phase="guidance", iteration=it), torch.enable_grad():
-            pipe.unet(pipe.scheduler.scale_model_input(z, t), t, encoder_hidden_states=cond, return_dict=False)
-            out = method.loss(recorder.live_maps, parse, i)
-        return z, out
+        return guidance_forward(pipe, recorder, method, parse, z, t, cond, i, it)
 
     def update(z: torch.Tensor, out: LossOutput, i: int, it: int, step_size: float) -> torch.Tensor:
         nonlocal warned

@@ -104,11 +104,15 @@ DISTANCES: dict[str, Distance] = {
     "dot_overlap": dot_overlap,
 }
 
+# short names accepted on the command line (-O distance=jsd); stored under the long name
+DISTANCE_ALIASES = {"skl": "symmetric_kl", "kl": "symmetric_kl", "jsd": "jensen_shannon", "js": "jensen_shannon",
+                    "dot": "dot_overlap"}
+
 
 def get_distance(name: str) -> Distance:
     """The distance function called ``name`` (one of ``DISTANCES``)."""
     try:
-        return DISTANCES[name]
+        return DISTANCES[DISTANCE_ALIASES.get(name, name)]
     except KeyError:
         raise ValueError(f"unknown distance {name!r}; valid choices: {sorted(DISTANCES)}") from None
 
@@ -331,6 +335,8 @@ class SynGen(GuidanceMethod):
             "negative only" ablation).
         negative (`bool`, *optional*, defaults to `True`): include the negative term (False = "positive only").
             At least one of the two must be true.
+        pos_only (`bool`, *optional*, defaults to `False`): shorthand for ``negative=False``.
+        neg_only (`bool`, *optional*, defaults to `False`): shorthand for ``positive=False``.
     """
 
     @dataclass(frozen=True)
@@ -341,11 +347,22 @@ class SynGen(GuidanceMethod):
         distance: str = "symmetric_kl"
         positive: bool = True
         negative: bool = True
+        pos_only: bool = False
+        neg_only: bool = False
 
         def __post_init__(self):
+            check_bool(self, "pos_only")
+            check_bool(self, "neg_only")
+            if self.pos_only and self.neg_only:
+                raise ValueError("pos_only and neg_only are exclusive")
+            if self.pos_only:
+                object.__setattr__(self, "negative", False)
+            if self.neg_only:
+                object.__setattr__(self, "positive", False)
             check_float(self, "step_size", low=0.0, strict=True)
             check_int(self, "intervention_steps")
             check_int(self, "resolution", low=1)
+            object.__setattr__(self, "distance", DISTANCE_ALIASES.get(self.distance, self.distance))
             check_choice(self, "distance", DISTANCES)
             check_bool(self, "positive")
             check_bool(self, "negative")

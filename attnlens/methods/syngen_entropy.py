@@ -15,6 +15,7 @@ from ..maps import aggregate, layers_at_resolution
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import register_method
 from .syngen import (
+    DISTANCE_ALIASES,
     DISTANCES,
     Distance,
     flatten_pixels,
@@ -171,6 +172,7 @@ class SynGenEntropy(GuidanceMethod):
             check_float(self, "step_size", low=0.0, strict=True)
             check_int(self, "intervention_steps")
             check_int(self, "resolution", low=1)
+            object.__setattr__(self, "distance", DISTANCE_ALIASES.get(self.distance, self.distance))
             check_choice(self, "distance", DISTANCES)
             check_float(self, "lambda_entropy")
             check_float(self, "gamma_entropy")

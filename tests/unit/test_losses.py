@@ -383,7 +383,7 @@ def test_method_loss_matches_pure_function():
 
 
 BAD = {
-    "syngen": [{"distance": "kl"}, {"step_size": -1.0}, {"step_size": True}, {"intervention_steps": 2.5},
+    "syngen": [{"distance": "kullback"}, {"pos_only": True, "neg_only": True}, {"step_size": -1.0}, {"step_size": True}, {"intervention_steps": 2.5},
                {"positive": False, "negative": False}, {"resolution": 0}, {"positive": "yes"}],
     "syngen-entropy": [{"lambda_entropy": math.inf}, {"gamma_entropy": "big"}, {"distance": "cosine"}],
     "attend-excite": [{"thresholds": {0: 1.5}}, {"thresholds": {"x": 0.5}}, {"kernel_size": 4},
@@ -425,7 +425,10 @@ def test_config_validation_and_round_trip(name):
 def test_registered_defaults():
     assert dataclasses.asdict(get_method("syngen").config) == {
         "step_size": 20.0, "intervention_steps": 25, "resolution": 16, "distance": "symmetric_kl",
-        "positive": True, "negative": True}
+        "positive": True, "negative": True, "pos_only": False, "neg_only": False}
+    assert get_method("syngen", pos_only=True).config.negative is False
+    assert get_method("syngen", neg_only=True).config.positive is False
+    assert get_method("syngen", distance="jsd").config.distance == "jensen_shannon"
     ae = get_method("attend-excite").config
     assert (ae.scale_factor, ae.max_iter_to_alter, ae.thresholds, ae.max_refinement_steps) == (
         20.0, 25, {0: 0.05, 10: 0.5, 20: 0.8}, 20)
