@@ -375,6 +375,7 @@ class Recorder:
         self._layer_set: set[str] = set()
         self._want_step = step_predicate(self.config.steps)
         self.token_ids: list[list[int]] | None = None
+        self._tokens_cache: tuple[list[list[str]], int] | None = None
         self.records: dict[str, dict[int, set[int]]] = {}
         self.scalar_names: set[str] = set()
 
@@ -485,8 +486,12 @@ class Recorder:
     def set_prompts(self, prompts: list[str]) -> None:
         self.prompts = list(prompts)
         self.token_ids = None
+        self._tokens_cache = None
 
     def _samples_tokens(self) -> list[list[str]]:
+        """Word pieces of every prompt of the call (77 each), derived once per run."""
+        if self._tokens_cache is not None:
+            return self._tokens_cache[0]
         tok = self.pipe.tokenizer
         if self.token_ids is None:
             if self.prompts is None:
@@ -494,7 +499,9 @@ class Recorder:
                                     hint="pass prompts=[...] to attnlens.record when calling the pipeline with prompt_embeds")
             self.token_ids = [tok(p, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
                               for p in self.prompts]
-        return [tok.convert_ids_to_tokens(row) for row in self.token_ids]
+        tokens = [tok.convert_ids_to_tokens(row) for row in self.token_ids]
+        self._tokens_cache = (tokens, self._token_count(tokens))
+        return tokens
 
     def _token_count(self, tokens: list[list[str]]) -> int:
         if self.config.tokens == "all":
@@ -600,7 +607,7 @@ class Recorder:
         if self.store is None:
             return
         tokens = self._samples_tokens()
-        t = self._token_count(tokens)
+        t = self._tokens_cache[1]
         with torch.no_grad():
             x = p4.detach()[..., :t]
             x = x.mean(dim=1, keepdim=True) if self.config.heads == "mean" else x
