@@ -1,0 +1,96 @@
+"""Shapes-testbed training: a few tiny steps run, checkpoint, resume exactly, and export an SD pipeline folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("skimage")
+
+from attnlens.testbed import train as T  # noqa: E402
+
+
+def tiny(**kw) -> T.TrainConfig:
+    return replace(T.TrainConfig(**T.PRESETS["tiny"]), vae_steps=2, steps=3, threads=1, **kw)
+
+
+def _unet_weights(ckpt):
+    return T._load_tensors(ckpt / "unet.safetensors")
+
+
+def test_train_checkpoint_resume_export(tmp_path):
+    # uninterrupted: 2 VAE steps + 5 UNet steps
+    full = tmp_path / "full"
+    T.train(full, replace(tiny(), steps=5), export=False)
+    # interrupted after 3 UNet steps, then resumed to 5
+    part = tmp_path / "part"
+    T.train(part, tiny(), export=False)
+    names = [c.name for c in T.list_checkpoints(part)]
+    assert names == ["unet-0000002", "unet-0000003"]  # keep_checkpoints=2 pruned vae-0000002
+    state = json.loads((part / "checkpoints" / "unet-0000003" / "state.json").read_text())
+    assert state["phase"] == "unet" and state["step"] == 3 and state["scaling_factor"] > 0
+    assert state["optimizer"]["param_groups"][0]["betas"] == [0.9, 0.999]
+
+    with pytest.raises(ValueError, match="--resume"):
+        T.train(part, tiny(), export=False)
+    with pytest.raises(ValueError, match="architecture"):
+        T.train(part, replace(tiny(), text_width=64), resume=True, export=False)
+
+    pipe_dir = T.train(part, replace(tiny(), steps=5), resume=True)
+    log = [json.loads(x) for x in (part / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["phase"] == "unet"] == [2, 3, 4, 5]  # the step counter continued
+    assert [c.name for c in T.list_checkpoints(part)] == ["unet-0000004", "unet-0000005"]
+
+    # resumed == uninterrupted: weights, AdamW state and EMA were restored and the batches are step-determined
+    a = _unet_weights(T.list_checkpoints(full)[-1])
+    b = _unet_weights(T.list_checkpoints(part)[-1])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+    # the exported folder is an SD pipeline in fp16 safetensors, loaded like SD
+    from diffusers import StableDiffusionPipeline
+
+    assert (pipe_dir / "model_index.json").exists()
+    assert json.loads((pipe_dir / "scheduler" / "scheduler_config.json").read_text())["skip_prk_steps"] is True
+    weights = sorted(pipe_dir.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {"unet", "vae", "text_encoder"}
+    from safetensors import safe_open
+
+    with safe_open(str(pipe_dir / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float32, safety_checker=None)
+    assert pipe.vae.config.scaling_factor == pytest.approx(state["scaling_factor"], rel=0.2)
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe("a red circle", num_inference_steps=2, guidance_scale=2.0, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 64, 64, 3)
+
+
+def test_optimizer_state_round_trip():
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.AdamW([p], lr=1e-2)
+    p.sum().backward()
+    opt.step()
+    tensors, meta = T.optimizer_to_safe(opt)
+    json.dumps(meta)  # JSON-serialisable
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone())], lr=1e-2)
+    T.optimizer_from_safe(opt2, tensors, meta)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    torch.testing.assert_close(s1["state"][0]["exp_avg_sq"], s2["state"][0]["exp_avg_sq"])
+    assert s1["param_groups"] == s2["param_groups"]
+
+
+def test_cli_runs_and_resumes(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    args = ["--out", out, "--preset", "tiny", "--vae-steps", "2", "--steps", "2", "--threads", "1", "--quiet",
+            "--no-export"]
+    T.main(args)
+    with pytest.raises(SystemExit):
+        T.main(args)  # checkpoints exist and no --resume
+    T.main([*args, "--resume", "--steps", "3"])
+    assert T.list_checkpoints(tmp_path / "cli")[-1].name == "unet-0000003"
