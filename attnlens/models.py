@@ -215,6 +215,7 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
 
     from diffusers import DiffusionPipeline
 
+    _quiet_loading()
     kind, location = resolve_model(str(model))
     kwargs: dict[str, Any] = {"dtype": dtype}
     index = Path(location) / "model_index.json"
@@ -240,6 +241,15 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
     pipe._attnlens_model_id = str(model)
     pipe._attnlens_model_location = location
     return pipe
+
+
+def _quiet_loading() -> None:
+    """No per-component progress bars while loading ("Loading pipeline components…"); errors still surface."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
 
 
 def model_family(pipe) -> str:
