@@ -184,7 +184,7 @@ def test_sigkill_leaves_incomplete_run(tmp_path, run_cli):
     """A run killed at any moment is never read as complete."""
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "attnlens", "record", PROMPT, "--steps", "400", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     manifest = None
     while time.time() < deadline:
