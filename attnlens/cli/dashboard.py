@@ -1,0 +1,117 @@
+"""``attnlens dashboard ROOT``: the Streamlit page over a folder of runs (``docs/dashboard.md``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from ..errors import AttnlensError
+from . import app
+from ._output import err_console
+
+DASHBOARD_EXAMPLES = """
+Examples:
+
+  attnlens dashboard runs/
+
+  attnlens dashboard runs/ --port 8600
+
+  attnlens dashboard runs/ --host 0.0.0.0      # reachable from other machines: anyone who can connect sees ROOT
+
+The page binds to 127.0.0.1 unless --host says otherwise, and only runs under ROOT can be opened. The view (prompt,
+seed, methods, tokens, step, layer, ...) is kept in the URL: copy it to share or reopen a view.
+"""
+
+APP_ENV = "ATTNLENS_DASHBOARD_APP"
+ROOT_ENV = "ATTNLENS_DASHBOARD_ROOT"
+
+
+def find_app() -> Path:
+    """The Streamlit script: ``$ATTNLENS_DASHBOARD_APP``, else ``dashboard/app.py`` of the source tree this package
+    lives in (the package is installed editable, from a checkout)."""
+    env = os.environ.get(APP_ENV)
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise AttnlensError(
+        "the dashboard's page (dashboard/app.py) was not found next to the attnlens package",
+        hint="install attnlens from a source checkout (pip install -e .), "
+             "or set ATTNLENS_DASHBOARD_APP to dashboard/app.py",
+    )
+
+
+def streamlit_args(app_path: Path, root: Path, host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line (without the leading ``streamlit``). The root reaches the script as an
+    argument after ``--`` (never through a shell)."""
+    return [
+        "run", str(app_path),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--client.toolbarMode", "minimal",
+        "--theme.base", "light",
+        "--", "--root", str(root),
+    ]
+
+
+def _preload() -> None:
+    """Import what the page needs before the server accepts its first connection (torch, the analysis, plotly), so
+    the first page load does not wait for imports."""
+    import sys
+
+    sys.path.insert(0, str(find_app().parents[1]))
+    import pandas  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import pyarrow  # noqa: F401
+    import zarr  # noqa: F401
+
+    import attnlens.analysis  # noqa: F401
+    import attnlens.compare  # noqa: F401
+    import attnlens.figures  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
+
+    import dashboard.data  # noqa: F401  (not dashboard.ui: its caches must be created inside the server)
+    import dashboard.plots  # noqa: F401
+
+
+@app.command(epilog=DASHBOARD_EXAMPLES)
+def dashboard(
+    root: Path = typer.Argument(Path("runs"), help="Folder holding runs (only runs under it can be opened)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(8501, "--port", help="Port to serve on."),
+    print_command: bool = typer.Option(False, "--print-command", help="Print the streamlit command and exit."),
+) -> None:
+    """Open the dashboard: compare methods side by side (images, maps at any step and layer, metric curves, leakage),
+    compare across prompts, and export paper figures."""
+    if not root.exists():
+        raise AttnlensError(f"'{root}' does not exist", hint="pass the folder your runs are recorded in, e.g. runs/")
+    if not root.is_dir():
+        raise AttnlensError(f"'{root}' is not a folder", hint="pass the folder holding runs (or one run folder)")
+    if not 0 < port < 65536:
+        raise AttnlensError(f"invalid port {port}", hint="choose a port between 1 and 65535, e.g. 8501")
+    root = root.resolve()
+    app_path = find_app()
+    args = streamlit_args(app_path, root, host, port)
+    if print_command:
+        import shlex
+
+        print(" ".join(shlex.quote(a) for a in ["streamlit", *args]))
+        return
+    os.environ[ROOT_ENV] = str(root)
+    os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    _preload()
+    shown = "localhost" if host in ("127.0.0.1", "localhost") else host
+    err_console.print(f"attnlens dashboard: {root} at http://{shown}:{port} (Ctrl-C to stop)", markup=False)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"warning: listening on {host}: anyone who can reach this port can browse {root}",
+                          markup=False)
+    from streamlit.web import cli as stcli
+
+    stcli.main(args=args, prog_name="streamlit", standalone_mode=True)

