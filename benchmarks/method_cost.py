@@ -40,9 +40,10 @@ def per_call_costs(pipe, prompt: str, repeats: int) -> dict[str, float]:
     with attnlens.record(pipe, None) as rec:
         rec.latent_hw = (h, h)
         rec.need_live = set(method.layers(rec.resolutions()))
+        rec.set_batch_layout(True)
         for _ in range(repeats * 5):
             t0 = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), rec.context(0, float(t), phase="sample"):
                 pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)
             plain.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
