@@ -312,7 +312,10 @@ class Run:
         g = self.group
         if "attention" not in g:
             return []
-        return sorted(g["attention"].group_keys(), key=layer_sort_key)
+        att = g["attention"]
+        # a run killed while creating a layer can leave its group without the array: that layer has no data
+        names = [name for name in att.group_keys() if "maps" in att[name]]
+        return sorted(names, key=layer_sort_key)
 
     def array(self, layer: str):
         """The zarr array of ``layer`` (dims ``MAP_DIMS``)."""
