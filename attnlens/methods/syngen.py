@@ -260,6 +260,20 @@ def check_bool(cfg: Any, name: str) -> None:
         raise ValueError(f"{name} must be true or false; got {v!r}")
 
 
+def check_syngen_config(cfg: Any) -> None:
+    """Validate the options SynGen and its variants share (step_size, intervention_steps, resolution, distance,
+    positive, negative); a short distance name is stored under its long name."""
+    check_float(cfg, "step_size", low=0.0, strict=True)
+    check_int(cfg, "intervention_steps")
+    check_int(cfg, "resolution", low=1)
+    object.__setattr__(cfg, "distance", DISTANCE_ALIASES.get(cfg.distance, cfg.distance))
+    check_choice(cfg, "distance", DISTANCES)
+    check_bool(cfg, "positive")
+    check_bool(cfg, "negative")
+    if not (cfg.positive or cfg.negative):
+        raise ValueError("positive and negative are both false: at least one term must be enabled")
+
+
 def check_choice(cfg: Any, name: str, choices: Iterable[str]) -> None:
     """Require one of ``choices``."""
     v, choices = getattr(cfg, name), sorted(choices)
@@ -359,15 +373,7 @@ class SynGen(GuidanceMethod):
                 object.__setattr__(self, "negative", False)
             if self.neg_only:
                 object.__setattr__(self, "positive", False)
-            check_float(self, "step_size", low=0.0, strict=True)
-            check_int(self, "intervention_steps")
-            check_int(self, "resolution", low=1)
-            object.__setattr__(self, "distance", DISTANCE_ALIASES.get(self.distance, self.distance))
-            check_choice(self, "distance", DISTANCES)
-            check_bool(self, "positive")
-            check_bool(self, "negative")
-            if not (self.positive or self.negative):
-                raise ValueError("positive and negative are both false: at least one term must be enabled")
+            check_syngen_config(self)
 
     def layers(self, resolutions: Mapping[str, tuple[int, int]]) -> list[str]:
         return layers_at_resolution(resolutions, self.config.resolution)

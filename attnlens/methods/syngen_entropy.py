@@ -15,6 +15,8 @@ from ..maps import aggregate, layers_at_resolution
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import register_method
 from .syngen import (
+    SynGen,
+    check_syngen_config,
     DISTANCE_ALIASES,
     DISTANCES,
     Distance,
@@ -130,7 +132,7 @@ def syngen_entropy_loss(
 
 
 @register_method("syngen-entropy")
-class SynGenEntropy(GuidanceMethod):
+class SynGenEntropy(SynGen):
     r"""SynGen + entropy: SynGen's loss plus Shannon-entropy terms, from a December 2024 report extending SynGen
     (UCLA CS163 project "Linguistic Binding in Diffusion Models",
     https://ucladeepvision.github.io/CS163-Projects-2024Fall/2024/12/12/team49-Linguistic-Binding-in-Diffusion-Models.html;
@@ -169,23 +171,11 @@ class SynGenEntropy(GuidanceMethod):
         negative: bool = True
 
         def __post_init__(self):
-            check_float(self, "step_size", low=0.0, strict=True)
-            check_int(self, "intervention_steps")
-            check_int(self, "resolution", low=1)
-            object.__setattr__(self, "distance", DISTANCE_ALIASES.get(self.distance, self.distance))
-            check_choice(self, "distance", DISTANCES)
+            check_syngen_config(self)
             check_float(self, "lambda_entropy")
             check_float(self, "gamma_entropy")
-            check_bool(self, "positive")
-            check_bool(self, "negative")
-            if not (self.positive or self.negative):
-                raise ValueError("positive and negative are both false: at least one term must be enabled")
 
-    def layers(self, resolutions: Mapping[str, tuple[int, int]]) -> list[str]:
-        return layers_at_resolution(resolutions, self.config.resolution)
-
-    def plan(self, i: int, num_timesteps: int) -> StepPlan | None:
-        return StepPlan(step_size=self.config.step_size) if i < self.config.intervention_steps else None
+    # layers() and plan() are SynGen's (same resolution selection and schedule)
 
     def loss(self, maps: Mapping[str, torch.Tensor], parse: Any, i: int) -> LossOutput:
         c = self.config
