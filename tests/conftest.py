@@ -38,7 +38,7 @@ def pytest_configure(config):
 def tiny_pipe():
     import attnlens
 
-    return attnlens.load_pipeline()
+    return attnlens.load_pipeline("attnlens-tiny")
 
 
 @pytest.fixture(scope="session")

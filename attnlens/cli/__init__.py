@@ -43,7 +43,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 def _register() -> None:
     from . import record as _record  # noqa: F401  (commands register themselves on `app`)
     from . import inspect as _inspect  # noqa: F401
-    for optional in ("analyze", "dashboard"):
+    for optional in ("analyze", "dashboard", "bench"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:

@@ -499,6 +499,35 @@ def validate(n: int = 1000, seed: int = 0, split: str = "any", progress: bool = 
 
 
 # ------------------------------------------------------------------------------------------------ models
+def generate_and_score(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int = 25,
+    guidance: float = 5.0,
+    batch: int = 16,
+    progress: bool = False,
+    desc: str = "generate",
+) -> tuple[list[ImageResult], np.ndarray]:
+    """Generate one image per (prompt, generator seed) with the plain pipeline and score it against its prompt.
+
+    Returns the per-image results and the images ``(n, H, W, 3) uint8``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
+    images = []
+    for s in tqdm(range(0, len(prompts), batch), disable=not progress, desc=desc):
+        gens = [torch.Generator().manual_seed(int(x)) for x in seeds[s : s + batch]]
+        out = pipe(list(prompts[s : s + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                   output_type="np").images
+        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+    images_arr = np.concatenate(images)
+    return [score(img, p) for img, p in zip(images_arr, prompts)], images_arr
+
+
 def evaluate_pipeline(
     pipe,
     n: int = 64,
@@ -514,20 +543,20 @@ def evaluate_pipeline(
     Captions come from ``scene_at(seed, i, split)``; image *i* uses generator seed ``seed + i``. Returns the
     per-image results and the images ``(n, H, W, 3) uint8``.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     from .render import scene_at
 
     prompts = [scene_at(seed, i, split).caption for i in range(n)]
-    images = []
-    for s in tqdm(range(0, n, batch), disable=not progress, desc="generate"):
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(s, min(s + batch, n))]
-        out = pipe(prompts[s : s + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                   output_type="np").images
-        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
-    images_arr = np.concatenate(images)
-    return [score(img, p) for img, p in zip(images_arr, prompts)], images_arr
+    return generate_and_score(pipe, prompts, [seed + i for i in range(n)], steps, guidance, batch, progress)
+
+
+def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
+    """Tile ``(n, H, W, 3)`` images into one array, ``cols`` per row (the last row padded with black)."""
+    rows = []
+    for r in range(0, len(images), cols):
+        chunk = list(images[r : r + cols])
+        chunk += [np.zeros_like(images[0])] * (cols - len(chunk))
+        rows.append(np.concatenate(chunk, axis=1))
+    return np.concatenate(rows)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -570,10 +599,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.save:
             from PIL import Image
 
-            cols = 8
-            rows = [np.concatenate(list(images[r : r + cols]) + [np.zeros_like(images[0])] * (cols - len(
-                images[r : r + cols])), axis=1) for r in range(0, len(images), cols)]
-            Image.fromarray(np.concatenate(rows)).save(args.save)
+            Image.fromarray(image_grid(images)).save(args.save)
         print(json.dumps({"model": args.model, "split": args.split, "steps": args.steps, "guidance": args.guidance,
                           **agg}, indent=2))
         return

@@ -1,0 +1,338 @@
+"""The binding benchmark: guidance methods × held-out prompts × seeds on the shapes model, scored by the evaluator.
+
+``attnlens bench binding`` (CLI) / :func:`run_binding_bench` (library):
+
+1. **Prompts**: two-object captions of the renderer's ``test`` split (every one contains a colour–shape pair that
+   never appeared in training), without size words, distinct, in stream order (:func:`heldout_prompts`).
+2. **Variants**: every method at its released defaults, plus a step-size sweep (SynGen's ``step_size``, A&E's and
+   D&B's ``scale_factor``, multiplied by each ``sweep`` factor), because a step size tuned on SD's latent scale need
+   not suit this model (:func:`bench_variants`).
+3. **Runs**: ``attnlens.sample`` records each (variant, prompt, seed) into ``OUT/runs`` (a complete run with the
+   same settings is reused, so an interrupted benchmark resumes), and the evaluator scores its image
+   (:func:`score_run`): one row per run in ``OUT/outcomes.csv``.
+4. **Table**: success, misbinding, leakage, neglect and object accuracy per variant, with bootstrap intervals and
+   paired differences to ``none`` over (prompt, seed) units (:func:`binding_comparison`, ``attnlens.compare``).
+5. **Does attention predict binding?** The runs are analysed (``attnlens.analysis``) and every metric at every
+   (layer, step) is scored by its ROC AUC for per-run success (:mod:`attnlens.testbed.predictive`): a table of the
+   most predictive (layer, step) per metric and a figure of AUC against the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import AttnlensError
+
+METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
+#: the hyperparameter each method calls its step size (released default 20 for all four)
+STEP_PARAM = {"syngen": "step_size", "syngen-entropy": "step_size", "attend-excite": "scale_factor",
+              "divide-bind": "scale_factor"}
+OUTCOMES = ("success", "misbinding", "swapped", "leakage", "neglect", "object_accuracy")
+#: which way is better, for the tables
+HIGHER_IS = {"success": "better", "misbinding": "worse", "swapped": "worse", "leakage": "worse",
+             "neglect": "worse", "object_accuracy": "better"}
+#: (metric, role) pairs drawn in the AUC figure (they also head the AUC table)
+AUC_FIGURE_PAIRS = (("jsd", "bound"), ("jsd", "unbound"), ("leak_in", "modifier"), ("leak_out", "modifier"),
+                    ("otsu_iou", "entities"), ("neglect_peak", "noun"), ("normalized_entropy", "noun"),
+                    ("tv_paper", "noun"))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the benchmark: a method and its hyperparameter overrides."""
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    sweep: bool = False  # part of the step-size sweep (not the released defaults)
+
+
+def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000) -> list[str]:
+    """The first ``n`` distinct two-object captions (``and`` / ``next to``) of the renderer's ``test`` split
+    (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …); without size words unless ``sizes``."""
+    from .render import scene_at
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for i in range(limit):
+        scene = scene_at(seed, i, "test")
+        if len(scene.objects) != 2 or scene.template not in ("and", "next_to"):
+            continue
+        if not sizes and any(o.size_word for o in scene.objects):
+            continue
+        if scene.caption not in seen:
+            seen.add(scene.caption)
+            out.append(scene.caption)
+            if len(out) == n:
+                return out
+    raise AttnlensError(f"only {len(out)} distinct held-out prompts found", hint="ask for fewer prompts")
+
+
+def _fmt_factor(x: float) -> str:
+    return f"{x:g}"
+
+
+def bench_variants(methods: Sequence[str] = METHODS, sweep: Sequence[float] = (0.25, 4.0),
+                   overrides: dict[str, dict[str, Any]] | None = None) -> list[Variant]:
+    """Released defaults for every method, then, for each guided method, its step size × every ``sweep`` factor.
+
+    ``overrides`` (method → options) applies to every variant of that method (e.g. a refinement cap).
+    Labels: ``syngen`` (defaults), ``syngen step_size=5`` (sweep)."""
+    from ..methods import available_methods, get_method
+
+    known = set(available_methods())
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise AttnlensError(f"unknown method '{bad[0]}'", hint=f"choose from: {', '.join(sorted(known))}")
+    overrides = overrides or {}
+    out = [Variant(m, m, dict(overrides.get(m, {}))) for m in methods]
+    for m in methods:
+        param = STEP_PARAM.get(m)
+        if param is None:
+            continue
+        base = float(get_method(m).hyperparameters()[param])
+        for f in sweep:
+            if float(f) == 1.0:
+                continue
+            value = base * float(f)
+            out.append(Variant(f"{m} {param}={value:g}", m, {**overrides.get(m, {}), param: value}, sweep=True))
+    return out
+
+
+def score_run(path: str | Path) -> dict[str, Any]:
+    """Score a recorded run's image against its prompt: one outcome row (run, method, variant, prompt, seed, the
+    evaluator's flags, object accuracy and per-object statuses)."""
+    from ..analysis import variant_label
+    from ..store import open_run
+    from .evaluate import score
+
+    run = open_run(path)
+    m = run.manifest
+    img = run.image(0)
+    if img is None:
+        raise AttnlensError(f"run '{run.path}' has no image to score", hint="record it again (it is incomplete)")
+    image = np.asarray(img.convert("RGB"))
+    res = score(image, m["prompt"])
+    return {
+        "run": str(run.path), "method": (m.get("method") or {}).get("name"), "variant": variant_label(m),
+        "prompt": m["prompt"], "seed": int(m["seed"]), **{k: bool(v) for k, v in res.flags().items()},
+        "object_accuracy": res.n_correct / max(len(res.objects), 1),
+        "objects": json.dumps([o.status for o in res.objects]),
+    }
+
+
+def _run_path(root: Path, variant: Variant, prompt: str, seed: int) -> Path:
+    from ..cli.record import slugify
+
+    name = variant.label.replace(" ", "_").replace("=", "-").replace("/", "-")
+    return root / slugify(prompt, limit=60) / f"{name}-seed{seed}"
+
+
+def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *, steps: int, guidance_scale: float,
+                   model_id: str, rerecord: bool = False) -> tuple[Path, bool]:
+    """Record one (variant, prompt, seed) unless a complete run with the same settings exists.
+    Returns (path, recorded)."""
+    import attnlens
+    from ..store import is_run, read_manifest
+
+    path = _run_path(root, variant, prompt, seed)
+    options = json.loads(json.dumps(variant.options))
+    if is_run(path) and not rerecord:
+        m = read_manifest(path)
+        if (m.get("status") == "complete" and m.get("prompt") == prompt and m.get("seed") == seed
+                and m.get("steps") == steps and m.get("guidance_scale") == guidance_scale
+                and (m.get("method") or {}).get("name") == variant.method and m.get("bench_options") == options
+                and m.get("label") == variant.label):
+            return path, False
+    attnlens.sample(pipe, prompt, method=variant.method, method_options=variant.options, seed=seed, out=path,
+                    num_inference_steps=steps, guidance_scale=guidance_scale, overwrite=True,
+                    manifest={"label": variant.label, "bench_options": options, "model_id": model_id,
+                              "bench": "binding"})
+    return path, True
+
+
+@dataclass
+class BenchResult:
+    """What :func:`run_binding_bench` produced."""
+
+    out: Path
+    outcomes: Any  # DataFrame, one row per run
+    comparison: Any  # attnlens.compare.Comparison over the outcome metrics
+    auc: Any | None = None  # DataFrame of every (metric, role, layer, phase, step) group
+    best: Any | None = None  # DataFrame: the most predictive (layer, step) per metric
+    files: list[Path] = field(default_factory=list)
+    recorded: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+
+def outcome_rows(outcomes):
+    """The outcome table in the long format of ``attnlens analyze`` (layer ``-``, role ``image``), so
+    ``attnlens.compare.compare`` pairs it on (prompt, seed) like any metric."""
+    import pandas as pd
+
+    rows = []
+    for k in OUTCOMES:
+        part = outcomes[["run", "method", "variant", "prompt", "seed", k]].rename(columns={k: "value"})
+        part = part.assign(metric=k, role="image", layer="-", phase="sample", step=-1, iteration=0, token="",
+                           sample=0, timestep=math.nan, resolution="")
+        part["value"] = part["value"].astype(float)
+        rows.append(part)
+    return pd.concat(rows, ignore_index=True)
+
+
+def binding_comparison(outcomes, n_boot: int = 2000, ci: float = 0.95, baseline: str = "none"):
+    """Mean and ``ci`` bootstrap interval of every outcome per variant, and the paired difference to ``baseline``,
+    over (prompt, seed) units (``attnlens.compare.compare``)."""
+    from ..compare import compare
+
+    df = outcome_rows(outcomes)
+    base = baseline if baseline in set(df["variant"]) else None
+    c = compare(df, by="variant", baseline=base, metrics=list(OUTCOMES), n_boot=n_boot, ci=ci)
+    c.table["higher_is"] = c.table["metric"].map(HIGHER_IS).fillna("n/a")
+    return c
+
+
+def _order_table(c, variants: Sequence[Variant]):
+    order = {v.label: i for i, v in enumerate(variants)}
+    c.groups = sorted(c.groups, key=lambda g: order.get(g, len(order)))
+    c.table = c.table.assign(_o=c.table["group"].map(order).fillna(len(order)),
+                             _m=c.table["metric"].map({m: i for i, m in enumerate(OUTCOMES)}))
+    c.table = c.table.sort_values(["_m", "_o"]).drop(columns=["_o", "_m"]).reset_index(drop=True)
+    return c
+
+
+def _auc_tables(best, out: Path, name: str = "auc") -> list[Path]:
+    from ..compare import fmt, latex_escape
+
+    cols = ["metric", "role", "layer", "step", "AUC [95% CI]", "direction", "AUC all, last step", "n+ / n−"]
+    lines = []
+    for _, r in best.iterrows():
+        lines.append([r["metric"], r["role"], str(r["layer"]), str(int(r["step"])),
+                      f"{fmt(r['auc'])} [{fmt(r['low'])}, {fmt(r['high'])}]", r["direction"],
+                      fmt(r["auc_final_all"]), f"{int(r['n_pos'])} / {int(r['n_neg'])}"])
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(x) + " |" for x in lines]
+    tex = ["\\begin{tabular}{" + "l" * 4 + "r" + "l" + "rr" + "}", "\\toprule", " & ".join(cols) + " \\\\",
+           "\\midrule"]
+    tex += [" & ".join(latex_escape(x) for x in line) + " \\\\" for line in lines]
+    tex += ["\\bottomrule", "\\end{tabular}"]
+    paths = [out / f"{name}.{s}" for s in ("md", "tex", "csv")]
+    paths[0].write_text("\n".join(md) + "\n")
+    paths[1].write_text("\n".join(tex) + "\n")
+    best.to_csv(paths[2], index=False)
+    return paths
+
+
+def run_binding_bench(
+    model: str | Any,
+    out: str | Path,
+    *,
+    prompts: int | Sequence[str] = 12,
+    seeds: Sequence[int] = (0, 1, 2),
+    methods: Sequence[str] = METHODS,
+    sweep: Sequence[float] = (0.25, 4.0),
+    steps: int = 50,
+    guidance_scale: float = 7.5,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    analyse: bool = True,
+    n_boot: int = 2000,
+    rerecord: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Run the binding benchmark into ``out`` (see the module docstring); resumable.
+
+    ``model`` is anything :func:`attnlens.load_pipeline` takes (default in the CLI: the embedded shapes model).
+    Prompts must be testbed captions (the evaluator parses them): an int takes that many :func:`heldout_prompts`.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    import attnlens
+    from ..compare import to_csv, to_latex, to_markdown
+    from ..figures import save_figure
+    from .evaluate import parse_caption
+
+    t0 = time.perf_counter()
+    log = log or (lambda s: print(s, file=sys.stderr))
+    out = Path(out)
+    root = out / "runs"
+    prompt_list = heldout_prompts(prompts) if isinstance(prompts, int) else list(prompts)
+    for p in prompt_list:
+        try:
+            parse_caption(p)
+        except ValueError as exc:
+            raise AttnlensError(f"the evaluator cannot score the prompt '{p}': {exc}",
+                                hint="use testbed captions like 'a red circle and a blue square'") from None
+    seeds = [int(s) for s in seeds]
+    if not prompt_list or not seeds:
+        raise AttnlensError("nothing to run: no prompts or no seeds")
+    variants = bench_variants(methods, sweep, overrides)
+    model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "pipe")
+    pipe = attnlens.load_pipeline(model) if isinstance(model, str) else model
+    jobs = [(v, p, s) for p in prompt_list for s in seeds for v in variants]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({
+        "model": str(model_id), "prompts": prompt_list, "seeds": seeds, "steps": steps,
+        "guidance_scale": guidance_scale, "variants": [vars(v) for v in variants]}, indent=2, default=str))
+    rows, recorded, reused = [], 0, 0
+    bar = tqdm(jobs, desc="binding bench", unit="run", disable=not progress, file=sys.stderr)
+    for v, p, s in bar:
+        bar.set_postfix_str(f"{v.label} | {p} | seed {s}", refresh=False)
+        path, fresh = record_variant(pipe, root, v, p, s, steps=steps, guidance_scale=guidance_scale,
+                                     model_id=str(model_id), rerecord=rerecord)
+        recorded += fresh
+        reused += not fresh
+        rows.append({**score_run(path), "variant": v.label, "sweep": v.sweep})
+    outcomes = pd.DataFrame(rows)
+    files = [out / "outcomes.csv"]
+    outcomes.to_csv(files[0], index=False)
+    c = _order_table(binding_comparison(outcomes, n_boot=n_boot), variants)
+    for suffix, text in (("md", to_markdown(c)), ("csv", to_csv(c)), ("tex", to_latex(c))):
+        files.append(out / f"binding.{suffix}")
+        files[-1].write_text(text)
+    result = BenchResult(out=out, outcomes=outcomes, comparison=c, recorded=recorded, reused=reused)
+    if analyse:
+        from ..analysis import read_table, write_parquet
+        from .predictive import auc_figure, best_predictors, metric_auc
+
+        log("analysing the runs ...")
+        runs = sorted({r["run"] for r in rows})
+        write_parquet(runs, out / "metrics.parquet", phases=["sample"])
+        df = read_table(out / "metrics.parquet")
+        df = df[df["run"].isin(runs)]
+        if outcomes["success"].nunique() < 2:
+            log("every run has the same outcome: the AUC is undefined, no AUC table")
+        else:
+            auc = metric_auc(df, outcomes)
+            auc.to_parquet(out / "auc.parquet", index=False)
+            best = best_predictors(auc)
+            files += [out / "auc.parquet", *_auc_tables(best, out)]
+            auc.to_csv(out / "auc_all.csv", index=False)
+            files.append(out / "auc_all.csv")
+            none_runs = outcomes.loc[outcomes["variant"] == "none", "run"]
+            if len(none_runs) and outcomes.loc[none_runs.index, "success"].nunique() == 2:
+                # the unguided model alone: no method in the comparison, so no method confounds metric and outcome
+                best_none = best_predictors(metric_auc(df, outcomes, runs=list(none_runs)))
+                files += _auc_tables(best_none, out, name="auc_none")
+            pairs = [p for p in AUC_FIGURE_PAIRS
+                     if ((auc["metric"] == p[0]) & (auc["role"] == p[1])).any()]
+            fig = auc_figure(auc, pairs, title=f"{len(runs)} runs, {int(outcomes['success'].sum())} successes")
+            files += [save_figure(fig, out / f"auc.{s}") for s in ("pdf", "png")]
+            result.auc, result.best = auc, best
+    result.files, result.seconds = files, time.perf_counter() - t0
+    return result
+
+
+__all__ = ["AUC_FIGURE_PAIRS", "BenchResult", "METHODS", "OUTCOMES", "Variant", "bench_variants",
+           "binding_comparison", "heldout_prompts", "outcome_rows", "record_variant", "run_binding_bench",
+           "score_run"]

@@ -1,0 +1,177 @@
+"""Does an attention metric predict binding? ROC AUC of each metric for per-sample success, with DeLong intervals.
+
+For every group of a metrics table (metric, role, layer, phase, step) each run contributes one score, the mean of
+its rows in that group (over tokens or pairs), and one label, whether the evaluator scored its image a success.
+The AUC is the probability that a random success scores higher than a random failure (ties count ½):
+
+    AUC = (R₊ − m(m+1)/2) / (m·n)
+
+with R₊ the sum of the mid-ranks of the m successes among all m + n runs. AUC > 0.5: higher values go with
+success; AUC < 0.5: lower values do (e.g. the JSD of a bound pair); 0.5: no information. The interval is DeLong's
+(DeLong, DeLong & Clarke-Pearson 1988): with the structural components V₁₀(i) = (r_i − r₊_i)/n of each success
+and V₀₁(j) = 1 − (r_j − r₋_j)/m of each failure (r: mid-rank among all, r₊ / r₋: among successes / failures),
+
+    Var(AUC) = s²(V₁₀)/m + s²(V₀₁)/n,   interval AUC ± z·√Var, clipped to [0, 1].
+
+Runs recorded with the same (prompt, seed) under different methods are not independent; the interval treats runs
+as independent samples, so read it as a lower bound on the uncertainty when several methods are pooled.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import AttnlensError
+
+GROUP = ("metric", "role", "layer", "phase", "step")
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """Mid-ranks (1-based, ties averaged) along the last axis."""
+    from scipy.stats import rankdata
+
+    return rankdata(x, axis=-1, method="average")
+
+
+def auc_delong(scores: np.ndarray, labels: np.ndarray, ci: float = 0.95) -> dict[str, np.ndarray]:
+    """ROC AUC of ``scores`` (groups × runs, or one row) for boolean ``labels`` (runs), with DeLong's interval.
+
+    Returns arrays (one value per group): ``auc``, ``low``, ``high``, ``se``; ``n_pos`` and ``n_neg``. A group with
+    no success or no failure has AUC NaN. Rows must be complete (no NaN); drop or impute before.
+
+    Examples::
+
+        >>> r = auc_delong(np.array([[0.1, 0.4, 0.35, 0.8]]), np.array([0, 0, 1, 1], bool))
+        >>> float(r["auc"][0])
+        0.75
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    y = np.asarray(labels).astype(bool)
+    if x.shape[-1] != y.shape[0]:
+        raise AttnlensError(f"{x.shape[-1]} scores per group for {y.shape[0]} labels")
+    if np.isnan(x).any():
+        raise AttnlensError("scores contain NaN", hint="drop incomplete groups before computing the AUC")
+    m, n = int(y.sum()), int((~y).sum())
+    g = x.shape[0]
+    nan = np.full(g, np.nan)
+    if m == 0 or n == 0:
+        return {"auc": nan, "low": nan.copy(), "high": nan.copy(), "se": nan.copy(),
+                "n_pos": np.full(g, m), "n_neg": np.full(g, n)}
+    r_all = _midranks(x)
+    pos, neg = x[:, y], x[:, ~y]
+    r_pos, r_neg = _midranks(pos), _midranks(neg)
+    auc = (r_all[:, y].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+    v10 = (r_all[:, y] - r_pos) / n
+    v01 = 1.0 - (r_all[:, ~y] - r_neg) / m
+    var = (v10.var(axis=1, ddof=1) / m if m > 1 else 0.0) + (v01.var(axis=1, ddof=1) / n if n > 1 else 0.0)
+    se = np.sqrt(np.maximum(var, 0.0))
+    z = NormalDist().inv_cdf(0.5 + ci / 2.0)
+    return {"auc": auc, "low": np.clip(auc - z * se, 0.0, 1.0), "high": np.clip(auc + z * se, 0.0, 1.0), "se": se,
+            "n_pos": np.full(g, m), "n_neg": np.full(g, n)}
+
+
+def metric_auc(df, outcomes, *, label: str = "success", ci: float = 0.95, phase: str | None = "sample",
+               runs: Sequence[str] | None = None):
+    """AUC of every (metric, role, layer, phase, step) group of the metrics table ``df`` for the ``label`` column
+    of ``outcomes`` (one row per run, column ``run`` matching ``df.run``).
+
+    ``phase`` keeps map rows of one phase (``None``: all); trajectory rows (layer ``latent``) are kept, guidance
+    scalars (layer ``-``) are not (they exist for guided runs only). ``runs`` restricts to these runs. Groups
+    where some run has no value are dropped. Returns a DataFrame with the group columns, ``auc``, ``low``,
+    ``high``, ``se``, ``n_pos``, ``n_neg``, ``informative`` (= |AUC − 0.5|) and ``direction`` (higher or lower
+    values go with ``label``).
+    """
+    import pandas as pd
+
+    if label not in outcomes.columns:
+        raise AttnlensError(f"outcomes have no column '{label}'", hint=f"columns: {', '.join(outcomes.columns)}")
+    out_runs = outcomes.dropna(subset=[label]).drop_duplicates("run").set_index("run")[label].astype(bool)
+    rows = df[df["layer"] != "-"]
+    if phase is not None:
+        rows = rows[(rows["phase"] == phase) | (rows["layer"] == "latent")]
+    keep = out_runs.index if runs is None else out_runs.index.intersection(list(runs))
+    rows = rows[rows["run"].isin(keep)]
+    if not len(rows):
+        raise AttnlensError("no metric rows for the runs with outcomes",
+                            hint="analyse the same runs the outcomes were scored on")
+    unit = rows.groupby([*GROUP, "run"], observed=True, sort=True)["value"].mean()
+    wide = unit.unstack("run")
+    wide = wide.dropna(axis=0, how="any")
+    cols = [r for r in wide.columns if r in out_runs.index]
+    wide = wide[cols]
+    if not len(wide):
+        raise AttnlensError("no metric has a value for every run", hint="check that every run is complete")
+    res = auc_delong(wide.to_numpy(), out_runs.loc[cols].to_numpy(), ci=ci)
+    table = wide.index.to_frame(index=False)
+    for k in ("auc", "low", "high", "se", "n_pos", "n_neg"):
+        table[k] = res[k]
+    table["informative"] = (table["auc"] - 0.5).abs()
+    table["direction"] = np.where(table["auc"] >= 0.5, "higher", "lower")
+    return pd.DataFrame(table)
+
+
+def best_predictors(auc_table, *, layer: str | None = None, top: int | None = None):
+    """Per (metric, role): the (layer, step) with the largest |AUC − 0.5|, plus the AUC on the ``all`` aggregate
+    at the last step. Sorted by informativeness. ``layer`` restricts the search to one layer (e.g. ``all``)."""
+    import pandas as pd
+
+    t = auc_table.dropna(subset=["auc"])
+    if layer is not None:
+        t = t[t["layer"] == layer]
+    if not len(t):
+        return pd.DataFrame(columns=["metric", "role", "layer", "step", "auc", "low", "high", "direction",
+                                     "auc_final_all"])
+    best = t.loc[t.groupby(["metric", "role"], observed=True)["informative"].idxmax()]
+    last = auc_table[auc_table["layer"].isin(["all", "latent"])]
+    last = last[last["step"] == last.groupby(["metric", "role"])["step"].transform("max")]
+    final = last.set_index(["metric", "role"])["auc"]
+    best = best.assign(auc_final_all=[final.get((m, r), np.nan) for m, r in zip(best["metric"], best["role"])])
+    best = best.sort_values("informative", ascending=False)
+    cols = ["metric", "role", "layer", "step", "auc", "low", "high", "direction", "auc_final_all", "n_pos", "n_neg"]
+    best = best[cols].reset_index(drop=True)
+    return best.head(top) if top else best
+
+
+def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all", width: str | float = "page",
+               height: float | None = None, title: str | None = None):
+    """AUC against the step for each (metric, role) in ``pairs`` on one ``layer`` (default the ``all``
+    aggregate; ``latent`` rows are used for trajectory metrics), with DeLong bands and the 0.5 chance line."""
+    from ..figures import OKABE_ITO, _integer_steps, _new_figure, _panel, _styled, group_style
+
+    @_styled
+    def build():
+        fig = _new_figure(width, height or 2.2)
+        ax = fig.subplots(1, 1)
+        ax.axhline(0.5, color=OKABE_ITO[0], linewidth=0.6, linestyle=":")
+        drawn = 0
+        for i, (metric, role) in enumerate(pairs):
+            part = auc_table[(auc_table["metric"] == metric) & (auc_table["role"] == role)
+                             & auc_table["layer"].isin([layer, "latent"])].sort_values("step")
+            if not len(part):
+                continue
+            st = group_style(i + 1)
+            ax.fill_between(part["step"], part["low"], part["high"], color=st["color"], alpha=0.15, linewidth=0)
+            ax.plot(part["step"], part["auc"], label=f"{metric} [{role}]", **st)
+            drawn += 1
+        if not drawn:
+            raise AttnlensError("none of the requested metrics is in the AUC table",
+                                hint="pass (metric, role) pairs that the analysis produced")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"AUC for success ({layer})")
+        if title:
+            ax.set_title(title)
+        _integer_steps(ax)
+        _panel(fig, ax)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+        return fig
+
+    return build()
+
+
+__all__ = ["auc_delong", "auc_figure", "best_predictors", "metric_auc"]

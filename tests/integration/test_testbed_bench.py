@@ -1,0 +1,127 @@
+"""The binding benchmark (attnlens bench binding / sanity) on the embedded tiny model: runs, scores, tables, AUC."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnlens.errors import AttnlensError
+from attnlens.testbed.bench import bench_variants, heldout_prompts, run_binding_bench, score_run
+from attnlens.testbed.evaluate import parse_caption, score
+from attnlens.testbed.render import is_held_out
+from conftest import attnlens_cmd
+
+
+def test_heldout_prompts_are_distinct_two_object_captions_with_a_held_out_pair():
+    prompts = heldout_prompts(10)
+    assert len(prompts) == len(set(prompts)) == 10
+    for p in prompts:
+        objs = parse_caption(p)
+        assert len(objs) == 2 and all(o.size_word is None for o in objs)
+        assert any(is_held_out(o.colour, o.shape) for o in objs)
+    assert heldout_prompts(10) == prompts  # deterministic
+    with pytest.raises(AttnlensError):
+        heldout_prompts(10, limit=5)
+
+
+def test_variants_are_released_defaults_plus_a_step_size_sweep():
+    vs = bench_variants(["none", "syngen", "attend-excite"], sweep=[0.5, 1.0, 2.0])
+    labels = [v.label for v in vs]
+    assert labels == ["none", "syngen", "attend-excite", "syngen step_size=10", "syngen step_size=40",
+                      "attend-excite scale_factor=10", "attend-excite scale_factor=40"]
+    assert vs[3].options == {"step_size": 10.0} and vs[3].sweep and not vs[1].sweep
+    capped = bench_variants(["attend-excite"], sweep=[2.0], overrides={"attend-excite": {"max_refinement_steps": 1}})
+    assert capped[1].options == {"max_refinement_steps": 1, "scale_factor": 40.0}
+    with pytest.raises(AttnlensError, match="unknown method"):
+        bench_variants(["nope"])
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = run_binding_bench(tiny_pipe, out, prompts=["a red circle and a blue square"], seeds=[0, 1],
+                            methods=["none", "syngen"], sweep=[4.0], steps=3, n_boot=100, progress=False,
+                            log=lambda s: None)
+    return out, res
+
+
+def test_every_run_is_recorded_and_scored_from_its_own_image(bench, tiny_pipe):
+    out, res = bench
+    o = res.outcomes
+    assert len(o) == 6 and res.recorded == 6
+    assert set(o["variant"]) == {"none", "syngen", "syngen step_size=80"}
+    for _, row in o.iterrows():
+        from attnlens import open_run
+
+        run = open_run(row["run"])
+        assert run.manifest["label"] == row["variant"] and run.manifest["seed"] == row["seed"]
+        direct = score(np.asarray(run.image(0).convert("RGB")), row["prompt"])
+        assert row["success"] == direct.success and row["neglect"] == direct.neglect
+        assert row["object_accuracy"] == direct.n_correct / 2
+        assert score_run(row["run"])["misbinding"] == direct.misbinding
+    hp = open_run(o[o.variant == "syngen step_size=80"]["run"].iloc[0]).manifest["method"]["hyperparameters"]
+    assert hp["step_size"] == 80.0
+    saved = pd.read_csv(out / "outcomes.csv")
+    assert len(saved) == 6 and (out / "binding.md").read_text().count("syngen step_size=80") >= 1
+
+
+def test_binding_table_means_equal_the_outcome_means(bench):
+    _, res = bench
+    t = res.comparison.table
+    for variant, part in res.outcomes.groupby("variant"):
+        for metric in ("success", "neglect", "object_accuracy"):
+            row = t[(t.group == variant) & (t.metric == metric)].iloc[0]
+            assert row["mean"] == pytest.approx(part[metric].astype(float).mean())
+            assert row["n"] == 2
+    assert (t[t.metric == "neglect"]["higher_is"] == "worse").all()
+
+
+def test_rerun_reuses_complete_runs(bench, tiny_pipe):
+    out, _ = bench
+    again = run_binding_bench(tiny_pipe, out, prompts=["a red circle and a blue square"], seeds=[0, 1],
+                              methods=["none", "syngen"], sweep=[4.0], steps=3, n_boot=100, progress=False,
+                              analyse=False, log=lambda s: None)
+    assert again.recorded == 0 and again.reused == 6
+
+
+def test_auc_of_the_recorded_maps(bench):
+    from attnlens.analysis import read_table
+    from attnlens.testbed.predictive import metric_auc
+
+    out, res = bench
+    df = read_table(out / "metrics.parquet")
+    assert set(df["run"]) == set(res.outcomes["run"])
+    o = res.outcomes.assign(success=[True, False] * 3)  # the random tiny model never succeeds: inject labels
+    auc = metric_auc(df, o)
+    assert len(auc) and auc["auc"].between(0, 1).all()
+    assert set(auc["n_pos"]) == {3} and set(auc["n_neg"]) == {3}
+
+
+def test_bad_prompt_is_refused(tiny_pipe, tmp_path):
+    with pytest.raises(AttnlensError, match="cannot score"):
+        run_binding_bench(tiny_pipe, tmp_path, prompts=["a red crown and a golden strawberry"], seeds=[0],
+                          methods=["none"], sweep=[], steps=2, progress=False)
+
+
+def test_sanity_report(tiny_pipe, tmp_path):
+    from attnlens.testbed.sanity import KINDS, run_sanity
+
+    rep = run_sanity(tiny_pipe, n=2, steps=2, save=tmp_path / "s.png", progress=False)
+    assert list(rep["kinds"]) == list(KINDS)
+    for r in rep["kinds"].values():
+        assert r["n_images"] == 2 and 0.0 <= r["success_rate"] <= 1.0 and 0.0 <= r["both_present"] <= 1.0
+    assert len(list(tmp_path.glob("s-*.png"))) == len(KINDS)
+
+
+def test_cli_bench_errors_are_one_line(tmp_path):
+    r = subprocess.run([*attnlens_cmd(), "bench", "binding", "--prompts", "0", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--prompts" in r.stderr
+    r = subprocess.run([*attnlens_cmd(), "bench", "binding", "--seeds", "a,b", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "comma-separated integers" in r.stderr
+    help_ = subprocess.run([*attnlens_cmd(), "bench", "binding", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "Examples" in help_.stdout

@@ -1,0 +1,95 @@
+"""ROC AUC with DeLong intervals (attnlens.testbed.predictive) against direct pairwise computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnlens.errors import AttnlensError
+from attnlens.testbed.predictive import auc_delong, best_predictors, metric_auc
+
+
+def pairwise_auc(x, y):
+    pos, neg = x[y], x[~y]
+    k = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return k.mean(), k
+
+
+def delong_se(x, y):
+    """DeLong's variance from the pairwise kernel, by its definition (no ranks)."""
+    _, k = pairwise_auc(x, y)
+    v10, v01 = k.mean(axis=1), k.mean(axis=0)
+    return np.sqrt(v10.var(ddof=1) / len(v10) + v01.var(ddof=1) / len(v01))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_and_se_equal_the_pairwise_definition_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random(40) < 0.4
+    x = np.round(rng.normal(size=(3, 40)) + 0.8 * y, 1)  # rounding makes ties
+    res = auc_delong(x, y)
+    for g in range(3):
+        assert res["auc"][g] == pytest.approx(pairwise_auc(x[g], y)[0], abs=1e-12)
+        assert res["se"][g] == pytest.approx(delong_se(x[g], y), rel=1e-9)
+        assert res["low"][g] <= res["auc"][g] <= res["high"][g]
+    assert (res["n_pos"] == y.sum()).all() and (res["n_neg"] == (~y).sum()).all()
+
+
+def test_perfect_reversed_and_uninformative_scores():
+    y = np.array([0, 0, 0, 1, 1, 1], bool)
+    x = np.array([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], [1, 1, 1, 1, 1, 1]], float)
+    res = auc_delong(x, y)
+    assert res["auc"].tolist() == [1.0, 0.0, 0.5]
+    assert res["se"][0] == 0.0 and res["high"][0] == 1.0
+
+
+def test_one_class_only_gives_nan_and_nan_scores_are_refused():
+    assert np.isnan(auc_delong(np.arange(4.0), np.ones(4, bool))["auc"]).all()
+    with pytest.raises(AttnlensError):
+        auc_delong(np.array([1.0, np.nan]), np.array([True, False]))
+    with pytest.raises(AttnlensError):
+        auc_delong(np.arange(3.0), np.array([True, False]))
+
+
+def _table(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    success = rng.random(n) < 0.5
+    rows = []
+    for i in range(n):
+        run = f"r{i}"
+        for step in range(3):
+            # "signal" separates better with the step; "noise" carries no information
+            for tok, mult in (("a", 1.0), ("b", 0.5)):
+                rows.append((run, "signal", "bound", "all", "sample", step, tok,
+                             mult * (success[i] * step + rng.normal())))
+            rows.append((run, "noise", "noun", "all", "sample", step, "a", rng.normal()))
+            rows.append((run, "signal", "bound", "all", "guidance", step, "a", 0.0))
+        rows.append((run, "scalar/loss", "scalar", "-", "guidance", 0, "", rng.normal()))
+    df = pd.DataFrame(rows, columns=["run", "metric", "role", "layer", "phase", "step", "token", "value"])
+    outcomes = pd.DataFrame({"run": [f"r{i}" for i in range(n)], "success": success})
+    return df, outcomes
+
+
+def test_metric_auc_groups_runs_and_averages_tokens():
+    df, outcomes = _table()
+    auc = metric_auc(df, outcomes)
+    assert set(auc["phase"]) == {"sample"} and "scalar/loss" not in set(auc["metric"])
+    one = auc[(auc.metric == "signal") & (auc.step == 2)].iloc[0]
+    rows = df[(df.metric == "signal") & (df.step == 2) & (df.phase == "sample")]
+    x = rows.groupby("run")["value"].mean().loc[outcomes.run].to_numpy()
+    assert one["auc"] == pytest.approx(pairwise_auc(x, outcomes.success.to_numpy())[0])
+    sig = auc[auc.metric == "signal"].sort_values("step")["auc"].to_numpy()
+    assert sig[-1] > 0.9 and sig[-1] > sig[0]
+    best = best_predictors(auc)
+    assert best.iloc[0]["metric"] == "signal" and best.iloc[0]["step"] == 2
+    sub = metric_auc(df, outcomes, runs=[f"r{i}" for i in range(10)])
+    assert (sub["n_pos"] + sub["n_neg"] == 10).all()
+
+
+def test_metric_auc_errors():
+    df, outcomes = _table()
+    with pytest.raises(AttnlensError, match="no column"):
+        metric_auc(df, outcomes, label="nope")
+    with pytest.raises(AttnlensError, match="no metric rows"):
+        metric_auc(df, outcomes.assign(run=outcomes.run + "x"))
