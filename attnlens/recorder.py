@@ -188,9 +188,15 @@ class RecordingProcessor:
             hidden_states = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
             )
-            mask3 = None if attention_mask is None else attention_mask.reshape(batch_size * attn.heads, -1, attention_mask.shape[-1])
-            probs = attn.get_attention_scores(query.reshape(batch_size * attn.heads, -1, head_dim),
-                                              key.reshape(batch_size * attn.heads, -1, head_dim), mask3)
+            # the probabilities beside SDPA, only for the samples that are recorded (the conditional half by default)
+            r0 = self.recorder.first_recorded_sample(batch_size)
+            q, k = query[r0:], key[r0:]
+            mask3 = None
+            if attention_mask is not None:
+                m = attention_mask if attention_mask.shape[0] == 1 else attention_mask[r0:]
+                mask3 = m.expand(q.shape[0], *m.shape[1:]).reshape(q.shape[0] * attn.heads, -1, m.shape[-1])
+            probs = attn.get_attention_scores(q.reshape(-1, q.shape[2], head_dim),
+                                              k.reshape(-1, k.shape[2], head_dim), mask3)
             hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
             hidden_states = hidden_states.to(query.dtype)
         else:
@@ -200,8 +206,10 @@ class RecordingProcessor:
             probs = attn.get_attention_scores(query, key, attention_mask)
             hidden_states = torch.bmm(probs, value)
             hidden_states = attn.batch_to_head_dim(hidden_states)
+            r0 = self.recorder.first_recorded_sample(batch_size)
+            probs = probs[r0 * attn.heads:]
 
-        self.recorder.on_probs(self.name, probs, attn.heads)
+        self.recorder.on_probs(self.name, probs, attn.heads, first=r0)
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -228,6 +236,7 @@ class RecordingProcessor:
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[1], hidden_states.shape[0])
         self.recorder.on_probs(self.name, attn.get_attention_scores(query, key, attention_mask), attn.heads)
+        # (delegating processors are rare; their probabilities are computed for every sample)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,6 +431,8 @@ class Recorder:
             self.store.manifest["scalars"] = sorted(self.scalar_names)
             with contextlib.suppress(OSError):
                 self.store.finish(status, message)
+            if err is None and exc_type is None and self.store.manifest.get("status") != STATUS_COMPLETE:
+                err = OSError(self.store.manifest.get("error") or "the final flush failed")
             if err is not None and exc_type is None:
                 raise AttnlensError(f"writing the run store failed: {getattr(err, 'strerror', None) or err}",
                                     hint="free disk space or choose another --out; the run is marked failed") from err
@@ -584,8 +595,16 @@ class Recorder:
         return name in self._layer_set and self._want_step(self.step) and self.store is not None
 
     # -- recording ----------------------------------------------------------------------------------------------
-    def on_probs(self, name: str, probs: torch.Tensor, heads: int) -> None:
-        """Called by the processors with ``(batch·heads, queries, keys)`` softmax probabilities."""
+    def first_recorded_sample(self, batch_size: int) -> int:
+        """The first sample of a UNet batch whose maps are needed: in a CFG ``sample`` forward that records only the
+        conditional half, the unconditional half ``[0, b)`` is skipped; otherwise 0."""
+        if self.phase == "sample" and self._cfg and not self.config.uncond and batch_size == 2 * self._batch:
+            return self._batch
+        return 0
+
+    def on_probs(self, name: str, probs: torch.Tensor, heads: int, first: int = 0) -> None:
+        """Called by the processors with ``(samples·heads, queries, keys)`` softmax probabilities of the samples
+        ``first, first + 1, …`` of the UNet batch."""
         hw = spatial_shape(probs.shape[1], self.latent_hw)
         total = probs.shape[0] // heads
         p4 = probs.view(total, heads, hw[0], hw[1], probs.shape[-1])
@@ -596,7 +615,9 @@ class Recorder:
                 self._enqueue_map(name, "guidance", p4)
             return
         b = self._batch
-        if self._cfg:
+        if self._cfg and first:  # only the conditional half was computed (see first_recorded_sample)
+            self._enqueue_map(name, "sample", p4)
+        elif self._cfg:
             self._enqueue_map(name, "sample", p4[b:])
             if self.config.uncond:
                 self._enqueue_map(name, "sample_uncond", p4[:b])

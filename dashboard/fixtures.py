@@ -29,7 +29,7 @@ def record_root(root: str | Path, pipe=None, *, prompt: str = PROMPT, methods: S
     key = (str(root), tuple(methods), seed, steps)
     if key in _RECORDED:
         return _RECORDED[key]
-    pipe = pipe if pipe is not None else attnlens.load_pipeline()
+    pipe = pipe if pipe is not None else attnlens.load_pipeline("attnlens-tiny")
     slug = "-".join(prompt.split())[:60]
     for m in methods:
         attnlens.sample(pipe, prompt, method=m, seed=seed, out=root / slug / f"{m}-seed{seed}",

@@ -39,7 +39,7 @@ def root(tmp_path_factory) -> Path:
 
 
 def record_runs(base: Path) -> None:
-    pipe = attnlens.load_pipeline()
+    pipe = attnlens.load_pipeline("attnlens-tiny")
     for seed in (0, 1):
         attnlens.sample(pipe, PROMPT, method="none", seed=seed, out=base / "runs" / f"none-seed{seed}", **KW)
     if "syngen" in attnlens.available_methods():

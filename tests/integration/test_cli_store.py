@@ -39,8 +39,8 @@ def run_cli(tiny_pipe, monkeypatch, capsys):
     """Call the CLI in-process (same entry point as the console script); the embedded model is the session's."""
     real = attnlens.models.load_pipeline
 
-    def load(model="attnlens-tiny", *args, **kwargs):
-        return tiny_pipe if model == "attnlens-tiny" else real(model, *args, **kwargs)
+    def load(model=attnlens.DEFAULT_MODEL, *args, **kwargs):
+        return tiny_pipe if model in ("attnlens-tiny", attnlens.DEFAULT_MODEL) else real(model, *args, **kwargs)
 
     monkeypatch.setattr(attnlens.models, "load_pipeline", load)
 
@@ -56,7 +56,8 @@ def run_cli(tiny_pipe, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def recorded_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    code, out, err = cli("record", PROMPT, "--seed", "1", "--seed", "2", "--steps", "3", "--out", str(root))
+    code, out, err = cli("record", PROMPT, "--seed", "1", "--seed", "2", "--steps", "3", "--model", "attnlens-tiny",
+                          "--out", str(root))
     assert code == 0, err
     return root
 
@@ -189,7 +190,7 @@ def test_sigkill_leaves_incomplete_run(tmp_path, run_cli):
     manifest = None
     while time.time() < deadline:
         found = list(out.rglob("manifest.json"))
-        if found and list(found[0].parent.glob("attention/*/maps/c/*")):
+        if found and list(found[0].parent.glob("attention/*/maps/c.*")):
             manifest = found[0]
             break
         time.sleep(0.2)
