@@ -72,12 +72,22 @@ class ChunkFiles:
     through zarr.
     """
 
-    def __init__(self, arr: Any, folder: Path, codec: Any):
-        self.arr, self.folder, self.codec = arr, folder, codec
-        self.dtype = np.dtype(arr.dtype).newbyteorder("<")
-        self.chunk_shape = tuple(arr.metadata.chunk_grid.chunk_shape)
+    def __init__(self, folder: Path, codec: Any, dtype: Any, chunk_shape: tuple[int, ...], separator: str):
+        self.folder, self.codec = folder, codec
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.chunk_shape = tuple(chunk_shape)
+        self.separator = separator
         self._dirs: set[str] = set()
         self._root = str(folder)
+
+    def like(self, folder: Path, chunk_shape: tuple[int, ...]) -> "ChunkFiles":
+        """The same codec and key encoding for another array (of the same dtype) in ``folder``."""
+        return ChunkFiles(folder, self.codec, self.dtype, chunk_shape, self.separator)
+
+    def key(self, index: tuple[int, ...]) -> str:
+        """zarr's default chunk key: ``c`` then the chunk-grid indices joined by the separator."""
+        full = tuple(index) + (0,) * (len(self.chunk_shape) - len(index))
+        return self.separator.join(["c", *map(str, full)])
 
     @classmethod
     def for_array(cls, arr: Any, folder: Path) -> "ChunkFiles | None":
@@ -87,9 +97,11 @@ class ChunkFiles:
 
             md = arr.metadata
             codecs = [c.to_dict() for c in md.codecs]
+            keys = md.chunk_key_encoding.to_dict()
+            separator = (keys.get("configuration") or {}).get("separator", "/")
             if (len(codecs) != 2 or codecs[0].get("name") != "bytes" or codecs[1].get("name") != "blosc"
                     or (codecs[0].get("configuration") or {}).get("endian", "little") != "little"
-                    or md.chunk_key_encoding.to_dict().get("name") != "default"):
+                    or keys.get("name") != "default"):
                 return None
             c = codecs[1]["configuration"]
             config = {"cname": c["cname"], "clevel": int(c["clevel"]), "blocksize": int(c.get("blocksize", 0)),
@@ -98,15 +110,16 @@ class ChunkFiles:
 
             if Version(numcodecs.__version__) >= Version("0.16.0"):
                 config["typesize"] = int(c.get("typesize", 1))
-            return cls(arr, folder, Blosc.from_config(config))
+            cf = cls(folder, Blosc.from_config(config), arr.dtype, tuple(md.chunk_grid.chunk_shape), separator)
+            if cf.key((1, 2)) != md.encode_chunk_key((1, 2) + (0,) * (len(cf.chunk_shape) - 2)):
+                return None
+            return cf
         except Exception:  # noqa: BLE001  (an unexpected layout or version: let zarr write)
             return None
 
     def write(self, index: tuple[int, ...], data: np.ndarray) -> None:
         """Write the chunk at chunk-grid ``index`` (all further indices 0) with ``data`` of the chunk's shape."""
-        full = tuple(index) + (0,) * (len(self.chunk_shape) - len(index))
-        key = self.arr.metadata.encode_chunk_key(full)
-        path = os.path.join(self._root, key)
+        path = os.path.join(self._root, self.key(index))
         parent = os.path.dirname(path)
         if parent not in self._dirs:
             os.makedirs(parent, exist_ok=True)
@@ -120,6 +133,32 @@ class ChunkFiles:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+
+
+class _LazyArray:
+    """A zarr array whose files were written by copying a template layer's metadata (see ``RunWriter``): opened
+    through zarr only when zarr is needed (resize, writes of small arrays), which on a busy sampling loop costs tens
+    of milliseconds per array."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self._shape, self._arr = path, tuple(shape), None
+
+    def _open(self):
+        if self._arr is None:
+            import zarr
+
+            self._arr = zarr.open_array(str(self.path), mode="r+")
+        return self._arr
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._arr.shape) if self._arr is not None else self._shape
+
+    def resize(self, shape) -> None:
+        self._open().resize(shape)
+
+    def __setitem__(self, key, value) -> None:
+        self._open()[key] = value
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -205,6 +244,8 @@ class RunWriter:
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
         self._arrays: dict[str, Any] = {}
         self._chunks: dict[str, ChunkFiles | None] = {}
+        # the first layer is created through zarr; later layers of the same signature copy its metadata files
+        self._template: tuple[tuple, dict[str, bytes]] | None = None
         # small arrays (timesteps, scalars) are kept in memory and written whole at most every FLUSH_S seconds
         # and at the end: a zarr write re-encodes the array's one chunk, far too slow to do per map
         self._small: dict[str, np.ndarray] = {}
@@ -259,7 +300,8 @@ class RunWriter:
         if error:
             self.manifest["error"] = error
         self.manifest["layers"] = {
-            name: {"shape": list(a.shape), "dims": list(MAP_DIMS)} for name, a in self._arrays.items() if "/" not in name
+            name: {"shape": list(a.shape), "dims": list(MAP_DIMS)} for name, a in self._arrays.items()
+            if "/" not in name
         }
         self.write_manifest()
 
@@ -297,6 +339,45 @@ class RunWriter:
         self._maybe_flush()
 
     def _create_layer(self, layer: str, data: np.ndarray, n_steps: int, tokens: list[list[str]]):
+        s, h, t, y, x = data.shape
+        signature = (str(data.dtype), s, h, t, max(n_steps, 1), json.dumps(tokens))
+        if self._template is not None and self._template[0] == signature and self._chunks.get("__template__"):
+            return self._copy_layer(layer, data.shape, n_steps)
+        arr = self._create_layer_zarr(layer, data, n_steps, tokens)
+        folder = self.path / "attention" / layer
+        if self._template is None and self._chunks.get(layer) is not None:
+            files = {f.relative_to(folder).as_posix(): f.read_bytes() for f in folder.rglob("*")
+                     if f.is_file() and not f.name.startswith(".")}
+            self._template = (signature, files)
+            self._chunks["__template__"] = self._chunks[layer]
+        return arr
+
+    def _copy_layer(self, layer: str, shape: tuple[int, ...], n_steps: int):
+        """Create ``layer`` by writing the template layer's files with the maps array's shape and attributes changed:
+        the same bytes zarr would write, without zarr's per-array cost."""
+        s, h, t, y, x = shape
+        folder = self.path / "attention" / layer
+        full = (max(n_steps, 1), len(PHASES), 1, s, h, t, y, x)
+        for rel, raw in self._template[1].items():
+            if rel == "maps/zarr.json":
+                meta = json.loads(raw)
+                meta["shape"] = list(full)
+                meta["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1, s, h, t, y, x]
+                meta.setdefault("attributes", {}).update({"layer": layer, "resolution": [y, x]})
+                raw = json.dumps(meta, indent=2).encode()
+            target = folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(raw)
+        arr = _LazyArray(folder / "maps", full)
+        self._arrays[layer] = arr
+        n = max(n_steps, 1)
+        for name, length in (("step", n), ("iteration", 1), ("timestep", n)):
+            self._arrays[f"{layer}/{name}"] = _LazyArray(folder / name, (length,))
+        self._small[f"{layer}/timestep"] = np.full((n,), np.nan)
+        self._chunks[layer] = self._chunks["__template__"].like(folder / "maps", (1, 1, 1, s, h, t, y, x))
+        return arr
+
+    def _create_layer_zarr(self, layer: str, data: np.ndarray, n_steps: int, tokens: list[list[str]]):
         s, h, t, y, x = data.shape
         g = self.group.require_group(f"attention/{layer}")
         arr = g.create_array(

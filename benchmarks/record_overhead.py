@@ -4,7 +4,7 @@ Full recording = every attn2 layer, every step, head mean, prompt tokens, fp16, 
 Reports median wall times, their ratio (target ≤ 1.15 on 2 CPU cores with the embedded model), the bytes stored per
 step and per run, and the store size of a 50-step SD 1.5 run at 512×512 computed from its layer shapes.
 
-    python benchmarks/record_overhead.py [--repeats 7] [--steps 50] [--model attnlens-tiny] [--device cpu]
+    python benchmarks/record_overhead.py [--repeats 7] [--steps 50] [--model attnlens-shapes|attnlens-tiny] [--device cpu]
 
 On a GPU pass e.g. ``--sd15-shaped`` to build an SD 1.5-shaped UNet with random weights (no download needed).
 """
@@ -67,7 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--model", default="attnlens-tiny")
+    ap.add_argument("--model", default=attnlens.DEFAULT_MODEL, help="default: the embedded default model")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sd15-shaped", action="store_true", help="SD 1.5-shaped UNet with random weights (for GPUs)")
