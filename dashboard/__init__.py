@@ -5,7 +5,9 @@ Layout of this package (``docs/dashboard.md``):
 * :mod:`dashboard.app` — the Streamlit script (``streamlit run dashboard/app.py -- --root ROOT``); it only calls
   :func:`dashboard.ui.main`.
 * :mod:`dashboard.ui` — the page: run browser, comparison view, metric view, across-prompts view, figure export.
-  Everything Streamlit-specific (widgets, caching, the URL query) lives here.
+  Everything Streamlit-specific (widgets, caching, the URL query, the step player's declaration) lives here.
+* ``dashboard/step_player/index.html`` — the Compare view's step player: a Streamlit custom component in plain
+  HTML/JS (no build step) that swaps the maps of every step in the browser and reports the step to the page.
 * :mod:`dashboard.data` — reading the root: the run index, maps of a token at a step and layer, the parse, the
   metric and comparison tables, figure export. No Streamlit; it calls ``attnlens.store``, ``attnlens.analysis``,
   ``attnlens.compare``, ``attnlens.figures`` and ``attnlens.metrics`` and never computes a metric itself.

@@ -8,15 +8,21 @@ under 20 seeds, so every run is a real 4-step tiny recording):
 
 * **server** (``streamlit.testing`` AppTest, in this process after the imports ``attnlens dashboard`` preloads):
   the first script run of a session on cold caches (the whole page: run index of the root, the unit's infos,
-  maps, images) and the script runs after a step-slider move (AppTest reruns the whole script; the real page
-  reruns only the fragment, so this is an upper bound), for the Compare and the Metrics views;
+  the maps of every step for the Compare view's step player, images) and the script runs after a step change
+  (Compare: the step player's debounced report; Metrics: the Streamlit slider. AppTest reruns the whole script;
+  the real page reruns only the fragment, so this is an upper bound), for the Compare and the Metrics views; plus
+  the size of the step player's arguments (the maps of every step, sent once per selection);
 * **browser** (headless Chromium via Selenium, when installed): ``attnlens dashboard ROOT`` in a subprocess;
-  first paint = navigation start → the final images and the map cells loaded and the script idle, on a fresh profile
-  (cold) and on reloads (each reload is a new session); slider redraw = arrow key on the step slider → the new
-  maps loaded and the script idle (Compare view), or the leakage matrix of the new step drawn (Metrics view);
-* with ``--baseline``, the same browser timings on a throwaway Streamlit page of the same layout (sidebar filters,
-  controls, a step slider in a fragment, five columns of an image and an HTML cell) that computes nothing: what
-  Streamlit itself costs on this machine.
+  first paint = navigation start → the final images and the map cells (inside the step player's iframe) loaded and
+  the script idle, on a fresh profile (cold) and on reloads (each reload is a new session). Compare view: an arrow
+  key on the step player's range input → the new maps decoded and the next animation frame, timed inside the
+  player's document (``slider_redraw_compare``), the same seen from Selenium (``..._wall``: adds the WebDriver
+  round trips), and → the step reported and in the URL, the script idle (``slider_report_synced_compare``, not on
+  the redraw's path). Metrics view: arrow key on the Streamlit step slider → the leakage matrix of the new step
+  drawn;
+* with ``--baseline``, the Streamlit-slider timings on a throwaway Streamlit page of the same layout (sidebar filters,
+  controls, a step slider in a fragment, five columns of an image and an HTML cell) that computes nothing: what a
+  Streamlit rerun itself costs on this machine.
 """
 
 from __future__ import annotations
@@ -40,18 +46,45 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
+PLAYER = 'iframe[src*="step_player"]'  # the Compare view's step player (custom component, same origin)
 STATE_JS = """
 const app = document.querySelector('[data-testid="stApp"]');
 const finals = Array.from(document.querySelectorAll('[data-testid="stImage"]'))
     .filter(e => e.querySelector('[data-testid="stImageCaption"]')).map(e => e.querySelector('img')).filter(i => i);
-const heats = Array.from(document.querySelectorAll('.attnlens-cell img[alt]:not([alt=""])'));
+const frame = document.querySelector('%s');
+const doc = frame ? frame.contentDocument : null;
+// map cells: in the step player's document (the dashboard), or HTML cells in the page (the baseline page)
+const heats = doc ? Array.from(doc.querySelectorAll('.attnlens-cell img.map')).filter(i => i.style.display !== 'none')
+                  : Array.from(document.querySelectorAll('.attnlens-cell img[alt]:not([alt=""])'));
 const imgs = finals.concat(heats);
 return {state: app ? app.getAttribute('data-test-script-state') : null,
         loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length, total: imgs.length, cells: heats.length,
         srcs: heats.map(i => i.src.slice(-64)), now: performance.now(),
+        step: doc && doc.body ? doc.body.getAttribute('data-step') : null, url: location.search,
         plots: document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg').length,
         text: arguments[0] ? Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"] strong'))
                              .map(e => e.textContent).join(" | ") : ""};
+""" % PLAYER
+# Installed in the step player's document: times each arrow key on its range input, from the keydown to the new maps
+# decoded (img.decode() of every map on view, after the player's own input handler swapped their src) and the next
+# animation frame.
+PROBE_JS = """
+const slider = document.querySelector('input[type="range"]');
+if (!window.__attnlensProbe) {
+  window.__attnlensProbe = {t0: null, t1: null, step: null};
+  slider.addEventListener('keydown', () => { window.__attnlensProbe = {t0: performance.now(), t1: null, step: null}; },
+                          true);
+  slider.addEventListener('input', () => {
+    const p = window.__attnlensProbe;
+    const imgs = Array.from(document.querySelectorAll('img.map')).filter(i => i.style.display !== 'none');
+    Promise.all(imgs.map(i => i.decode().catch(() => null))).then(() => requestAnimationFrame(() => {
+      p.step = document.body.getAttribute('data-step');
+      p.t1 = performance.now();
+    }));
+  });
+}
+slider.focus();
+return {value: parseInt(slider.value, 10), max: parseInt(slider.max, 10)};
 """
 
 
@@ -95,16 +128,38 @@ def server_side(root: Path, moves: int) -> dict:
         first = time.perf_counter() - t
         assert not at.exception, [e.value for e in at.exception]
         time.sleep(1.0)  # let the background reads of the other steps finish (as a user would)
-        slider = next(s for s in at.select_slider if s.label == "Step")
-        steps = [int(x) for x in slider.options]
+        if view == "compare":  # the step player: its maps of every step, then the script run after each report
+            comp = next(c for c in at.get("component_instance") if c.proto.component_name.endswith("step_player"))
+            args = json.loads(comp.proto.json_args)
+            steps = [int(x) for x in args["steps"]]
+            payload = len(comp.proto.json_args)
+        else:
+            steps = [int(x) for x in next(s for s in at.select_slider if s.label == "Step").options]
         seq = [steps[(len(steps) - 2 - i) % len(steps)] for i in range(moves)]
         times = []
-        for s in seq:
+        for i, s in enumerate(seq):
             t = time.perf_counter()
-            next(x for x in at.select_slider if x.label == "Step").set_value(s).run()
+            if view == "compare":
+                _report_step(at, s, i + 1)
+            else:
+                next(x for x in at.select_slider if x.label == "Step").set_value(s).run()
             times.append(time.perf_counter() - t)
+            assert not at.exception, [e.value for e in at.exception]
         out[view] = {"first_run_s": round(first, 3), "slider_script_run": _ms(times)}
+        if view == "compare":
+            out[view]["player_payload_bytes"] = payload
+            out[view]["steps"] = len(steps)
     return out
+
+
+def _report_step(at, step: int, seq: int):
+    """What the step player sends after a move (AppTest has no setter for a custom component's value)."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    comp = next(c for c in at.get("component_instance") if c.proto.component_name.endswith("step_player"))
+    states = at._tree.get_widget_states()
+    states.widgets.append(WidgetState(id=comp.proto.id, json_value=json.dumps({"step": step, "seq": seq})))
+    return at._run(states)
 
 
 def _free_port() -> int:
@@ -211,22 +266,22 @@ def browser_side(root: Path | None, reloads: int, moves: int) -> dict | None:
                   "first_paint_reload": _ms(loads[1:])}
         # slider moves in the Compare view
         time.sleep(1.0)
-        slider = d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
-        times = []
-        for i in range(moves):
-            before = d.execute_script(STATE_JS, False)["srcs"] if root is not None else \
-                d.execute_script(STATE_JS, False)["cells"]
-            d.execute_script("arguments[0].focus()", slider)
-            t = time.perf_counter()
-            ActionChains(d).send_keys(Keys.ARROW_LEFT if i % 8 < 4 else Keys.ARROW_RIGHT).perform()
-            wait(lambda s: (s["srcs"] if root is not None else s["cells"]) != before and painted(s))
-            times.append(time.perf_counter() - t)
-            time.sleep(0.3)
-        result["slider_redraw_compare"] = _ms(times)
-        if root is None:
+        if root is None:  # the baseline page: a Streamlit slider in a fragment
+            slider = d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
+            times = []
+            for i in range(moves):
+                before = d.execute_script(STATE_JS, False)["cells"]
+                d.execute_script("arguments[0].focus()", slider)
+                t = time.perf_counter()
+                ActionChains(d).send_keys(Keys.ARROW_LEFT if i % 8 < 4 else Keys.ARROW_RIGHT).perform()
+                wait(lambda s: s["cells"] != before and painted(s))
+                times.append(time.perf_counter() - t)
+                time.sleep(0.3)
+            result["slider_redraw_compare"] = _ms(times)
             d.quit()
             shutil.rmtree(profile, ignore_errors=True)
             return result
+        result.update(_player_moves(d, wait, painted, moves))
         # slider moves in the Metrics view
         d.get(url + "?view=metrics")
         wait(lambda s: s["plots"] >= 4, timeout=600)
@@ -234,11 +289,12 @@ def browser_side(root: Path | None, reloads: int, moves: int) -> dict | None:
         slider = d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
         times = []
         for i in range(moves):
-            step = int(slider.get_attribute("value"))
-            target = step - 1 if i % 8 < 4 else step + 1
+            step, top = int(slider.get_attribute("value")), int(slider.get_attribute("max"))
+            left = step > 0 and (i % 8 < 4 or step >= top)  # (index = step: the benchmark's runs record 0..n)
+            target = step - 1 if left else step + 1
             d.execute_script("arguments[0].focus()", slider)
             t = time.perf_counter()
-            ActionChains(d).send_keys(Keys.ARROW_LEFT if i % 8 < 4 else Keys.ARROW_RIGHT).perform()
+            ActionChains(d).send_keys(Keys.ARROW_LEFT if left else Keys.ARROW_RIGHT).perform()
             wait(lambda s: f"Leakage at step {target}" in s["text"] and s["plots"] >= 4, text=True)
             times.append(time.perf_counter() - t)
             time.sleep(0.3)
@@ -258,6 +314,49 @@ def browser_side(root: Path | None, reloads: int, moves: int) -> dict | None:
             proc.kill()
             proc.wait()
         shutil.rmtree(log.parent, ignore_errors=True)
+
+
+def _player_moves(d, wait, painted, moves: int) -> dict:
+    """Arrow keys on the step player's range input (inside its iframe). Per move: ``in_page`` = keydown → the new
+    maps decoded and the next animation frame (``performance.now()`` in the player's document); ``wall`` = Selenium's
+    key press → the new maps seen loaded by a poll (adds the WebDriver round trips); ``synced`` = key press → the
+    debounced report processed (the step in the URL and the script idle), off the redraw's path."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    in_page, wall, synced = [], [], []
+    frame = d.find_element(By.CSS_SELECTOR, PLAYER)
+    for i in range(moves):
+        before = d.execute_script(STATE_JS, False)["srcs"]
+        d.switch_to.frame(frame)
+        pos = d.execute_script(PROBE_JS)
+        left = pos["value"] > 0 and (i % 8 < 4 or pos["value"] >= pos["max"])
+        target = str(d.execute_script("return window.attnlensPlayer.step()") or "")
+        t = time.perf_counter()
+        ActionChains(d).send_keys(Keys.ARROW_LEFT if left else Keys.ARROW_RIGHT).perform()
+        end = time.perf_counter() + 30
+        probe = None
+        while time.perf_counter() < end:
+            probe = d.execute_script("return window.__attnlensProbe")
+            if probe and probe.get("t1") is not None:
+                break
+            time.sleep(0.002)
+        seen = time.perf_counter() - t
+        if not probe or probe.get("t1") is None:
+            raise TimeoutError(f"the step player did not redraw: {probe}")
+        step = probe["step"]
+        assert step != target, (step, target)
+        d.switch_to.default_content()
+        s = d.execute_script(STATE_JS, False)
+        assert s["srcs"] != before and s["step"] == step, (s, before)
+        in_page.append((probe["t1"] - probe["t0"]) / 1000.0)
+        wall.append(seen)
+        wait(lambda s: f"step={step}" in s["url"] and painted(s) and s["step"] == step, timeout=60)
+        synced.append(time.perf_counter() - t)
+        time.sleep(0.3)
+    return {"slider_redraw_compare": _ms(in_page), "slider_redraw_compare_wall": _ms(wall),
+            "slider_report_synced_compare": _ms(synced)}
 
 
 def main(argv=None) -> int:

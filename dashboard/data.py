@@ -457,6 +457,31 @@ class MapCache:
             self._store(key, ({step: 0}, one[None]))
         return one
 
+    def get_all(self, run: Run, key: tuple, steps: Sequence[int]) -> tuple[dict[int, int], np.ndarray] | None:
+        """Every recorded step at once: ``({step: index}, (step, token, h, w) maps)`` for ``key`` (as in
+        :meth:`get`), from the cached stack, from a background read under way, or read now (one
+        :func:`read_stack`) and kept. None when ``steps`` is empty. What the Compare view's step player sends."""
+        steps = sorted({int(s) for s in steps})
+        if not steps:
+            return None
+
+        def covers(v) -> bool:
+            return v is not None and all(s in v[0] for s in steps)
+
+        v = self.stack(key)
+        if covers(v):
+            return v
+        with self._lock:
+            fut = self._pending.get(key)
+        if fut is not None:
+            try:
+                v = fut.result()
+            except Exception:  # noqa: BLE001  (read again below: the error, if any, is raised there)
+                v = None
+            if covers(v):
+                return v
+        return self._read_all(run, key, steps)
+
 
 def token_maps(maps: np.ndarray, parse, tokens: Sequence[str]) -> list[np.ndarray]:
     """The ``(h, w)`` map of each token: a word is the mean of its word pieces (``attnlens.analysis.unit_maps``),

@@ -4,8 +4,9 @@ The attention overlays follow ``attnlens.figures.maps_figure`` (the exported fig
 distribution p scaled by h·w (1 = uniform attention), ``inferno`` colours on a [min, max] scale with an opacity
 growing with the value, over the final image in grey (0.25 + 0.5·grey). On the page the map is sent at its own
 resolution as an RGBA PNG and the browser upsamples it smoothly over the grey image (the figure upsamples the values
-bilinearly, then colours them: the same picture up to interpolation order), so a redraw encodes a few hundred
-pixels per map instead of compositing full-size images on the server. The curves use the
+bilinearly, then colours them: the same picture up to interpolation order): a few hundred pixels per map instead of
+full-size images composited on the server. :func:`step_frames` encodes the maps of every step once per selection for
+the Compare view's step player, which swaps them in the browser. The curves use the
 figures' Okabe–Ito colours in the figures' group order (``none`` first), so a method has the same colour on the
 page and in the exported PDF.
 """
@@ -106,32 +107,35 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def cells_html(under_uri: str, cells: Sequence[tuple[str, bytes | None]], caption: str = "") -> str:
-    """One column of map cells as HTML: each cell is its label over the grey image with the map's RGBA PNG on top
-    (``None`` = nothing recorded: the image dimmed). Images are inline data URIs (no extra requests); the grey
-    image is sent once per column (a CSS class), not once per cell."""
-    import hashlib
-    import html
+def step_frames(maps: Mapping[str, Mapping[int, Sequence[np.ndarray]]], steps: Sequence[int], scale: str = "shared"
+                ) -> tuple[dict[str, list[list[str | None] | None]], tuple[float, float]]:
+    """What the Compare view's step player shows: the map images of every step, built once per selection.
 
-    cls = "attnlens-u-" + hashlib.sha1(under_uri.encode()).hexdigest()[:10]
-    parts = [f"<style>.{cls}{{background-image:url({under_uri});background-size:100% 100%}}</style>",
-             '<div class="attnlens-cells" style="display:flex;flex-direction:column;gap:6px">']
-    for label, heat in cells:
-        parts.append('<div class="attnlens-cell">'
-                     f'<div style="font-size:0.85rem;line-height:1.3;color:#31333f">{html.escape(label)}</div>'
-                     f'<div class="{cls}" style="position:relative;width:100%;aspect-ratio:1/1;border-radius:4px;'
-                     'overflow:hidden">')
-        if heat is not None:
-            parts.append(f'<img alt="{html.escape(label)}" src="{data_uri(heat, "image/png")}" '
-                         'style="position:absolute;inset:0;width:100%;height:100%;image-rendering:auto">')
-        else:
-            parts.append('<div style="position:absolute;inset:0;background:rgba(0,0,0,0.4)"></div>')
-        parts.append("</div></div>")
-    if caption:
-        parts.append(f'<div style="font-size:0.8rem;color:rgba(49,51,63,0.6);text-align:center">{html.escape(caption)}'
-                     "</div>")
-    parts.append("</div>")
-    return "".join(parts)
+    ``maps``: per run, its token maps at each step it recorded (``{step: [scaled map per token]}``, as
+    :func:`scaled_map` returns them). Returns ``(frames, (lo, hi))``: per run, one entry per step of ``steps`` —
+    ``None`` where the run did not record that step (the page dims the cells), else one RGBA PNG data URI per token
+    (:func:`heat_rgba` + :func:`png`), ``None`` for a map with no mass — and the shared range, the [min, max] over
+    every map of every run *and every step* (so a colour means the same value at every step). With
+    ``scale="each"`` each map is coloured on its own [min, max]."""
+    shared = value_range([m for by_step in maps.values() for ms in by_step.values() for m in ms])
+    out: dict[str, list[list[str | None] | None]] = {}
+    for rel, by_step in maps.items():
+        frames: list[list[str | None] | None] = []
+        for s in steps:
+            ms = by_step.get(int(s))
+            if ms is None:
+                frames.append(None)
+                continue
+            row: list[str | None] = []
+            for m in ms:
+                if not np.isfinite(m).any():
+                    row.append(None)
+                    continue
+                lo, hi = shared if scale == "shared" else value_range([m])
+                row.append(data_uri(png(heat_rgba(m, lo, hi)), "image/png"))
+            frames.append(row)
+        out[rel] = frames
+    return out, shared
 
 
 def to_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
@@ -343,6 +347,6 @@ def leakage_plot(matrices: Mapping[str, tuple[Any, Mapping[str, str]]], *, heigh
     return _layout(fig, height=height or (200 + 40 * n_rows), legend=False)
 
 
-__all__ = ["CELL", "PLOTLY_CONFIG", "RENDER", "cells_html", "colorbar", "curves_plot", "data_uri", "group_colors",
+__all__ = ["CELL", "PLOTLY_CONFIG", "RENDER", "colorbar", "curves_plot", "data_uri", "group_colors",
            "heat_rgba", "heatmap_panels", "leakage_plot", "losses_plot", "mark_step", "png", "scaled_map",
            "subplot_axes", "to_jpeg", "under_image", "upscale_image", "value_range"]

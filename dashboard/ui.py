@@ -13,12 +13,16 @@ Everything read from the stores is cached in the server process, keyed by the ru
 :func:`dashboard.data.run_key` (manifest mtime and size), so a run that changes on disk is read again and nothing
 else is: opened runs, run infos, parses, images and metric tables with ``st.cache_resource`` (shared, read-only),
 the run index and exported files with ``st.cache_data``, and the maps in a :class:`dashboard.data.MapCache` (every
-recorded step of the layer on view, read in the background after the first paint). The step slider and what depends
-on the step form a fragment (``st.fragment``): moving it reruns only that part of the page.
+recorded step of the layer on view). The step and what depends on it form a fragment (``st.fragment``). In the
+Compare view the step is not a Streamlit widget but the step player (``dashboard/step_player/index.html``, a custom
+component in plain HTML/JS): it receives the maps of every recorded step once per selection and swaps them in the
+browser, then reports the step (debounced) so that the URL, the export panel and the Metrics view follow; the Metrics
+view keeps a Streamlit slider.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -37,6 +41,9 @@ from .state import (BY, EXPORT_FORMATS, EXPORT_KINDS, EXPORT_STEPS, EXPORT_WIDTH
 
 ROOT_ENV = "ATTNLENS_DASHBOARD_ROOT"
 _VS = "_attnlens_view"
+PLAYER_DIR = Path(__file__).resolve().with_name("step_player")  # the step player's index.html
+PLAYER_KEY = "step_player"
+_ACK = "_attnlens_player_ack"
 MIME = {"pdf": "application/pdf", "png": "image/png", "csv": "text/csv", "md": "text/markdown", "tex": "text/x-tex"}
 
 
@@ -87,12 +94,20 @@ def _maps(path: str, key: str, layer: str, step: int, phase: str, it: int, head:
     return _map_cache().get(_run(path, key), (path, key, layer, phase, it, head), steps, step)
 
 
-def _maps_reader(path: str, key: str, layer: str, step: int, phase: str, it: int, head: int | None):
-    """A no-argument callable reading :func:`_maps` off the script thread (the Streamlit caches it needs are
-    resolved here, on the script thread)."""
-    steps = [s for s, its in _info(path, key)["records"].get(phase, {}).items() if it in its]
+def _frames_reader(path: str, key: str, layer: str, phase: str, it: int, head: int | None, steps: list[int],
+                   parse, tokens: list[str]):
+    """A no-argument callable (run off the script thread) reading every recorded step of a run at once
+    (:meth:`dashboard.data.MapCache.get_all`) and returning ``{step: [scaled map per token]}``."""
     run, cache = _run(path, key), _map_cache()
-    return lambda: cache.get(run, (path, key, layer, phase, it, head), steps, step)
+
+    def read() -> dict[int, list[np.ndarray]]:
+        got = cache.get_all(run, (path, key, layer, phase, it, head), steps)
+        if got is None:
+            return {}
+        index, arr = got
+        return {s: [P.scaled_map(m) for m in D.token_maps(arr[index[s]], parse, tokens)] for s in steps}
+
+    return read
 
 
 def _run_all(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
@@ -258,18 +273,20 @@ def _unit_view(runs: list[D.RunEntry], labels: dict[str, str], view: str) -> Non
 
 @st.fragment
 def _stepped(ctx: "_Ctx", view: str) -> None:
-    """The step slider and everything that depends on the step: a fragment, so moving the slider reruns only this
-    part of the page (the sidebar, the run index and the other controls are not redrawn)."""
+    """The step and everything that depends on it: a fragment, so a step change reruns only this part of the page
+    (the sidebar, the run index and the other controls are not redrawn). In Compare the step player (a custom
+    component) moves the maps in the browser and reports the step here; Metrics has a Streamlit slider."""
     t0 = time.perf_counter()
     vs = _vs()
-    if len(ctx.steps) > 1:
-        ctx.step = int(_widget(st.select_slider, "step", "Step", ctx.steps, default=ctx.steps[-1]))
-    else:
-        ctx.step = vs.step = ctx.steps[0]
-        st.caption(f"Step {ctx.step} (the only recorded step)")
     if view == "compare":
+        ctx.step = vs.step = vs.step if vs.step in ctx.steps else ctx.steps[-1]
         _compare_view(ctx)
     else:
+        if len(ctx.steps) > 1:
+            ctx.step = int(_widget(st.select_slider, "step", "Step", ctx.steps, default=ctx.steps[-1]))
+        else:
+            ctx.step = vs.step = ctx.steps[0]
+            st.caption(f"Step {ctx.step} (the only recorded step)")
         _metrics_view(ctx)
     _export_panel(ctx)
     _sync_url()
@@ -422,35 +439,58 @@ def _parse_panel(ctx: _Ctx) -> None:
         st.warning(f"No parse for this prompt ({ctx.parse_error}); word tokens are unavailable, pieces (#i) work.")
 
 
-def _compare_view(ctx: _Ctx) -> None:
-    parse = ctx.parse
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _frames(sig: tuple, _ctx: _Ctx) -> dict[str, Any]:
+    """The step player's maps for one selection ``sig`` (runs and their keys, layer, phase, iteration, head, tokens,
+    scale; ``_ctx`` is not hashed): ``{"cells": {rel: frames | error text | None}, "shared": (lo, hi), "id": ...}``
+    where frames are :func:`dashboard.plots.step_frames`'s (one list of PNG data URIs per step, None where the run
+    has no maps at that step) and None means no maps at any step. Built once per selection and shared (read-only);
+    the runs are read concurrently, every step at once, with an error text per broken run."""
+    ctx = _ctx
     tokens = list(ctx.tokens)
-    # 1. read every map first (so the colour scale can be shared), with an error card per broken run; the runs'
-    #    reads go concurrently (zarr fetches and decompresses chunks off the interpreter lock)
     cells: dict[str, Any] = {}
-    wanted: dict[str, Any] = {}
+    readers: dict[str, Callable[[], Any]] = {}
     for e in ctx.runs:
         if e.rel in ctx.errors:
             cells[e.rel] = ctx.errors[e.rel]
             continue
         info = ctx.infos[e.rel]
-        have = info["records"].get(ctx.phase, {})
-        if not (ctx.step in have and ctx.it in have[ctx.step] and tokens and parse is not None):
+        steps = sorted(int(s) for s, its in info["records"].get(ctx.phase, {}).items() if ctx.it in its)
+        if not (steps and tokens and ctx.parse is not None):
             cells[e.rel] = None
             continue
         head = ctx.head if (ctx.head is not None and info["heads"].get(ctx.layer, 1) > ctx.head) else None
-        wanted[e.rel] = _maps_reader(str(e.path), e.key, ctx.layer, ctx.step, ctx.phase, ctx.it, head)
-    for rel, result in _run_all(wanted).items():
+        readers[e.rel] = _frames_reader(str(e.path), e.key, ctx.layer, ctx.phase, ctx.it, head, steps, ctx.parse,
+                                        tokens)
+    maps = {}
+    for rel, result in _run_all(readers).items():
         if isinstance(result, BaseException):
             cells[rel] = f"{type(result).__name__}: {result}"
-            continue
-        try:
-            cells[rel] = None if result is None else [P.scaled_map(m) for m in D.token_maps(result, parse, tokens)]
-        except Exception as exc:  # noqa: BLE001
-            cells[rel] = f"{type(exc).__name__}: {exc}"
-    shared = P.value_range([m for v in cells.values() if isinstance(v, list) for m in v])
+        else:
+            maps[rel] = result
+    frames, shared = P.step_frames(maps, ctx.steps, sig[-1])
+    cells.update(frames)
+    return {"cells": cells, "shared": shared, "id": hashlib.sha1(repr(sig).encode()).hexdigest()[:16]}
+
+
+def _frames_sig(ctx: _Ctx, scale: str) -> tuple:
+    """What :func:`_frames` depends on (hashable; a run recorded again has another key)."""
+    return (tuple((str(e.path), e.key, e.rel) for e in ctx.runs), tuple(sorted(ctx.errors.items())), ctx.layer,
+            ctx.phase, ctx.it, ctx.head, tuple(ctx.tokens), tuple(ctx.steps), ctx.parse is not None, scale)
+
+
+def _compare_view(ctx: _Ctx) -> None:
+    """One column per run (its label, status badge, final image or error card), then the step player with the maps
+    of every step (the step moves in the browser), then the colour bar."""
+    tokens = list(ctx.tokens)
+    scale = _vs().scale
+    # 1. every step of every run (so the colour scale can be shared across runs and steps), once per selection
+    fr = _frames(_frames_sig(ctx, scale), ctx)
+    cells = fr["cells"]
     # 2. one column per run (at least four column widths, so that images keep a sensible size with few runs)
-    columns = st.columns(max(len(ctx.runs), 4)) if ctx.runs else []
+    ncols = max(len(ctx.runs), 4)
+    columns = st.columns(ncols) if ctx.runs else []
+    it_note = f", iteration {ctx.it}" if ctx.it else ""
     for col, e in zip(columns, ctx.runs):
         with col:
             st.markdown(f"**{ctx.labels[e.rel]}**")
@@ -459,30 +499,71 @@ def _compare_view(ctx: _Ctx) -> None:
             if isinstance(cell, str):
                 st.error(f"`{e.rel}`: cannot read this run ({cell})", icon=":material/error:")
                 continue
-            info = ctx.infos[e.rel]
-            has_image, big, under = _visual(str(e.path), e.key)
-            ts = info["timesteps"]
-            t = f" · t={int(ts[ctx.step])}" if ctx.step < len(ts) and np.isfinite(ts[ctx.step]) else ""
+            has_image, big, _ = _visual(str(e.path), e.key)
             st.image(big, caption="final image" if has_image else "no image yet", width="stretch",
                      output_format="JPEG")
-            if cell is None:
-                st.caption(f"no '{ctx.phase}' maps at step {ctx.step}" + (f", iteration {ctx.it}" if ctx.it else ""))
+            if not tokens:
                 continue
-            heats = []
-            for tok, m in zip(tokens, cell):
-                lo, hi = shared if _vs().scale == "shared" else P.value_range([m])
-                name = ctx.token_labels.get(tok, tok)
-                heats.append((name, P.png(P.heat_rgba(m, lo, hi))) if np.isfinite(m).any() else
-                             (name + " (no mass)", None))
-            st.html(P.cells_html(under, heats, caption=f"step {ctx.step}{t}"))
-    if any(isinstance(v, list) for v in cells.values()):
-        lo, hi = shared
+            if cell is None:
+                st.caption(f"no '{ctx.phase}' maps recorded" + it_note)
+                continue
+            missing = [s for s, f in zip(ctx.steps, cell) if f is None]
+            if missing:
+                st.caption(f"no '{ctx.phase}' maps at step{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(str(s) for s in missing)}" + it_note)
+    # 3. the maps of every step, moved in the browser
+    if tokens and any(isinstance(v, list) for v in cells.values()):
+        _step_player(ctx, fr, tokens, ncols)
+        lo, hi = fr["shared"]
         st.image(P.colorbar(lo, hi), width=256)
-        st.caption(("Shared colour scale" if _vs().scale == "shared" else "Per-map colour scale")
+        st.caption(("Shared colour scale (all runs, all steps)" if scale == "shared" else "Per-map colour scale")
                    + f" of attention × h·w (1 = uniform): {lo:.3g} → {hi:.3g}. Layer `{ctx.layer}`, phase "
                    f"`{ctx.phase}`" + (f", head {ctx.head}" if ctx.head is not None else ", head mean") + ".")
     elif not tokens:
         st.caption("Choose tokens to see their maps.")
+
+
+def _player_component():
+    """The step player (declared on every script run: registering the same component again is a no-op, and a new
+    server runtime, e.g. a new AppTest, needs it registered)."""
+    from streamlit.components.v1 import declare_component
+
+    return declare_component("step_player", path=str(PLAYER_DIR))
+
+
+def _player_changed() -> None:
+    """The step player reported a step ``{"step", "seq"}`` (debounced): it becomes the view's step."""
+    v = st.session_state.get(PLAYER_KEY)
+    if not isinstance(v, dict):
+        return
+    try:
+        st.session_state[_ACK] = int(v.get("seq") or 0)
+        _vs().step = int(v["step"])
+    except (KeyError, TypeError, ValueError):
+        return
+
+
+def _player_args(ctx: _Ctx, fr: dict[str, Any], tokens: Sequence[str], ncols: int, ack: int) -> dict[str, Any]:
+    """The step player's arguments (JSON): the frames of every column, the grey images, labels, timesteps, the step
+    to show and ``ack`` (the last report processed, so the player can tell a stale echo from a step change)."""
+    columns: list[dict[str, Any] | None] = []
+    for e in ctx.runs:
+        cell = fr["cells"].get(e.rel)
+        if isinstance(cell, str):
+            columns.append(None)
+            continue
+        ts = ctx.infos[e.rel]["timesteps"]
+        _, _, under = _visual(str(e.path), e.key)
+        columns.append({"label": ctx.labels[e.rel], "under": under, "frames": cell,
+                        "t": [int(ts[s]) if s < len(ts) and np.isfinite(ts[s]) else None for s in ctx.steps]})
+    return {"frames_id": fr["id"], "step": int(ctx.step), "ack": int(ack), "steps": [int(s) for s in ctx.steps],
+            "tokens": [ctx.token_labels.get(t, t) for t in tokens], "ncols": ncols, "columns": columns,
+            "phase": ctx.phase, "it": int(ctx.it)}
+
+
+def _step_player(ctx: _Ctx, fr: dict[str, Any], tokens: Sequence[str], ncols: int) -> None:
+    args = _player_args(ctx, fr, tokens, ncols, st.session_state.get(_ACK, 0))
+    _player_component()(key=PLAYER_KEY, on_change=_player_changed, default=None, **args)
 
 
 def _md_table(rows: list[dict[str, Any]]) -> str:

@@ -1,6 +1,7 @@
 """``attnlens dashboard`` in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, via Selenium).
 
-Starts the real command on a temporary root of recorded tiny runs, opens the page, changes the method and the step,
+Starts the real command on a temporary root of recorded tiny runs, opens the page, changes the method, changes the step
+with the arrow keys on the Compare view's step player (a custom component: its range input lives in an iframe),
 switches to the metric view, takes screenshots, and checks that images and plots rendered with no error element.
 Skipped (not failed) only when chromium or chromedriver is absent (``make test`` installs them as root).
 Set ``ATTNLENS_SCREENSHOTS=DIR`` to keep the screenshots.
@@ -31,21 +32,27 @@ pytestmark = pytest.mark.browser
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1500,1800"]
+PLAYER = 'iframe[src*="step_player"]'  # the Compare view's step player (a custom component: its own document)
 STATE_JS = """
 const app = document.querySelector('[data-testid="stApp"]');
-// final images (captioned st.image) and map cells (the heat maps drawn over the grey image)
+// final images (captioned st.image) in the page; map cells (the heat maps over the grey image) in the step player
 const finals = Array.from(document.querySelectorAll('[data-testid="stImage"]'))
     .filter(e => e.querySelector('[data-testid="stImageCaption"]')).map(e => e.querySelector('img')).filter(i => i);
-const heats = Array.from(document.querySelectorAll('.attnlens-cell img[alt]:not([alt=""])'));
+const frame = document.querySelector('%s');
+const doc = frame ? frame.contentDocument : null;  // same origin: the component is served by the dashboard
+const heats = doc ? Array.from(doc.querySelectorAll('.attnlens-cell img.map')).filter(i => i.style.display !== 'none')
+                  : [];
 const imgs = finals.concat(heats);
 return {state: app ? app.getAttribute('data-test-script-state') : null,
         finals: finals.filter(i => i.complete && i.naturalWidth > 0).length,
         cells: heats.filter(i => i.complete && i.naturalWidth > 0).length,
         pending: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length,
         srcs: heats.map(i => i.src.slice(-64)),
+        step: doc && doc.body ? doc.body.getAttribute('data-step') : null,
+        captions: doc ? Array.from(doc.querySelectorAll('.cap')).map(e => e.textContent) : [],
         plots: document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg').length,
         errors: document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length};
-"""
+""" % PLAYER
 
 
 def _binaries() -> tuple[str, str]:
@@ -168,17 +175,39 @@ def test_dashboard_in_chromium(server, driver, tmp_path):
                  and "methods=syngen" in d.current_url, what="the method change")
     assert s["errors"] == 0
 
-    # change the step with the keyboard on the slider → new maps, step in the URL
+    # change the step with the keyboard on the step player's range input (inside the component's iframe): the maps
+    # change in the browser at once, and the step reaches the URL after the debounced report
     before = s["srcs"]
-    slider = d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
+    d.switch_to.frame(d.find_element(By.CSS_SELECTOR, PLAYER))
+    slider = d.find_element(By.CSS_SELECTOR, 'input[type="range"]')
     d.execute_script("arguments[0].focus()", slider)
     ActionChains(d).send_keys(Keys.ARROW_LEFT).perform()
+    moved = [i.get_attribute("src") for i in d.find_elements(By.CSS_SELECTOR, "img.map")]  # no server round trip
+    assert d.find_element(By.TAG_NAME, "body").get_attribute("data-step") == "1"
+    assert slider.get_attribute("value") == "1" and "Step 1" in d.find_element(By.ID, "label").text
+    d.switch_to.default_content()
+    assert [m[-64:] for m in moved] != before and len(moved) == 4
     s = wait_for(d, lambda s: "step=1" in d.current_url and s["srcs"] != before and s["pending"] == 0
                  and s["cells"] == 4, what="the step change")
-    assert s["errors"] == 0
-    assert "step 1" in d.find_element(By.CSS_SELECTOR, "section.stMain, [data-testid='stMain']").text
+    assert s["errors"] == 0 and s["step"] == "1"
+    assert s["srcs"] == [m[-64:] for m in moved]  # the rerun after the report did not reset the player
+    assert all(c.startswith("step 1 · t=") for c in s["captions"])
     shot = screenshot(d, tmp_path / "dashboard-compare.png")
     assert shot.stat().st_size > 10_000
+
+    # quick moves (within the debounce): one report, of the last step; the player ends where the keys left it
+    d.switch_to.frame(d.find_element(By.CSS_SELECTOR, PLAYER))
+    slider = d.find_element(By.CSS_SELECTOR, 'input[type="range"]')
+    d.execute_script("arguments[0].focus()", slider)
+    ActionChains(d).send_keys(Keys.ARROW_LEFT).send_keys(Keys.ARROW_RIGHT).send_keys(Keys.ARROW_LEFT).perform()
+    assert d.find_element(By.TAG_NAME, "body").get_attribute("data-step") == "0"
+    d.switch_to.default_content()
+    s = wait_for(d, lambda s: "step=0" in d.current_url and s["step"] == "0" and s["pending"] == 0 and s["cells"] == 4,
+                 what="the quick step changes")
+    time.sleep(1.0)  # a late echo of the report must not move the player
+    s = wait_for(d, lambda s: s["pending"] == 0, what="the page after the report")
+    assert s["step"] == "0" and "step=0" in d.current_url and s["errors"] == 0
+    assert not d.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
 
     # the metric view: plotly charts (curves, leakage matrix, layer × step heat map, loss terms)
     next(b for b in d.find_elements(By.CSS_SELECTOR, '[data-testid="stButtonGroup"] button')
@@ -195,4 +224,9 @@ def test_dashboard_in_chromium(server, driver, tmp_path):
     shared = d.current_url
     d.get(shared)
     s = wait_for(d, lambda s: s["plots"] >= 4, timeout=120, what="the shared view")
-    assert "step=1" in d.current_url and "methods=syngen" in d.current_url and s["errors"] == 0
+    assert "step=0" in d.current_url and "methods=syngen" in d.current_url and s["errors"] == 0
+
+    # back to Compare in a fresh session opened at step=1: the player starts at the URL's step
+    d.get(shared.replace("view=metrics", "view=compare").replace("step=0", "step=1"))
+    s = wait_for(d, lambda s: s["finals"] == 1 and s["cells"] == 4 and s["pending"] == 0, what="the Compare URL")
+    assert s["step"] == "1" and "step=1" in d.current_url and s["errors"] == 0

@@ -61,9 +61,32 @@ def images(at) -> list:
     return [im for im in at.get("image") if any(im.captions)]
 
 
-def cells(at) -> list[str]:
-    """The map columns: one HTML block per run with a labelled cell per token (data-URI images)."""
-    return [str(h.value) for h in at.get("html") if "attnlens-cells" in str(h.value)]
+def player(at) -> dict:
+    """The arguments of the Compare view's step player (the custom component: AppTest cannot run its JavaScript,
+    so the test reads what the page sends it)."""
+    found = [c for c in at.get("component_instance") if c.proto.component_name.endswith("step_player")]
+    assert len(found) == 1, [c.proto.component_name for c in at.get("component_instance")]
+    return json.loads(found[0].proto.json_args)
+
+
+def cells(at) -> list[list]:
+    """The map columns of the step player that have maps: per run, per step, a data-URI image per token (None:
+    the step is not recorded)."""
+    comps = [c for c in at.get("component_instance") if c.proto.component_name.endswith("step_player")]
+    if not comps:
+        return []
+    return [c["frames"] for c in player(at)["columns"] if c is not None and c["frames"] is not None]
+
+
+def report_step(at, step: int, seq: int = 1):
+    """What the step player sends after the slider moved (a debounced ``setComponentValue`` of ``{step, seq}``).
+    AppTest has no setter for a custom component's value: the widget state is added to the next run by hand."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    comp = next(c for c in at.get("component_instance") if c.proto.component_name.endswith("step_player"))
+    states = at._tree.get_widget_states()
+    states.widgets.append(WidgetState(id=comp.proto.id, json_value=json.dumps({"step": step, "seq": seq})))
+    return at._run(states)
 
 
 def plotly_charts(at) -> list:
@@ -136,10 +159,59 @@ def test_map_cells_follow_the_figure_colouring():
     assert (nan[..., 3] == 0).all()
     under = P.under_image(np.zeros((64, 64, 3), dtype=np.uint8))
     assert under.shape == (P.RENDER, P.RENDER) and int(under[0, 0]) == round(0.25 * 255)
-    html = P.cells_html(P.data_uri(P.to_jpeg(np.stack([under] * 3, -1)), "image/jpeg"),
-                        [("red", P.png(rgba)), ("<b>", None)], caption="step 1")
-    assert html.count("<img") == 1 and html.count("data:image/jpeg") == 1  # the grey image once, a heat map per cell
-    assert "data:image/png;base64," in html and "&lt;b&gt;" in html and "step 1" in html
+    assert P.data_uri(P.png(rgba), "image/png").startswith("data:image/png;base64,iVBOR")
+
+
+def _png_alpha(uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGBA"))[..., 3]
+
+
+def test_step_frames_cover_every_step_with_one_scale():
+    """The step player's payload: one image per step per token per run, None for a step a run did not record and
+    for a map without mass, the shared colour scale taken over every step (and every run)."""
+    ramp = P.scaled_map(np.arange(1.0, 17.0).reshape(4, 4))  # max ≈ 1.88
+    flat = P.scaled_map(np.ones((4, 4)))  # 1 everywhere
+    peak = P.scaled_map(np.eye(4))  # max 4: the largest value of all, at step 2 only
+    nomass = P.scaled_map(np.zeros((4, 4)))  # NaN
+    maps = {"a": {0: [ramp, flat], 1: [flat, ramp], 2: [peak, nomass]},
+            "b": {0: [flat, flat]}}  # an incomplete run: step 0 only
+    frames, (lo, hi) = P.step_frames(maps, [0, 1, 2], "shared")
+    assert set(frames) == {"a", "b"}
+    assert [len(f) for f in frames["a"]] == [2, 2, 2]  # a PNG per token at every step
+    assert frames["b"][1:] == [None, None] and len(frames["b"][0]) == 2  # missing steps: None (dimmed cells)
+    assert frames["a"][2][1] is None  # no mass at that step: no image
+    assert all(u.startswith("data:image/png;base64,") for f in frames["a"] for u in f if u)
+    assert (lo, hi) == P.value_range([ramp, flat, peak])  # over every step of every run
+    assert hi == pytest.approx(4.0)
+    # the ramp's maximum (1.88) is far below the shared maximum (4, at step 2): not fully opaque at step 0
+    assert _png_alpha(frames["a"][0][0]).max() < round(0.85 * 255) * 0.5
+    assert _png_alpha(frames["a"][2][0]).max() == round(0.85 * 255)  # the peak is
+    # per map: each map on its own range, so the ramp's maximum is fully opaque at every step
+    each, _ = P.step_frames(maps, [0, 1, 2], "each")
+    assert _png_alpha(each["a"][0][0]).max() == round(0.85 * 255)
+    assert _png_alpha(each["a"][1][1]).max() == round(0.85 * 255)
+    # the shared scale makes the same map the same picture at every step; a map with its own scale too
+    assert frames["a"][0][1] == frames["a"][1][0] == frames["b"][0][0]
+    empty, rng = P.step_frames({}, [0, 1], "shared")
+    assert empty == {} and rng == (0.0, 1.0)
+
+
+def test_step_player_component_files():
+    """The component is plain HTML/JS next to the page (no build step) and speaks Streamlit's component protocol."""
+    from dashboard.ui import PLAYER_DIR
+
+    index = PLAYER_DIR / "index.html"
+    assert PLAYER_DIR.parent == REPO / "dashboard" and index.is_file()
+    text = index.read_text()
+    for needle in ('"streamlit:componentReady"', "apiVersion: 1", '"streamlit:render"', '"streamlit:setFrameHeight"',
+                   '"streamlit:setComponentValue"', 'dataType: "json"', 'type="range"'):
+        assert needle in text, needle
 
 
 def test_scan_marks_incomplete_and_corrupted_runs(damaged_root):
@@ -185,8 +257,16 @@ def test_compare_view_shows_images_maps_and_parse(monkeypatch, root):
     assert not at.error
     assert column_titles(at)[:2] == ["none", "syngen"]
     assert len(images(at)) == 2 and "final image" in images(at)[0].captions[0]
-    cols = cells(at)  # per column: a cell per token over the grey image
-    assert len(cols) == 2 and all(c.count("data:image/png") == 4 for c in cols) and ">golden<" in cols[1]
+    args = player(at)  # the step player: the maps of every step, moved in the browser
+    assert args["steps"] == [0, 1, 2] and args["step"] == 2 and args["ncols"] == 4
+    assert args["tokens"] == ["red", "crown", "golden", "strawberry"] and args["phase"] == "sample"
+    assert [c["label"] for c in args["columns"]] == ["none", "syngen"]
+    assert all(c["under"].startswith("data:image/jpeg;base64,") for c in args["columns"])  # the grey image per run
+    assert all(len(c["t"]) == 3 and all(isinstance(t, int) for t in c["t"]) for c in args["columns"])
+    cols = cells(at)  # per column, per step: a PNG per token
+    assert len(cols) == 2 and all(len(f) == 3 and all(len(x) == 4 for x in f) for f in cols)
+    assert all(u.startswith("data:image/png;base64,") for f in cols for x in f for u in x)
+    assert cols[0][0] != cols[0][2]  # the steps differ
     assert at.query_params["prompt"] == PROMPT and at.query_params["seed"] == "1" and at.query_params["step"] == "2"
     assert "red [2] → crown [3]" in markdown_text(at)  # the parse (sets and positions)
     assert by_label(at.multiselect, "Tokens").value == ["red", "crown", "golden", "strawberry"]
@@ -203,17 +283,29 @@ def test_selecting_a_method(monkeypatch, root):
     assert at.query_params["methods"] == "syngen"
 
 
-def test_moving_the_step_slider(monkeypatch, root):
+def test_the_step_player_reports_the_step(monkeypatch, root):
     at = app(monkeypatch, root)
-    before, finals = cells(at), [im.value for im in images(at)]
-    slider = by_label(at.select_slider, "Step")
-    assert [int(x) for x in slider.options] == [0, 1, 2]
-    slider.set_value(0).run()
+    before, finals = player(at), [im.value for im in images(at)]
+    assert before["ack"] == 0 and not at.select_slider  # no Streamlit slider in Compare: the player is the slider
+    report_step(at, 0, seq=1)  # the player moved to step 0 in the browser and reports it
     no_failures(at)
     assert at.query_params["step"] == "0"
-    after = cells(at)
-    assert all("step 0 · t=" in c for c in after) and all("step 2 · t=" in c for c in before)
-    assert after != before and [im.value for im in images(at)] == finals  # the maps changed, the images did not
+    after = player(at)
+    assert after["step"] == 0 and after["ack"] == 1  # the echo the player recognises (no visual reset)
+    assert after["frames_id"] == before["frames_id"] and after["columns"] == before["columns"]  # nothing rebuilt
+    assert [im.value for im in images(at)] == finals
+    by_label(at.toggle, "Export figure").set_value(True).run()  # the export panel follows the step
+    assert any("--steps 0" in str(c.value) for c in at.code)
+    report_step(at, 99, seq=2)  # a step that is not recorded falls back to the last one
+    no_failures(at)
+    assert at.query_params["step"] == "2" and player(at)["step"] == 2 and player(at)["ack"] == 2
+    by_label(at.button_group, "View").set_value("metrics").run()  # the Metrics view keeps the step
+    no_failures(at)
+    assert by_label(at.select_slider, "Step").value == 2
+    by_label(at.select_slider, "Step").set_value(1).run()
+    by_label(at.button_group, "View").set_value("compare").run()
+    no_failures(at)
+    assert player(at)["step"] == 1 and at.query_params["step"] == "1"  # and the player starts where Metrics left
 
 
 def test_switching_layers_phase_and_heads(monkeypatch, root):
@@ -222,10 +314,12 @@ def test_switching_layers_phase_and_heads(monkeypatch, root):
     shown = " | ".join(layer.options)  # labels: "res16 (mean of 3 layers at 16×16)", "up2.0 · 16×16", ...
     assert layer.value == "all" and "res16 (mean of" in shown and "res4 (mean of" in shown
     assert "up2.0 · 16×16" in shown
-    first = cells(at)
+    first = player(at)
+    assert first["step"] == 1
     layer.set_value("res16").run()
     no_failures(at)
-    assert at.query_params["layer"] == "res16" and cells(at) != first
+    assert at.query_params["layer"] == "res16" and cells(at) != [c["frames"] for c in first["columns"]]
+    assert player(at)["frames_id"] != first["frames_id"]  # new maps: the player rebuilds
     name = "up_blocks.2.attentions.0.transformer_blocks.0.attn2"
     by_label(at.selectbox, "Layer / resolution").set_value(name).run()
     assert at.query_params["layer"] == name
@@ -247,18 +341,21 @@ def test_tokens_pieces_and_scale(monkeypatch, root):
     assert by_label(at.multiselect, "Tokens").value == ["golden", "#0"]
     assert by_label(at.radio, "Colour scale").value == "each"
     assert at.query_params["tokens"] == ["golden", "#0"]
+    assert player(at)["tokens"][0] == "golden" and player(at)["tokens"][1].startswith("#0")
+    assert all(len(x) == 2 for f in cells(at) for x in f)
 
 
 def test_view_state_from_the_url(monkeypatch, root):
     at = app(monkeypatch, root, seed="2", step="1", layer="res8", methods="none", view="compare")
     no_failures(at)
     assert by_label(at.selectbox, "Seed").value == 2
-    assert by_label(at.select_slider, "Step").value == 1
+    assert player(at)["step"] == 1  # the player opens at the URL's step
     assert by_label(at.selectbox, "Layer / resolution").value == "res8"
     assert column_titles(at) == ["none"]
     stale = app(monkeypatch, root, seed="99", step="40", layer="nope", prompt="not recorded")
     no_failures(stale)  # values the root does not hold fall back to the defaults
     assert by_label(stale.selectbox, "Seed").value == 1 and stale.query_params["step"] == "2"
+    assert player(stale)["step"] == 2
 
 
 def test_runs_view_and_url_paths_stay_inside_the_root(monkeypatch, root):
@@ -285,14 +382,19 @@ def test_incomplete_and_corrupted_runs(monkeypatch, damaged_root):
     assert any("syngen-broken-seed1" in e and "cannot read" in e for e in errors)  # unreadable arrays: its column
     assert column_titles(at) == ["none", "syngen", "syngen-broken"]
     assert len(images(at)) == 2 and len(cells(at)) == 2  # the two good runs still show their image and maps
+    assert player(at)["columns"][2] is None  # the broken run: its error card, no maps
     by_label(at.selectbox, "Seed").set_value(3).run()
     no_failures(at)
     assert not [e for e in at.error if "syngen-seed3" in str(e.value)]
     assert "incomplete · running" in markdown_text(at)  # the incomplete run is marked
-    assert [int(x) for x in by_label(at.select_slider, "Step").options] == [0, 1, 2]
-    by_label(at.select_slider, "Step").set_value(2).run()
+    args = player(at)
+    assert args["steps"] == [0, 1, 2]
+    none, syngen = cells(at)  # the incomplete run recorded step 0 only: the later steps are dimmed cells
+    assert all(f is not None for f in none) and syngen[0] is not None and syngen[1:] == [None, None]
+    assert any("no 'sample' maps at steps 1, 2" in str(c.value) for c in at.caption)
+    report_step(at, 2)
     no_failures(at)
-    assert any("no 'sample' maps at step 2" in str(c.value) for c in at.caption)  # the incomplete run
+    assert at.query_params["step"] == "2" and player(at)["step"] == 2
 
 
 def test_metrics_view(monkeypatch, root):
