@@ -15,9 +15,13 @@ from pathlib import Path
 
 from .cli import main as cli_main
 from .cli._output import err_console
+from .models import DEFAULT_MODEL
 
 METHODS = ["none", "syngen", "syngen-entropy", "attend-excite", "divide-bind"]
-PROMPT = "a red crown and a golden strawberry"
+#: on the shapes model: a colour-shape pair it never saw in training (red circle) beside one it did (blue square)
+PROMPT = "a red circle and a blue square"
+#: for models that know the world (SD) or nothing (attnlens-tiny): SynGen's running example
+PROMPT_OPEN = "a red crown and a golden strawberry"
 
 
 def _run(args: list[str]) -> None:
@@ -30,11 +34,13 @@ def _run(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnlens.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
-    ap.add_argument("--prompt", default=PROMPT)
+    ap.add_argument("--prompt", default=None, help=f"default: '{PROMPT}' on attnlens-shapes, else '{PROMPT_OPEN}'")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--model", default="attnlens-tiny")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     args = ap.parse_args(argv)
+    if args.prompt is None:
+        args.prompt = PROMPT if args.model == "attnlens-shapes" else PROMPT_OPEN
     runs, figures = args.out / "runs", args.out / "figures"
     seeds = [a for s in args.seeds for a in ("--seed", str(s))]
     t0 = time.perf_counter()

@@ -27,8 +27,8 @@ import torch
 
 from .errors import AttnlensError
 
-# The embedded default. Swapping it for another model (e.g. the trained testbed model) is this one line.
-DEFAULT_MODEL = "attnlens-tiny"
+# The embedded default: the trained shapes testbed model (attnlens-tiny, random weights, stays available by name).
+DEFAULT_MODEL = "attnlens-shapes"
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,58 @@ def _build_tiny(directory: Path) -> None:
     pipe.save_pretrained(directory, safe_serialization=True)
 
 
+def shapes_manifest() -> dict[str, Any]:
+    """The manifest of the shipped shapes model (``attnlens/assets/shapes/attnlens_model.json``)."""
+    from .testbed.ship import ASSET_DIR
+
+    path = ASSET_DIR / "attnlens_model.json"
+    if not path.is_file():
+        raise AttnlensError(
+            "the trained shapes model is not in this installation (attnlens/assets/shapes is missing)",
+            hint="reinstall attnlens from a full checkout, or use --model attnlens-tiny",
+        )
+    return json.loads(path.read_text())
+
+
+def _build_shapes(directory: Path) -> None:
+    """Write ``attnlens-shapes`` — the trained testbed model shipped in ``attnlens/assets/shapes`` (see
+    docs/testbed.md) — into ``directory``: the shipped weights and configs, verified against their SHA-256, plus
+    tokenizer files generated from the shipped CLIP BPE vocabulary."""
+    from .testbed.ship import ASSET_DIR, sha256
+    from .tokenizer import clip_tokenizer
+
+    manifest = shapes_manifest()
+    for rel, info in manifest["files"].items():
+        src = ASSET_DIR / rel
+        if not src.is_file() or sha256(src) != info["sha256"]:
+            raise AttnlensError(
+                f"the shipped shapes model file '{rel}' is missing or damaged (checksum mismatch)",
+                hint="restore attnlens/assets/shapes from git (git lfs is not used; run: git checkout -- attnlens/assets)",
+            )
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, directory / rel)
+    clip_tokenizer().save_pretrained(directory / "tokenizer")
+
+
+def _shapes_version() -> str:
+    try:
+        return str(shapes_manifest()["version"])
+    except AttnlensError:
+        return "missing"
+
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "attnlens-tiny": EmbeddedModel(
         name="attnlens-tiny",
         description="SD-1.x-shaped pipeline with random weights, 64x64, cross-attention at 16/8/4 (built offline)",
         build=_build_tiny,
         version="1",
+    ),
+    "attnlens-shapes": EmbeddedModel(
+        name="attnlens-shapes",
+        description="the trained shapes testbed model (64x64, coloured shapes; docs/testbed.md), shipped weights",
+        build=_build_shapes,
+        version="shipped",  # the weights' digest (from the asset manifest) keys the cache folder
     ),
 }
 
@@ -136,7 +182,8 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
     spec = EMBEDDED[name]
     import diffusers
 
-    key = hashlib.sha256(f"{spec.name}:{spec.version}:{diffusers.__version__}".encode()).hexdigest()[:10]
+    version = _shapes_version() if spec.name == "attnlens-shapes" else spec.version
+    key = hashlib.sha256(f"{spec.name}:{version}:{diffusers.__version__}".encode()).hexdigest()[:10]
     target = cache_dir() / "models" / f"{spec.name}-{key}"
     if (target / "model_index.json").exists():
         return target
@@ -144,7 +191,7 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
     try:
         spec.build(tmp)
-        (tmp / "attnlens_model.json").write_text(json.dumps({"name": spec.name, "version": spec.version}))
+        (tmp / "attnlens_model.json").write_text(json.dumps({"name": spec.name, "version": version}))
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race

@@ -23,7 +23,7 @@ app = typer.Typer(
         "  attnlens record \"a red crown and a golden strawberry\" --method syngen --seed 1 --seed 2\n\n"
         "  attnlens ls runs/\n\n"
         "  attnlens info runs/a-red-crown-and-a-golden-strawberry/syngen-seed1\n\n"
-        "The embedded default model (attnlens-tiny) runs offline on a CPU; pass --model "
+        "The embedded default model (attnlens-shapes, trained on coloured shapes) runs offline on a CPU; pass --model "
         "CompVis/stable-diffusion-v1-4 (or a local folder) for a real model on a GPU."
     ),
     no_args_is_help=True,

@@ -88,6 +88,8 @@ def binding(
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples."),
     rerecord: bool = typer.Option(False, "--rerecord", help="Record again even when a complete run exists."),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: torch's default)."),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="Where runs are recorded (default OUT/runs); share it "
+                                                             "between benchmarks to reuse runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the tables as JSON."),
 ) -> None:
     """Methods x held-out prompts x seeds on the shapes model, scored against the ground truth."""
@@ -109,7 +111,7 @@ def binding(
                                      "max_refinement_steps_init_step": refinement}}
     res = run_binding_bench(model or _model_default(), out, prompts=prompts, seeds=_ints(seeds),
                             methods=method or METHODS, sweep=_floats(sweep), steps=steps, guidance_scale=guidance,
-                            overrides=overrides, analyse=analyse, n_boot=n_boot, rerecord=rerecord,
+                            overrides=overrides, analyse=analyse, n_boot=n_boot, rerecord=rerecord, runs_root=runs,
                             log=lambda s: err_console.print(s, markup=False, highlight=False))
     if as_json:
         emit_json({"out": str(res.out), "recorded": res.recorded, "reused": res.reused,

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import AttnlensError
+from ..models import DEFAULT_MODEL
 from . import app
 from ._output import console, err_console, warn
 
@@ -63,8 +64,9 @@ def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
 @app.command(epilog=EXAMPLES)
 def record(
     prompt: list[str] = typer.Argument(None, help="Prompt(s) to record. Quote each prompt."),
-    model: str = typer.Option("attnlens-tiny", "--model", "-m",
-                              help="Embedded model name, hub id (CompVis/stable-diffusion-v1-4) or local diffusers folder."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                              help="Embedded model (attnlens-shapes: trained on coloured shapes; attnlens-tiny: "
+                                   "random weights), hub id (CompVis/stable-diffusion-v1-4) or local diffusers folder."),
     method: str = typer.Option("none", "--method",
                                help="none | syngen | syngen-entropy | attend-excite | divide-bind | path/to/file.py:function"),
     method_option: list[str] = typer.Option([], "--method-option", "-O", help="Method hyperparameter KEY=VALUE (repeatable)."),

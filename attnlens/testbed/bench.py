@@ -248,11 +248,14 @@ def run_binding_bench(
     rerecord: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    runs_root: str | Path | None = None,
 ) -> BenchResult:
     """Run the binding benchmark into ``out`` (see the module docstring); resumable.
 
     ``model`` is anything :func:`attnlens.load_pipeline` takes (default in the CLI: the embedded shapes model).
     Prompts must be testbed captions (the evaluator parses them): an int takes that many :func:`heldout_prompts`.
+    ``runs_root`` (default ``out/runs``) lets several benchmarks share their recorded runs (e.g. one with the
+    released defaults on many prompts and a step-size sweep on a subset).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -265,7 +268,7 @@ def run_binding_bench(
     t0 = time.perf_counter()
     log = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out)
-    root = out / "runs"
+    root = Path(runs_root) if runs_root is not None else out / "runs"
     prompt_list = heldout_prompts(prompts) if isinstance(prompts, int) else list(prompts)
     for p in prompt_list:
         try:

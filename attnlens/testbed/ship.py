@@ -1,0 +1,77 @@
+"""Ship a trained testbed pipeline inside the package, where ``attnlens-shapes`` (the embedded default) finds it.
+
+    python -m attnlens.testbed.ship runs/testbed/pipeline
+
+copies the weights and configs of ``PIPELINE`` (fp16 safetensors as ``attnlens.testbed.train`` exports them) into
+``attnlens/assets/shapes/`` — without the tokenizer files, which are regenerated from the shipped CLIP BPE
+vocabulary when the model is first built into the cache — and writes ``attnlens/assets/shapes/attnlens_model.json``
+with the SHA-256 of every file. ``attnlens.models`` verifies those hashes before building, so a truncated or
+Git-LFS-pointer checkout fails with one clear line instead of loading garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "shapes"
+FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None = None) -> dict:
+    """Copy ``pipeline`` into ``dest`` and write the manifest; returns the manifest."""
+    src, dest = Path(pipeline), Path(dest)
+    missing = [f for f in FILES if not (src / f).is_file()]
+    if missing:
+        raise SystemExit(f"error: {src} is not an exported testbed pipeline (missing {missing[0]})")
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = {}
+    for f in FILES:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / f, dest / f)
+        files[f] = {"sha256": sha256(dest / f), "bytes": (dest / f).stat().st_size}
+    extra = {}
+    info = src / "attnlens_testbed.json"
+    if info.is_file():
+        extra = json.loads(info.read_text())
+    digest = hashlib.sha256("".join(v["sha256"] for v in files.values()).encode()).hexdigest()[:12]
+    manifest = {"name": "attnlens-shapes", "version": digest, "files": files, "training": extra, **(note or {})}
+    (dest / "attnlens_model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pipeline", help="exported pipeline folder (OUT/pipeline of attnlens.testbed.train)")
+    ap.add_argument("--dest", default=str(ASSET_DIR), help="destination (default: the package's assets/shapes)")
+    args = ap.parse_args(argv)
+    m = ship(args.pipeline, args.dest)
+    total = sum(v["bytes"] for v in m["files"].values()) / 1e6
+    print(f"shipped {args.pipeline} -> {args.dest}: {total:.1f} MB, version {m['version']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
