@@ -120,7 +120,7 @@ def binding(
         return
     console.print(to_rich(res.comparison))
     if res.best is not None:
-        console.print("\nattention metrics that best predict success (post hoc best layer/step; "
+        console.print(f"\nattention metrics that best predict '{res.label}' (post hoc best layer/step; "
                       "'AUC all, last step' is the pre-registered point):", markup=False)
         console.print((res.out / "auc.md").read_text(), markup=False, highlight=False)
     err_console.print(f"{res.recorded} run(s) recorded, {res.reused} reused, {res.seconds:.0f} s; "

@@ -35,9 +35,9 @@ METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
 #: the hyperparameter each method calls its step size (released default 20 for all four)
 STEP_PARAM = {"syngen": "step_size", "syngen-entropy": "step_size", "attend-excite": "scale_factor",
               "divide-bind": "scale_factor"}
-OUTCOMES = ("success", "misbinding", "swapped", "leakage", "neglect", "object_accuracy")
+OUTCOMES = ("success", "bound", "misbinding", "swapped", "leakage", "neglect", "object_accuracy")
 #: which way is better, for the tables
-HIGHER_IS = {"success": "better", "misbinding": "worse", "swapped": "worse", "leakage": "worse",
+HIGHER_IS = {"success": "better", "bound": "better", "misbinding": "worse", "swapped": "worse", "leakage": "worse",
              "neglect": "worse", "object_accuracy": "better"}
 #: (metric, role) pairs drawn in the AUC figure (they also head the AUC table)
 AUC_FIGURE_PAIRS = (("jsd", "bound"), ("jsd", "unbound"), ("leak_in", "modifier"), ("leak_out", "modifier"),
@@ -125,6 +125,9 @@ def score_run(path: str | Path) -> dict[str, Any]:
         "run": str(run.path), "method": (m.get("method") or {}).get("name"), "variant": variant_label(m),
         "prompt": m["prompt"], "seed": int(m["seed"]), **{k: bool(v) for k, v in res.flags().items()},
         "object_accuracy": res.n_correct / max(len(res.objects), 1),
+        # binding alone: every prompt object drawn, none wearing another prompt object's colour (shape errors and
+        # stray colour patches allowed) — defined even when full successes are rare
+        "bound": not res.misbinding and not res.neglect,
         "objects": json.dumps([o.status for o in res.objects]),
     }
 
@@ -168,6 +171,7 @@ class BenchResult:
     comparison: Any  # attnlens.compare.Comparison over the outcome metrics
     auc: Any | None = None  # DataFrame of every (metric, role, layer, phase, step) group
     best: Any | None = None  # DataFrame: the most predictive (layer, step) per metric
+    label: str = "success"  # the outcome the AUCs predict (``bound`` when no run is a full success)
     files: list[Path] = field(default_factory=list)
     recorded: int = 0
     reused: int = 0
@@ -313,25 +317,29 @@ def run_binding_bench(
         write_parquet(runs, out / "metrics.parquet", phases=["sample"])
         df = read_table(out / "metrics.parquet")
         df = df[df["run"].isin(runs)]
-        if outcomes["success"].nunique() < 2:
-            log("every run has the same outcome: the AUC is undefined, no AUC table")
+        label = "success" if outcomes["success"].nunique() == 2 else "bound"
+        if label == "bound":
+            log("every run has the same success outcome: the AUC is computed for 'bound' (no misbinding, no neglect)")
+        if outcomes[label].nunique() < 2:
+            log(f"every run has the same '{label}' outcome: the AUC is undefined, no AUC table")
         else:
-            auc = metric_auc(df, outcomes)
+            auc = metric_auc(df, outcomes, label=label)
             auc.to_parquet(out / "auc.parquet", index=False)
             best = best_predictors(auc)
             files += [out / "auc.parquet", *_auc_tables(best, out)]
             auc.to_csv(out / "auc_all.csv", index=False)
             files.append(out / "auc_all.csv")
             none_runs = outcomes.loc[outcomes["variant"] == "none", "run"]
-            if len(none_runs) and outcomes.loc[none_runs.index, "success"].nunique() == 2:
+            if len(none_runs) and outcomes.loc[none_runs.index, label].nunique() == 2:
                 # the unguided model alone: no method in the comparison, so no method confounds metric and outcome
-                best_none = best_predictors(metric_auc(df, outcomes, runs=list(none_runs)))
+                best_none = best_predictors(metric_auc(df, outcomes, label=label, runs=list(none_runs)))
                 files += _auc_tables(best_none, out, name="auc_none")
             pairs = [p for p in AUC_FIGURE_PAIRS
                      if ((auc["metric"] == p[0]) & (auc["role"] == p[1])).any()]
-            fig = auc_figure(auc, pairs, title=f"{len(runs)} runs, {int(outcomes['success'].sum())} successes")
+            fig = auc_figure(auc, pairs, label=label,
+                             title=f"{len(runs)} runs, {int(outcomes[label].sum())} with '{label}'")
             files += [save_figure(fig, out / f"auc.{s}") for s in ("pdf", "png")]
-            result.auc, result.best = auc, best
+            result.auc, result.best, result.label = auc, best, label
     result.files, result.seconds = files, time.perf_counter() - t0
     return result
 

@@ -138,7 +138,7 @@ def best_predictors(auc_table, *, layer: str | None = None, top: int | None = No
 
 
 def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all", width: str | float = "page",
-               height: float | None = None, title: str | None = None):
+               height: float | None = None, title: str | None = None, label: str = "success"):
     """AUC against the step for each (metric, role) in ``pairs`` on one ``layer`` (default the ``all``
     aggregate; ``latent`` rows are used for trajectory metrics), with DeLong bands and the 0.5 chance line."""
     from ..figures import OKABE_ITO, _integer_steps, _new_figure, _panel, _styled, group_style
@@ -163,7 +163,7 @@ def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all
                                 hint="pass (metric, role) pairs that the analysis produced")
         ax.set_ylim(0.0, 1.0)
         ax.set_xlabel("step")
-        ax.set_ylabel(f"AUC for success ({layer})")
+        ax.set_ylabel(f"AUC for {label} ({layer})")
         if title:
             ax.set_title(title)
         _integer_steps(ax)
