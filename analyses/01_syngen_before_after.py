@@ -12,7 +12,6 @@ and after the update and for ``none`` (layer ``all``), and the paired SynGen −
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,14 +23,11 @@ METRICS = [("jsd", "bound"), ("jsd", "unbound"), ("leak_in", "modifier"), ("otsu
 
 def main() -> None:
     args = C.parser(__doc__, "01", steps=10, seeds="0,1").parse_args()
-    C.setup(args)
-    t0 = time.perf_counter()
+    t0, out, seeds, rec = C.setup(args)
     import attnlens
     from attnlens.compare import compare
     from attnlens.figures import maps_figure
 
-    out, seeds = args.out, C.seeds_of(args.seeds)
-    rec = C.Recorder(args.model, args.runs or out / "runs", args.steps, args.rerecord)
     runs = {}
     for seed in seeds:
         runs[("none", seed)] = rec.run(PROMPT, seed, "none")

@@ -12,7 +12,6 @@ the table the paired comparison with ``none`` on the headline metrics.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,14 +25,11 @@ def main() -> None:
     p = C.parser(__doc__, "02", steps=8, seeds="0,1")
     p.add_argument("--prompts", type=int, default=2, help="how many CC-500 prompts (default 2)")
     args = p.parse_args()
-    C.setup(args)
-    t0 = time.perf_counter()
+    t0, out, seeds, rec = C.setup(args)
     from attnlens.compare import compare
     from attnlens.figures import curves_figure
 
-    out, seeds = args.out, C.seeds_of(args.seeds)
     prompts = C.prompts_from_datasets(args.prompts, kinds=("cc500",))
-    rec = C.Recorder(args.model, args.runs or out / "runs", args.steps, args.rerecord)
     for prompt in prompts:
         for seed in seeds:
             for label, method, options in VARIANTS:

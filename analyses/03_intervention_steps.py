@@ -11,7 +11,6 @@ the step; the table the paired comparison with ``none``.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,13 +22,10 @@ OF_50 = (5, 15, 25, 50)
 
 def main() -> None:
     args = C.parser(__doc__, "03", steps=10, seeds="0,1").parse_args()
-    C.setup(args)
-    t0 = time.perf_counter()
+    t0, out, seeds, rec = C.setup(args)
     from attnlens.compare import compare
     from attnlens.figures import curves_figure
 
-    out, seeds = args.out, C.seeds_of(args.seeds)
-    rec = C.Recorder(args.model, args.runs or out / "runs", args.steps, args.rerecord)
     for seed in seeds:
         rec.run(PROMPT, seed, "none")
         for k in OF_50:

@@ -14,7 +14,6 @@ step; to fit the time budget on a CPU their refinement is capped at ``--refineme
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,16 +31,13 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=2, help="how many dataset prompts (default 2)")
     p.add_argument("--refinement", type=int, default=2, help="refinement cap for A&E and D&B (-1: released)")
     args = p.parse_args()
-    C.setup(args)
-    t0 = time.perf_counter()
+    t0, out, seeds, rec = C.setup(args)
     import attnlens
     from attnlens.compare import compare
     from attnlens.figures import curves_figure, losses_figure
 
-    out, seeds = args.out, C.seeds_of(args.seeds)
     available = set(attnlens.available_methods())
     prompts = C.prompts_from_datasets(args.prompts)
-    rec = C.Recorder(args.model, args.runs or out / "runs", args.steps, args.rerecord)
     for prompt in prompts:
         for seed in seeds:
             for method, options in variants(args.refinement):

@@ -144,7 +144,9 @@ def analyse(runs_root: Path, out: Path, **kwargs):
     return read_table(out / "metrics.parquet")
 
 
-def setup(args) -> None:
+def setup(args) -> tuple[float, Path, list[int], "Recorder"]:
+    """The common start of a script: quiet warnings, torch threads; returns (start time, output folder, seeds, the
+    run recorder on ``--runs`` or ``OUT/runs``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
@@ -152,6 +154,9 @@ def setup(args) -> None:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, args.threads))
+    t0 = time.perf_counter()
+    return t0, args.out, seeds_of(args.seeds), Recorder(args.model, args.runs or args.out / "runs", args.steps,
+                                                         args.rerecord)
 
 
 def markdown_table(df, floatfmt: str = ".4g") -> str:

@@ -307,14 +307,19 @@ def browser_side(root: Path | None, reloads: int, moves: int) -> dict | None:
                                    "median": statistics.median(runs) if runs else None}
         return result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(log.parent, ignore_errors=True)
 
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Terminate a server process started here (only that process), killing it if it has not exited in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 def _player_moves(d, wait, painted, moves: int) -> dict:
     """Arrow keys on the step player's range input (inside its iframe). Per move: ``in_page`` = keydown → the new

@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dashboard import fixtures as FX  # noqa: E402
+from dashboard.benchmark import stop_process  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -105,12 +106,7 @@ def server(browser_root, tmp_path_factory):
             time.sleep(0.5)
         yield url, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
