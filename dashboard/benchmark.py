@@ -9,7 +9,7 @@ under 20 seeds, so every run is a real 4-step tiny recording):
 * **server** (``streamlit.testing`` AppTest, in this process after the imports ``attnlens dashboard`` preloads):
   the first script run of a session on cold caches (the whole page: run index of the root, the unit's infos,
   the maps of every step for the Compare view's step player, images) and the script runs after a step change
-  (Compare: the step player's debounced report; Metrics: the Streamlit slider. AppTest reruns the whole script;
+  (the step player's debounced report, in both views. AppTest reruns the whole script;
   the real page reruns only the fragment, so this is an upper bound), for the Compare and the Metrics views; plus
   the size of the step player's arguments (the maps of every step, sent once per selection);
 * **browser** (headless Chromium via Selenium, when installed): ``attnlens dashboard ROOT`` in a subprocess;
@@ -18,8 +18,8 @@ under 20 seeds, so every run is a real 4-step tiny recording):
   key on the step player's range input → the new maps decoded and the next animation frame, timed inside the
   player's document (``slider_redraw_compare``), the same seen from Selenium (``..._wall``: adds the WebDriver
   round trips), and → the step reported and in the URL, the script idle (``slider_report_synced_compare``, not on
-  the redraw's path). Metrics view: arrow key on the Streamlit step slider → the leakage matrix of the new step
-  drawn;
+  the redraw's path). Metrics view: the same on its step player, whose frames are the leakage tables of every
+  step (``slider_redraw_metrics``, ...);
 * with ``--baseline``, the Streamlit-slider timings on a throwaway Streamlit page of the same layout (sidebar filters,
   controls, a step slider in a fragment, five columns of an image and an HTML cell) that computes nothing: what a
   Streamlit rerun itself costs on this machine.
@@ -60,6 +60,7 @@ const imgs = finals.concat(heats);
 return {state: app ? app.getAttribute('data-test-script-state') : null,
         loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length, total: imgs.length, cells: heats.length,
         srcs: heats.map(i => i.src.slice(-64)), now: performance.now(),
+        tables: doc ? Array.from(doc.querySelectorAll('table.leak')).map(t => t.textContent) : [],
         step: doc && doc.body ? doc.body.getAttribute('data-step') : null, url: location.search,
         plots: document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg').length,
         text: arguments[0] ? Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"] strong'))
@@ -128,27 +129,20 @@ def server_side(root: Path, moves: int) -> dict:
         first = time.perf_counter() - t
         assert not at.exception, [e.value for e in at.exception]
         time.sleep(1.0)  # let the background reads of the other steps finish (as a user would)
-        if view == "compare":  # the step player: its maps of every step, then the script run after each report
-            comp = next(c for c in at.get("component_instance") if c.proto.component_name.endswith("step_player"))
-            args = json.loads(comp.proto.json_args)
-            steps = [int(x) for x in args["steps"]]
-            payload = len(comp.proto.json_args)
-        else:
-            steps = [int(x) for x in next(s for s in at.select_slider if s.label == "Step").options]
+        # the step player (maps in Compare, leakage tables in Metrics): its data of every step, then the script run
+        # after each report
+        comp = next(c for c in at.get("component_instance") if c.proto.component_name.endswith("step_player"))
+        steps = [int(x) for x in json.loads(comp.proto.json_args)["steps"]]
+        payload = len(comp.proto.json_args)
         seq = [steps[(len(steps) - 2 - i) % len(steps)] for i in range(moves)]
         times = []
         for i, s in enumerate(seq):
             t = time.perf_counter()
-            if view == "compare":
-                _report_step(at, s, i + 1)
-            else:
-                next(x for x in at.select_slider if x.label == "Step").set_value(s).run()
+            _report_step(at, s, i + 1)
             times.append(time.perf_counter() - t)
             assert not at.exception, [e.value for e in at.exception]
-        out[view] = {"first_run_s": round(first, 3), "slider_script_run": _ms(times)}
-        if view == "compare":
-            out[view]["player_payload_bytes"] = payload
-            out[view]["steps"] = len(steps)
+        out[view] = {"first_run_s": round(first, 3), "slider_script_run": _ms(times),
+                     "player_payload_bytes": payload, "steps": len(steps)}
     return out
 
 
@@ -281,24 +275,12 @@ def browser_side(root: Path | None, reloads: int, moves: int) -> dict | None:
             d.quit()
             shutil.rmtree(profile, ignore_errors=True)
             return result
-        result.update(_player_moves(d, wait, painted, moves))
-        # slider moves in the Metrics view
+        result.update(_player_moves(d, wait, painted, moves, "compare"))
+        # slider moves in the Metrics view: the same player, drawing the leakage tables of every step
         d.get(url + "?view=metrics")
-        wait(lambda s: s["plots"] >= 4, timeout=600)
+        wait(lambda s: s["plots"] >= 3 and len(s["tables"]) >= 1, timeout=600)
         time.sleep(1.0)
-        slider = d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
-        times = []
-        for i in range(moves):
-            step, top = int(slider.get_attribute("value")), int(slider.get_attribute("max"))
-            left = step > 0 and (i % 8 < 4 or step >= top)  # (index = step: the benchmark's runs record 0..n)
-            target = step - 1 if left else step + 1
-            d.execute_script("arguments[0].focus()", slider)
-            t = time.perf_counter()
-            ActionChains(d).send_keys(Keys.ARROW_LEFT if left else Keys.ARROW_RIGHT).perform()
-            wait(lambda s: f"Leakage at step {target}" in s["text"] and s["plots"] >= 4, text=True)
-            times.append(time.perf_counter() - t)
-            time.sleep(0.3)
-        result["slider_redraw_metrics"] = _ms(times)
+        result.update(_player_moves(d, wait, lambda s: len(s["tables"]) >= 1, moves, "metrics"))
         d.quit()
         shutil.rmtree(profile, ignore_errors=True)
         runs = [float(line.split(":")[-1].split()[0]) for line in log.read_text().splitlines()
@@ -321,9 +303,9 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         proc.kill()
         proc.wait()
 
-def _player_moves(d, wait, painted, moves: int) -> dict:
+def _player_moves(d, wait, painted, moves: int, view: str) -> dict:
     """Arrow keys on the step player's range input (inside its iframe). Per move: ``in_page`` = keydown → the new
-    maps decoded and the next animation frame (``performance.now()`` in the player's document); ``wall`` = Selenium's
+    maps decoded (or leakage tables drawn) and the next animation frame (``performance.now()`` in the player's document); ``wall`` = Selenium's
     key press → the new maps seen loaded by a poll (adds the WebDriver round trips); ``synced`` = key press → the
     debounced report processed (the step in the URL and the script idle), off the redraw's path."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -333,7 +315,8 @@ def _player_moves(d, wait, painted, moves: int) -> dict:
     in_page, wall, synced = [], [], []
     frame = d.find_element(By.CSS_SELECTOR, PLAYER)
     for i in range(moves):
-        before = d.execute_script(STATE_JS, False)["srcs"]
+        s0 = d.execute_script(STATE_JS, False)
+        before = (s0["srcs"], s0["tables"])
         d.switch_to.frame(frame)
         pos = d.execute_script(PROBE_JS)
         left = pos["value"] > 0 and (i % 8 < 4 or pos["value"] >= pos["max"])
@@ -354,14 +337,14 @@ def _player_moves(d, wait, painted, moves: int) -> dict:
         assert step != target, (step, target)
         d.switch_to.default_content()
         s = d.execute_script(STATE_JS, False)
-        assert s["srcs"] != before and s["step"] == step, (s, before)
+        assert (s["srcs"], s["tables"]) != before and s["step"] == step, (s, before)
         in_page.append((probe["t1"] - probe["t0"]) / 1000.0)
         wall.append(seen)
         wait(lambda s: f"step={step}" in s["url"] and painted(s) and s["step"] == step, timeout=60)
         synced.append(time.perf_counter() - t)
         time.sleep(0.3)
-    return {"slider_redraw_compare": _ms(in_page), "slider_redraw_compare_wall": _ms(wall),
-            "slider_report_synced_compare": _ms(synced)}
+    return {f"slider_redraw_{view}": _ms(in_page), f"slider_redraw_{view}_wall": _ms(wall),
+            f"slider_report_synced_{view}": _ms(synced)}
 
 
 def main(argv=None) -> int:

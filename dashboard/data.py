@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -535,6 +535,14 @@ def leakage_matrix(maps: np.ndarray, parse):
     return df[[e.label for e in ents] + ["outside"]], own
 
 
+def leakage_table(df, own: Mapping[str, str]) -> dict[str, Any]:
+    """A :func:`leakage_matrix` as plain JSON for the step player: ``{"rows", "cols", "z" (None for NaN), "own"}``."""
+    z = df.to_numpy(dtype=np.float64)
+    return {"rows": [str(r) for r in df.index], "cols": [str(c) for c in df.columns],
+            "z": [[float(v) if np.isfinite(v) else None for v in row] for row in z],
+            "own": {str(k): str(v) for k, v in own.items()}}
+
+
 def image_array(run: Run, sample: int = 0) -> np.ndarray | None:
     """The run's final image as uint8 RGB, or None when it has none yet."""
     img = run.image(sample)
@@ -778,7 +786,7 @@ __all__ = [
     "ExportSpec", "FILTERS", "MapCache", "RunEntry", "TableResult", "column_labels", "comparison", "comparison_frame",
     "curve_rows", "default_tokens", "entry_by_rel", "export_command", "export_figure", "filter_entries",
     "filter_values", "head_count", "image_array", "known_parses", "layer_choices", "layer_step_matrix",
-    "leakage_matrix", "loss_rows", "metric_table", "open_run", "parse_of", "parse_rows", "read_maps",
+    "leakage_matrix", "leakage_table", "loss_rows", "metric_table", "open_run", "parse_of", "parse_rows", "read_maps",
     "records", "roles_for", "run_key", "scan_root", "token_choices", "token_maps", "unit_runs",
     "units",
 ]

@@ -321,32 +321,6 @@ def losses_plot(terms: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], *, 
     return fig
 
 
-def leakage_plot(matrices: Mapping[str, tuple[Any, Mapping[str, str]]], *, height: int | None = None):
-    """Modifier × entity leakage matrices (``dashboard.data.leakage_matrix``), one panel per group, values printed
-    in the cells, the modifier's own noun marked with ✓. Colour scale [0, 1] (shares of attention)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    names = list(matrices)
-    n = max(1, len(names))
-    fig = make_subplots(rows=1, cols=n, subplot_titles=names or [""], shared_yaxes=True, horizontal_spacing=0.03)
-    n_rows = 1
-    for i, g in enumerate(names):
-        df, own = matrices[g]
-        z = df.to_numpy(dtype=np.float64)
-        n_rows = max(n_rows, z.shape[0])
-        text = [[f"{v:.2f}" + (" ✓" if own.get(r) == col else "") if np.isfinite(v) else "–"
-                 for v, col in zip(row, df.columns)] for r, row in zip(df.index, z)]
-        fig.add_trace(go.Heatmap(z=np.where(np.isfinite(z), z, None).tolist(), x=list(df.columns), y=list(df.index),
-                                 zmin=0.0, zmax=1.0, colorscale="Magma", reversescale=True, showscale=(i == n - 1),
-                                 text=text, texttemplate="%{text}",
-                                 colorbar=dict(title=dict(text="share"), thickness=12),
-                                 hovertemplate="%{y} → %{x}: %{z:.3f}<extra>" + g + "</extra>"),
-                      row=1, col=i + 1)
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, height=height or (200 + 40 * n_rows), legend=False)
-
-
 __all__ = ["CELL", "PLOTLY_CONFIG", "RENDER", "colorbar", "curves_plot", "data_uri", "group_colors",
-           "heat_rgba", "heatmap_panels", "leakage_plot", "losses_plot", "mark_step", "png", "scaled_map",
+           "heat_rgba", "heatmap_panels", "losses_plot", "mark_step", "png", "scaled_map",
            "subplot_axes", "to_jpeg", "under_image", "upscale_image", "value_range"]

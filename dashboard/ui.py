@@ -275,18 +275,14 @@ def _unit_view(runs: list[D.RunEntry], labels: dict[str, str], view: str) -> Non
 def _stepped(ctx: "_Ctx", view: str) -> None:
     """The step and everything that depends on it: a fragment, so a step change reruns only this part of the page
     (the sidebar, the run index and the other controls are not redrawn). In Compare the step player (a custom
-    component) moves the maps in the browser and reports the step here; Metrics has a Streamlit slider."""
+    component) moves the maps in the browser and reports the step here; in Metrics the same player moves the leakage
+    matrices."""
     t0 = time.perf_counter()
     vs = _vs()
+    ctx.step = vs.step = vs.step if vs.step in ctx.steps else ctx.steps[-1]
     if view == "compare":
-        ctx.step = vs.step = vs.step if vs.step in ctx.steps else ctx.steps[-1]
         _compare_view(ctx)
     else:
-        if len(ctx.steps) > 1:
-            ctx.step = int(_widget(st.select_slider, "step", "Step", ctx.steps, default=ctx.steps[-1]))
-        else:
-            ctx.step = vs.step = ctx.steps[0]
-            st.caption(f"Step {ctx.step} (the only recorded step)")
         _metrics_view(ctx)
     _export_panel(ctx)
     _sync_url()
@@ -667,7 +663,7 @@ def _metrics_view(ctx: _Ctx) -> None:
         else:
             st.info(f"No '{metric}' rows at layer {ctx.layer}, phase {ctx.phase}.")
     with right:
-        st.markdown(f"**Leakage at step {ctx.step}**: share of each modifier's attention on each entity's region "
+        st.markdown(f"**Leakage**: share of each modifier's attention on each entity's region "
                     f"(✓ its own noun; `outside` = on no entity) · layer `{ctx.layer}`")
         _leakage(ctx)
     st.markdown(f"**Layer × step: {metric} [{role}]** (mean over tokens; phase `{ctx.phase}`; all steps)")
@@ -683,32 +679,87 @@ def _metrics_view(ctx: _Ctx) -> None:
         st.info("No loss terms: only guided runs log them.")
 
 
+def _leakage_reader(path: str, key: str, layer: str, phase: str, it: int, steps: list[int], parse,
+                    all_steps: list[int]):
+    """A no-argument callable reading every recorded step of a run at once and returning its leakage tables (one
+    per step of ``all_steps``, None where the run has no maps), or None when the prompt has no modifier–noun set."""
+    run, cache = _run(path, key), _map_cache()
+
+    def read() -> list[dict[str, Any] | None] | None:
+        got = cache.get_all(run, (path, key, layer, phase, it, None), steps)
+        if got is None:
+            return [None] * len(all_steps)
+        index, arr = got
+        out: list[dict[str, Any] | None] = []
+        for s in all_steps:
+            if s not in index:
+                out.append(None)
+                continue
+            df, own = D.leakage_matrix(arr[index[s]].astype(np.float64), parse)
+            if df is None:
+                return None
+            out.append(D.leakage_table(df, own))
+        return out
+
+    return read
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _leakage_frames(sig: tuple, _ctx: _Ctx) -> dict[str, Any]:
+    """The leakage matrices (:func:`dashboard.data.leakage_matrix`) of every recorded step of every run for one
+    selection ``sig`` (``_ctx`` is not hashed), as the step player's tables: ``{"cells": {rel: [table | None per
+    step] | error text | None}, "no_set": bool, "id": ...}``. Built once per selection, the runs read concurrently."""
+    ctx = _ctx
+    cells: dict[str, Any] = {}
+    readers: dict[str, Callable[[], Any]] = {}
+    for e in ctx.readable:
+        have = ctx.infos[e.rel]["records"].get(ctx.phase, {})
+        steps = [s for s in ctx.steps if s in have and ctx.it in have[s]]
+        if not steps:
+            cells[e.rel] = None
+            continue
+        readers[e.rel] = _leakage_reader(str(e.path), e.key, ctx.layer, ctx.phase, ctx.it, steps, ctx.parse,
+                                         list(ctx.steps))
+    no_set = False
+    for rel, result in _run_all(readers).items():
+        if isinstance(result, BaseException):
+            cells[rel] = f"{type(result).__name__}: {result}"
+        elif result is None:
+            no_set = True
+        else:
+            cells[rel] = result
+    return {"cells": cells, "no_set": no_set, "id": "leak-" + hashlib.sha1(repr(sig).encode()).hexdigest()[:16]}
+
+
 def _leakage(ctx: _Ctx) -> None:
+    """The leakage matrices of every step in the step player (the step moves in the browser, as in Compare)."""
     if ctx.parse is None:
         st.info("No parse: leakage needs the prompt's modifiers and nouns.")
         return
-    mats = {}
+    sig = ("leakage", tuple((str(e.path), e.key, e.rel) for e in ctx.readable), ctx.layer, ctx.phase, ctx.it,
+           tuple(ctx.steps))
+    with st.spinner("Leakage at every step ..."):
+        fr = _leakage_frames(sig, ctx)
+    if fr["no_set"]:
+        st.info("The prompt has no modifier–noun set: no leakage matrix.")
+        return
+    columns: list[dict[str, Any] | None] = []
     for e in ctx.readable:
-        have = ctx.infos[e.rel]["records"].get(ctx.phase, {})
-        if ctx.step not in have or ctx.it not in have[ctx.step]:
+        cell = fr["cells"].get(e.rel)
+        if isinstance(cell, str):
+            st.error(f"`{e.rel}`: cannot compute the leakage ({cell})", icon=":material/error:")
+        if not isinstance(cell, list):
             continue
-        try:
-            maps = _maps(str(e.path), e.key, ctx.layer, ctx.step, ctx.phase, ctx.it, None)
-            if maps is None:
-                continue
-            df, own = D.leakage_matrix(maps.astype(np.float64), ctx.parse)
-        except Exception as exc:  # noqa: BLE001
-            st.error(f"`{e.rel}`: cannot compute the leakage ({type(exc).__name__}: {exc})",
-                     icon=":material/error:")
-            continue
-        if df is None:
-            st.info("The prompt has no modifier–noun set: no leakage matrix.")
-            return
-        mats[ctx.labels[e.rel]] = (df, own)
-    if mats:
-        st.plotly_chart(P.leakage_plot(mats), width="stretch", key="leakage", config=P.PLOTLY_CONFIG)
-    else:
-        st.info(f"No maps at step {ctx.step}.")
+        ts = ctx.infos[e.rel]["timesteps"]
+        columns.append({"label": ctx.labels[e.rel], "tables": cell,
+                        "t": [int(ts[s]) if s < len(ts) and np.isfinite(ts[s]) else None for s in ctx.steps]})
+    if not columns:
+        st.info(f"No '{ctx.phase}' maps to measure leakage on.")
+        return
+    args = {"frames_id": fr["id"], "step": int(ctx.step), "ack": int(st.session_state.get(_ACK, 0)),
+            "steps": [int(s) for s in ctx.steps], "tokens": [], "ncols": len(columns), "columns": columns,
+            "phase": ctx.phase, "it": int(ctx.it)}
+    _player_component()(key=PLAYER_KEY, on_change=_player_changed, default=None, **args)
 
 
 # ------------------------------------------------------------------------------------------------------ across

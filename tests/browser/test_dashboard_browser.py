@@ -2,7 +2,7 @@
 
 Starts the real command on a temporary root of recorded tiny runs, opens the page, changes the method, changes the step
 with the arrow keys on the Compare view's step player (a custom component: its range input lives in an iframe),
-switches to the metric view, takes screenshots, and checks that images and plots rendered with no error element.
+switches to the metric view and moves its step player (the leakage matrices), takes screenshots, and checks that images and plots rendered with no error element.
 Skipped (not failed) only when chromium or chromedriver is absent (``make test`` installs them as root).
 Set ``ATTNLENS_SCREENSHOTS=DIR`` to keep the screenshots.
 """
@@ -51,6 +51,7 @@ return {state: app ? app.getAttribute('data-test-script-state') : null,
         srcs: heats.map(i => i.src.slice(-64)),
         step: doc && doc.body ? doc.body.getAttribute('data-step') : null,
         captions: doc ? Array.from(doc.querySelectorAll('.cap')).map(e => e.textContent) : [],
+        tables: doc ? Array.from(doc.querySelectorAll('table.leak')).map(t => t.textContent) : [],
         plots: document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg').length,
         errors: document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length};
 """ % PLAYER
@@ -205,12 +206,27 @@ def test_dashboard_in_chromium(server, driver, tmp_path):
     assert s["step"] == "0" and "step=0" in d.current_url and s["errors"] == 0
     assert not d.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
 
-    # the metric view: plotly charts (curves, leakage matrix, layer × step heat map, loss terms)
+    # the metric view: plotly charts (curves, layer × step heat map, loss terms) and the leakage matrices of every
+    # step in the step player, which the slider moves in the browser
     next(b for b in d.find_elements(By.CSS_SELECTOR, '[data-testid="stButtonGroup"] button')
          if b.text.strip() == "Metrics").click()
-    s = wait_for(d, lambda s: s["plots"] >= 4 and "view=metrics" in d.current_url, timeout=120,
-                 what="the metric plots")
-    assert s["errors"] == 0
+    s = wait_for(d, lambda s: s["plots"] >= 3 and len(s["tables"]) == 1 and "view=metrics" in d.current_url,
+                 timeout=120, what="the metric plots and the leakage tables")
+    assert s["errors"] == 0 and s["step"] == "0" and "outside" in s["tables"][0] and "✓" in s["tables"][0]
+    at_0 = s["tables"]
+    d.switch_to.frame(d.find_element(By.CSS_SELECTOR, PLAYER))
+    slider = d.find_element(By.CSS_SELECTOR, 'input[type="range"]')
+    d.execute_script("arguments[0].focus()", slider)
+    ActionChains(d).send_keys(Keys.ARROW_RIGHT).perform()
+    assert d.find_element(By.TAG_NAME, "body").get_attribute("data-step") == "1"  # at once, in the browser
+    d.switch_to.default_content()
+    s = wait_for(d, lambda s: "step=1" in d.current_url and s["step"] == "1", what="the leakage step change")
+    assert s["tables"] != at_0 and s["errors"] == 0  # step 1's matrices
+    d.switch_to.frame(d.find_element(By.CSS_SELECTOR, PLAYER))
+    ActionChains(d).send_keys(Keys.ARROW_LEFT).perform()
+    d.switch_to.default_content()
+    s = wait_for(d, lambda s: "step=0" in d.current_url and s["step"] == "0" and s["tables"] == at_0,
+                 what="back to step 0")
     time.sleep(0.5)  # let plotly finish drawing before the screenshot
     shot = screenshot(d, tmp_path / "dashboard-metrics.png")
     assert shot.stat().st_size > 10_000
@@ -219,7 +235,7 @@ def test_dashboard_in_chromium(server, driver, tmp_path):
     # reopening the URL restores the view (a fresh session)
     shared = d.current_url
     d.get(shared)
-    s = wait_for(d, lambda s: s["plots"] >= 4, timeout=120, what="the shared view")
+    s = wait_for(d, lambda s: s["plots"] >= 3 and len(s["tables"]) == 1, timeout=120, what="the shared view")
     assert "step=0" in d.current_url and "methods=syngen" in d.current_url and s["errors"] == 0
 
     # back to Compare in a fresh session opened at step=1: the player starts at the URL's step

@@ -301,8 +301,10 @@ def test_the_step_player_reports_the_step(monkeypatch, root):
     assert at.query_params["step"] == "2" and player(at)["step"] == 2 and player(at)["ack"] == 2
     by_label(at.button_group, "View").set_value("metrics").run()  # the Metrics view keeps the step
     no_failures(at)
-    assert by_label(at.select_slider, "Step").value == 2
-    by_label(at.select_slider, "Step").set_value(1).run()
+    assert player(at)["step"] == 2 and not at.select_slider
+    report_step(at, 1, seq=3)  # moved in the Metrics view's player (the leakage tables)
+    no_failures(at)
+    assert at.query_params["step"] == "1"
     by_label(at.button_group, "View").set_value("compare").run()
     no_failures(at)
     assert player(at)["step"] == 1 and at.query_params["step"] == "1"  # and the player starts where Metrics left
@@ -402,14 +404,25 @@ def test_metrics_view(monkeypatch, root):
     no_failures(at)
     assert not at.error
     assert by_label(at.selectbox, "Metric").value == "jsd" and by_label(at.selectbox, "Role").value == "bound"
-    assert len(plotly_charts(at)) == 4  # curves, leakage matrix, layer × step, loss terms
+    assert len(plotly_charts(at)) == 3  # curves, layer × step, loss terms
+    leak = player(at)  # the leakage matrices of every step, moved in the browser
+    assert leak["step"] == 1 and leak["steps"] == [0, 1, 2] and not at.select_slider
+    labels = " | ".join(c["label"] for c in leak["columns"])
+    assert len(leak["columns"]) == 2 and "none" in labels and "syngen" in labels
+    for col in leak["columns"]:
+        assert len(col["tables"]) == 3
+        t = col["tables"][1]
+        assert t["rows"] == ["red", "golden"] and t["cols"][-1] == "outside" and t["own"]["red"] == t["cols"][0]
+        shares = np.array(t["z"], dtype=float)
+        assert np.all((shares >= 0) & (shares <= 1 + 1e-6))  # shares of attention
     by_label(at.selectbox, "Metric").set_value("entropy").run()
     no_failures(at)
     assert by_label(at.selectbox, "Role").options == ["modifier", "noun"]
-    by_label(at.select_slider, "Step").set_value(0).run()
+    assert player(at)["frames_id"] == leak["frames_id"]  # the leakage does not depend on the metric: not rebuilt
+    report_step(at, 0, seq=1)
     no_failures(at)
     assert at.query_params["metric"] == "entropy" and at.query_params["step"] == "0"
-    assert len(plotly_charts(at)) == 4
+    assert len(plotly_charts(at)) == 3 and player(at)["step"] == 0 and player(at)["ack"] == 1
 
 
 def test_across_prompts_view(monkeypatch, root):
