@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib import metadata
 
@@ -9,6 +10,11 @@ PACKAGES = ("attnlens", "torch", "diffusers", "transformers", "spacy", "zarr", "
 
 
 def library_versions() -> dict[str, str]:
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str]:  # package metadata lookups cost ~20 ms: once per process
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

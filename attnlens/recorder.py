@@ -264,32 +264,65 @@ class _PinnedPool:
 
 
 class _Writer(threading.Thread):
-    """Drains a bounded queue of ``(fn, args, tensor, event)`` items: waits for the copy event, then calls
-    ``fn(*args, tensor.numpy())`` (or ``fn(*args)`` without a tensor). Remembers the first error and drops
+    """Drains a bounded queue of batches of ``(fn, args, tensor, event)`` items: for each item, waits for the copy
+    event, then calls ``fn(*args, tensor.numpy())`` (or ``fn(*args)`` without a tensor). The recorder hands over one
+    batch per UNet forward.
+
+    ``eager`` (GPU sampling): write as batches arrive. Lazy (CPU sampling, whose kernels already keep every core busy,
+    so a concurrent writer only steals their time and stalls their parallel regions): hold batches until the queue
+    is three-quarters full, holds ``HOLD_BYTES``, a drain is requested, or the recording ends — on a run that fits,
+    the writes happen in one burst after sampling. Remembers the first error and drops
     everything after it, so a full disk never damages what was already written."""
 
-    def __init__(self, maxsize: int, pool: _PinnedPool | None):
+    def __init__(self, maxsize: int, pool: _PinnedPool | None, eager: bool = True):
         super().__init__(name="attnlens-writer", daemon=True)
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
         self.pool = pool
+        self.eager = eager
+        self.go = threading.Event()  # lazy mode: set when the queue is nearly full, at a drain and at the end
+        self.high_water = max(1, (maxsize * 3) // 4)
+        self.held = 0  # bytes of tensors queued and not yet written
+        self._held_lock = threading.Lock()
+
+    HOLD_BYTES = 256 * 2**20  # lazy mode: write once this much is held (all heads, all tokens, big maps)
+
+    def hand(self, batch: list[tuple]) -> None:
+        """Queue one batch (blocks while the queue is full; a lazy writer is woken first so that it drains)."""
+        n = sum(t.nbytes for _, _, t, _ in batch if t is not None)
+        with self._held_lock:
+            self.held += n
+        if self.queue.full():
+            self.go.set()
+        self.queue.put((batch, n))
+        if not self.eager and (self.queue.qsize() >= self.high_water or self.held >= self.HOLD_BYTES):
+            self.go.set()
 
     def run(self) -> None:
         while True:
+            if not self.eager:
+                if self.queue.empty():
+                    self.go.clear()
+                    if not self.queue.empty():  # raced with a put that found the event still set
+                        self.go.set()
+                self.go.wait()
             item = self.queue.get()
             if item is None:
                 return
-            fn, args, tensor, event = item
-            try:
-                if self.error is None or fn.__name__ == "set":
-                    if event is not None:
-                        event.synchronize()
-                    fn(*args) if tensor is None else fn(*args, tensor.numpy())
-            except BaseException as exc:  # disk full, read-only, ...: reported to the sampling thread
-                self.error = exc
-            finally:
-                if event is not None and self.pool is not None:
-                    self.pool.give(tensor)
+            batch, n = item
+            for fn, args, tensor, event in batch:
+                try:
+                    if self.error is None or fn.__name__ == "set":
+                        if event is not None:
+                            event.synchronize()
+                        fn(*args) if tensor is None else fn(*args, tensor.numpy())
+                except BaseException as exc:  # disk full, read-only, ...: reported to the sampling thread
+                    self.error = exc
+                finally:
+                    if event is not None and self.pool is not None:
+                        self.pool.give(tensor)
+            with self._held_lock:
+                self.held -= n
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,6 +401,7 @@ class Recorder:
         self.store: RunWriter | None = None
         self._writer: _Writer | None = None
         self._pool: _PinnedPool | None = None
+        self._pending: list[tuple] = []  # items for the writer, handed over once per UNet forward
         # per-forward context
         self.step = -1
         self.timestep: float | None = None
@@ -458,11 +492,13 @@ class Recorder:
             self.store = RunWriter(store, manifest, overwrite=self._overwrite)
         cuda = self.unet.device.type == "cuda"
         self._pool = _PinnedPool() if cuda else None
-        self._writer = _Writer(self._queue_size, self._pool)
+        self._writer = _Writer(self._queue_size, self._pool, eager=self.unet.device.type != "cpu")
         self._writer.start()
 
     def _stop_writer(self) -> None:
         if self._writer is not None and self._writer.is_alive():
+            self._submit()
+            self._writer.go.set()
             self._writer.queue.put(None)
             self._writer.join()
 
@@ -534,6 +570,7 @@ class Recorder:
             self.step, self.timestep, self.phase, self.iteration, self._explicit = prev
 
     def _unet_pre_hook(self, module, args, kwargs):
+        self._submit()  # the previous forward's maps
         sample = kwargs.get("sample", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         self.latent_hw = tuple(sample.shape[-2:])
@@ -648,11 +685,21 @@ class Recorder:
             buf.copy_(x, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            writer.queue.put((fn, args, buf, event))
+            self._pending.append((fn, args, buf, event))
         elif x is not None:
-            writer.queue.put((fn, args, x.contiguous().clone() if x.dtype == torch.float32 else x.contiguous(), None))
+            self._pending.append((fn, args, x.contiguous().clone() if x.dtype == torch.float32 else x.contiguous(), None))
         else:
-            writer.queue.put((fn, args, None, None))
+            self._pending.append((fn, args, None, None))
+        if len(self._pending) >= self.BATCH_MAX:
+            self._submit()
+
+    BATCH_MAX = 64  # items per hand-over at most (all heads, many layers): bounds the memory held per batch
+
+    def _submit(self) -> None:
+        """Hand the items gathered since the last call to the writer (blocks while its queue is full)."""
+        if self._pending and self._writer is not None:
+            batch, self._pending = self._pending, []
+            self._writer.hand(batch)
 
     def record_latent(self, step: int, latent: torch.Tensor) -> None:
         """Store the latent entering the sampling forward of loop index ``step``."""
@@ -702,7 +749,9 @@ class Recorder:
         if self._writer is None:
             return
         done = threading.Event()
-        self._writer.queue.put((done.set, (), None, None))
+        self._pending.append((done.set, (), None, None))
+        self._submit()
+        self._writer.go.set()
         while not done.wait(0.05):
             if not self._writer.is_alive():
                 return

@@ -188,3 +188,42 @@ def test_embedded_model_is_deterministic(tmp_path, monkeypatch):
         hashes.append({p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                        for p in sorted(folder.rglob("*.safetensors"))})
     assert hashes[0] == hashes[1] and len(hashes[0]) == 3
+
+
+def _map_chunks(run_dir) -> int:
+    return sum(1 for f in (run_dir / "attention").rglob("c.*") if f.is_file()) if (run_dir / "attention").exists() else 0
+
+
+def test_cpu_writer_holds_maps_until_sampling_ends(tiny_pipe, tmp_path):
+    """On a CPU the writer stays off the cores while the pipeline samples (lazy mode): no map is on disk before the
+    block ends, every map is after it."""
+    with attnlens.record(tiny_pipe, tmp_path / "r", seeds=[0]) as rec:
+        assert rec._writer.eager is False
+        tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
+        assert _map_chunks(tmp_path / "r") == 0
+    run = attnlens.open_run(tmp_path / "r")
+    assert run.complete and _map_chunks(tmp_path / "r") == len(run.layers) * (STEPS + 1)
+
+
+@pytest.mark.parametrize("limit", ["bytes", "queue"])
+def test_cpu_writer_writes_when_its_limit_is_reached(tiny_pipe, tmp_path, monkeypatch, limit):
+    """The lazy writer starts once it holds HOLD_BYTES or its queue is three-quarters full (never a deadlock on a
+    full queue), and the run is the same."""
+    import time
+
+    from attnlens import recorder as R
+
+    kwargs = {}
+    if limit == "bytes":
+        monkeypatch.setattr(R._Writer, "HOLD_BYTES", 1)
+    else:
+        kwargs["queue_size"] = 2
+    with attnlens.record(tiny_pipe, tmp_path / "r", seeds=[0], **kwargs):
+        tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
+        deadline = time.time() + 30
+        while _map_chunks(tmp_path / "r") == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        assert _map_chunks(tmp_path / "r") > 0  # written before the block ends
+    run = attnlens.open_run(tmp_path / "r")
+    assert run.complete and _map_chunks(tmp_path / "r") == len(run.layers) * (STEPS + 1)
+    assert np.isfinite(run.maps(run.layers[0], step=slice(None))).all()
