@@ -402,6 +402,8 @@ class Recorder:
         self._writer: _Writer | None = None
         self._pool: _PinnedPool | None = None
         self._pending: list[tuple] = []  # items for the writer, handed over once per UNet forward
+        self._hw: dict[int, tuple[int, int]] = {}  # query length → (h, w) for the current latent size
+        self._dtype = torch.float16 if self.config.dtype == "fp16" else torch.float32
         # per-forward context
         self.step = -1
         self.timestep: float | None = None
@@ -573,7 +575,9 @@ class Recorder:
         self._submit()  # the previous forward's maps
         sample = kwargs.get("sample", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        self.latent_hw = tuple(sample.shape[-2:])
+        if self.latent_hw != tuple(sample.shape[-2:]):
+            self.latent_hw = tuple(sample.shape[-2:])
+            self._hw = {}
         if not self.n_steps:
             schedule = getattr(self.pipe.scheduler, "timesteps", None)
             self.n_steps = 0 if schedule is None else len(schedule)
@@ -642,7 +646,9 @@ class Recorder:
     def on_probs(self, name: str, probs: torch.Tensor, heads: int, first: int = 0) -> None:
         """Called by the processors with ``(samples·heads, queries, keys)`` softmax probabilities of the samples
         ``first, first + 1, …`` of the UNet batch."""
-        hw = spatial_shape(probs.shape[1], self.latent_hw)
+        hw = self._hw.get(probs.shape[1])
+        if hw is None:
+            hw = self._hw[probs.shape[1]] = spatial_shape(probs.shape[1], self.latent_hw)
         total = probs.shape[0] // heads
         p4 = probs.view(total, heads, hw[0], hw[1], probs.shape[-1])
         if self.phase == "guidance":
@@ -666,11 +672,10 @@ class Recorder:
             return
         tokens = self._samples_tokens()
         t = self._tokens_cache[1]
-        with torch.no_grad():
-            x = p4.detach()[..., :t]
-            x = x.mean(dim=1, keepdim=True) if self.config.heads == "mean" else x
-            x = x.permute(0, 1, 4, 2, 3)  # (sample, head, token, y, x)
-            x = x.to(torch.float16 if self.config.dtype == "fp16" else torch.float32)
+        x = p4.detach()[..., :t]  # detached: no graph is built, whatever the grad mode
+        x = x.mean(dim=1, keepdim=True) if self.config.heads == "mean" else x
+        # (sample, head, token, y, x), cast and laid out contiguously in one copy
+        x = x.permute(0, 1, 4, 2, 3).to(self._dtype, memory_format=torch.contiguous_format)
         self.records.setdefault(phase, {}).setdefault(self.step, set()).add(self.iteration)
         args = (name, self.step, phase, self.iteration, self.n_steps, tokens, self.timestep)
         self._put(self.store.write_map, args, x)
