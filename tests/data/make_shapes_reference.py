@@ -4,7 +4,7 @@
 
 Stores the final latent of a fixed unguided run (see REFERENCE) computed on CPU in float32. The prompt/seed is the
 first (seed 0) that the evaluator scored correct among "a blue square", "a green circle", "a yellow triangle" x seeds
-0-5 on the shipped weights (blue square: seeds 1, 3-5; green circle: none; yellow triangle: 0-3, 5).
+0-5 on the shipped weights (6000 steps: yellow triangle 0-5; blue square 0, 1, 3-5; green circle 0-4).
 """
 
 from __future__ import annotations
