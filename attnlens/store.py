@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -143,8 +143,9 @@ class _LazyArray:
     through zarr only when zarr is needed (resize, writes of small arrays), which on a busy sampling loop costs tens
     of milliseconds per array."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...]):
+    def __init__(self, path: Path, shape: tuple[int, ...], encode: Callable[[np.ndarray], bytes] | None = None):
         self.path, self._shape, self._arr = path, tuple(shape), None
+        self._encode = encode  # whole-array chunk encoder of a one-chunk array (``_LayerTemplate.encode``)
 
     def _open(self):
         if self._arr is None:
@@ -161,6 +162,15 @@ class _LazyArray:
         self._open().resize(shape)
 
     def __setitem__(self, key, value) -> None:
+        if (self._encode is not None and self._arr is None and key is Ellipsis
+                and getattr(value, "shape", None) == self._shape and value.dtype == np.float64):
+            # the whole one-chunk array: write its chunk file directly (atomically), without opening zarr
+            path = self.path / "c" / "/".join(["0"] * len(self._shape))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name("." + path.name + ".tmp")
+            tmp.write_bytes(self._encode(np.ascontiguousarray(value, dtype="<f8")))
+            os.replace(tmp, path)
+            return
         self._open()[key] = value
 
 
@@ -230,6 +240,115 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+class _LayerTemplate:
+    """The files zarr wrote for one layer group (``maps`` and its coordinate arrays), kept per process and reused to
+    create every later layer of the same (dtype, samples, heads) without zarr: only shapes, attributes and the small
+    coordinate chunks (``step``, ``token``, ``token_text``) change, and those are re-encoded with the codec zarr chose
+    (``bytes`` then ``zstd``). Creating one layer through zarr costs tens of milliseconds (asyncio round trips per
+    array); writing its files costs a few hundred microseconds. ``from_layer`` returns None for any layout it does not
+    reproduce exactly (other codecs, chunk keys or string type), and zarr then creates every layer."""
+
+    REGENERATED = ("step", "token", "token_text")  # arrays whose chunk data depend on the run
+    _cache: dict[tuple, "_LayerTemplate"] = {}
+
+    def __init__(self, files: dict[str, bytes], group_meta: bytes, chunks: ChunkFiles, zstd: dict[str, Any]):
+        self.files, self.group_meta, self.chunks, self.zstd = files, group_meta, chunks, zstd
+
+    @classmethod
+    def get(cls, key: tuple) -> "_LayerTemplate | None":
+        return cls._cache.get(key)
+
+    @classmethod
+    def from_layer(cls, key: tuple, folder: Path, chunks: ChunkFiles | None) -> "_LayerTemplate | None":
+        if chunks is None:
+            return None
+        try:
+            # metadata of every array, and the chunks of the run-independent ones (phase, iteration)
+            files = {}
+            for f in folder.rglob("*"):
+                rel = f.relative_to(folder).as_posix()
+                name = rel.split("/")[0]
+                if f.is_file() and not f.name.startswith(".") and (
+                        rel.endswith("zarr.json") or name not in ("maps", "timestep", *cls.REGENERATED)):
+                    files[rel] = f.read_bytes()
+            zstd = None
+            for name in (*cls.REGENERATED, "timestep"):
+                meta = json.loads(files[f"{name}/zarr.json"])
+                codecs = meta["codecs"]
+                keys = meta["chunk_key_encoding"]
+                if (len(codecs) != 2 or codecs[0] != {"name": "bytes", "configuration": {"endian": "little"}}
+                        or codecs[1].get("name") != "zstd" or keys.get("name") != "default"
+                        or (keys.get("configuration") or {}).get("separator", "/") != "/"
+                        or meta["chunk_grid"]["configuration"]["chunk_shape"] != meta["shape"]):
+                    return None
+                cfg = codecs[1].get("configuration") or {}
+                zstd = zstd or {"level": int(cfg.get("level", 0)), "checksum": bool(cfg.get("checksum", False))}
+                if {"level": int(cfg.get("level", 0)), "checksum": bool(cfg.get("checksum", False))} != zstd:
+                    return None
+            text_type = json.loads(files["token_text/zarr.json"])["data_type"]
+            if not (isinstance(text_type, dict) and text_type.get("name") == "fixed_length_utf32"):
+                return None
+            group_meta = (folder.parent / "zarr.json").read_bytes()
+        except (KeyError, ValueError, TypeError, OSError):
+            return None
+        template = cls(files, group_meta, chunks, zstd)
+        cls._cache[key] = template
+        return template
+
+    def encode(self, values: np.ndarray) -> bytes:
+        """The chunk bytes of a whole little-endian array under the ``bytes`` + ``zstd`` codecs."""
+        from numcodecs import Zstd
+
+        return Zstd(level=self.zstd["level"], checksum=self.zstd["checksum"]).encode(np.ascontiguousarray(values).tobytes())
+
+    def write(self, folder: Path, layer: str, shape: tuple[int, ...], n_steps: int, text: np.ndarray) -> ChunkFiles:
+        """Write layer ``layer`` (maps of ``shape`` = (sample, head, token, y, x)) into ``folder``; returns the maps'
+        chunk writer."""
+        s, h, t, y, x = shape
+        n = max(n_steps, 1)
+        full = (n, len(PHASES), 1, s, h, t, y, x)
+        group = folder.parent / "zarr.json"
+        if not group.exists():
+            _write_file(group, self.group_meta)
+        data = {"step": np.arange(n, dtype="<i8"), "token": np.arange(t, dtype="<i8"), "token_text": text}
+        for rel, raw in self.files.items():
+            name, _, rest = rel.partition("/")
+            if rest != "zarr.json":
+                if name in data:
+                    continue  # regenerated below
+                _write_file(folder / rel, raw)
+                continue
+            meta = json.loads(raw)
+            if name == "maps":
+                meta["shape"] = list(full)
+                meta["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1, s, h, t, y, x]
+                meta.setdefault("attributes", {}).update({"layer": layer, "resolution": [y, x]})
+            elif name in ("step", "timestep", "token", "token_text"):
+                dims = {"step": [n], "timestep": [n], "token": [t], "token_text": [s, t]}[name]
+                meta["shape"] = dims
+                meta["chunk_grid"]["configuration"]["chunk_shape"] = dims
+                if name == "token_text":
+                    meta["data_type"]["configuration"]["length_bytes"] = text.dtype.itemsize  # 4 bytes a character
+            _write_file(folder / rel, json.dumps(meta, indent=2).encode())
+        for name, values in data.items():
+            _write_file(folder / name / "c" / "/".join(["0"] * values.ndim), self.encode(values))
+        return self.chunks.like(folder / "maps", (1, 1, 1, s, h, t, y, x))
+
+
+def _write_file(path: Path, raw: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+
+
+def _token_text(tokens: list[list[str]], s: int, t: int) -> np.ndarray:
+    """(sample, token) fixed-width unicode array of the token strings (zarr's ``fixed_length_utf32``)."""
+    width = max([len(p) for row in tokens for p in row] + [1])
+    text = np.full((s, t), "", dtype=f"<U{width}")
+    for i, row in enumerate(tokens):
+        text[i, : min(len(row), t)] = row[:t]
+    return text
+
+
 class RunWriter:
     """Creates and fills one run store. Not thread-safe: one thread (the recorder's writer) calls the array methods.
 
@@ -247,8 +366,7 @@ class RunWriter:
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
         self._arrays: dict[str, Any] = {}
         self._chunks: dict[str, ChunkFiles | None] = {}
-        # the first layer is created through zarr; later layers of the same signature copy its metadata files
-        self._template: tuple[tuple, dict[str, bytes]] | None = None
+        # the first layer of a process is created through zarr, later ones from its files (``_LayerTemplate``)
         # small arrays (timesteps, scalars) are kept in memory and written whole at most every FLUSH_S seconds
         # and at the end: a zarr write re-encodes the array's one chunk, far too slow to do per map
         self._small: dict[str, np.ndarray] = {}
@@ -343,41 +461,20 @@ class RunWriter:
 
     def _create_layer(self, layer: str, data: np.ndarray, n_steps: int, tokens: list[list[str]]):
         s, h, t, y, x = data.shape
-        signature = (str(data.dtype), s, h, t, max(n_steps, 1), json.dumps(tokens))
-        if self._template is not None and self._template[0] == signature and self._chunks.get("__template__"):
-            return self._copy_layer(layer, data.shape, n_steps)
-        arr = self._create_layer_zarr(layer, data, n_steps, tokens)
+        key = (str(data.dtype), s, h)
+        template = _LayerTemplate.get(key)
+        if template is None:
+            arr = self._create_layer_zarr(layer, data, n_steps, tokens)
+            _LayerTemplate.from_layer(key, self.path / "attention" / layer, self._chunks.get(layer))
+            return arr
         folder = self.path / "attention" / layer
-        if self._template is None and self._chunks.get(layer) is not None:
-            files = {f.relative_to(folder).as_posix(): f.read_bytes() for f in folder.rglob("*")
-                     if f.is_file() and not f.name.startswith(".")}
-            self._template = (signature, files)
-            self._chunks["__template__"] = self._chunks[layer]
-        return arr
-
-    def _copy_layer(self, layer: str, shape: tuple[int, ...], n_steps: int):
-        """Create ``layer`` by writing the template layer's files with the maps array's shape and attributes changed:
-        the same bytes zarr would write, without zarr's per-array cost."""
-        s, h, t, y, x = shape
-        folder = self.path / "attention" / layer
-        full = (max(n_steps, 1), len(PHASES), 1, s, h, t, y, x)
-        for rel, raw in self._template[1].items():
-            if rel == "maps/zarr.json":
-                meta = json.loads(raw)
-                meta["shape"] = list(full)
-                meta["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1, s, h, t, y, x]
-                meta.setdefault("attributes", {}).update({"layer": layer, "resolution": [y, x]})
-                raw = json.dumps(meta, indent=2).encode()
-            target = folder / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(raw)
-        arr = _LazyArray(folder / "maps", full)
-        self._arrays[layer] = arr
+        self._chunks[layer] = template.write(folder, layer, data.shape, n_steps, _token_text(tokens, s, t))
         n = max(n_steps, 1)
-        for name, length in (("step", n), ("iteration", 1), ("timestep", n)):
+        arr = self._arrays[layer] = _LazyArray(folder / "maps", (n, len(PHASES), 1, s, h, t, y, x))
+        for name, length in (("step", n), ("iteration", 1)):
             self._arrays[f"{layer}/{name}"] = _LazyArray(folder / name, (length,))
+        self._arrays[f"{layer}/timestep"] = _LazyArray(folder / "timestep", (n,), encode=template.encode)
         self._small[f"{layer}/timestep"] = np.full((n,), np.nan)
-        self._chunks[layer] = self._chunks["__template__"].like(folder / "maps", (1, 1, 1, s, h, t, y, x))
         return arr
 
     def _create_layer_zarr(self, layer: str, data: np.ndarray, n_steps: int, tokens: list[list[str]]):
@@ -408,12 +505,8 @@ class RunWriter:
                             dimension_names=["step"])
         self._arrays[f"{layer}/timestep"] = ts
         self._small[f"{layer}/timestep"] = np.full((max(n_steps, 1),), np.nan)
-        width = max([len(p) for row in tokens for p in row] + [1])
-        text = np.full((s, t), "", dtype=f"<U{width}")
-        for i, row in enumerate(tokens):
-            text[i, : min(len(row), t)] = row[:t]
         with _quiet_zarr_strings():
-            g.create_array("token_text", data=text, dimension_names=["sample", "token"])
+            g.create_array("token_text", data=_token_text(tokens, s, t), dimension_names=["sample", "token"])
         self._arrays[layer] = arr
         self._chunks[layer] = ChunkFiles.for_array(arr, self.path / "attention" / layer / "maps")
         return arr

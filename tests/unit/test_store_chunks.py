@@ -48,3 +48,49 @@ def test_small_arrays_are_flushed_on_finish(tmp_path):
     np.testing.assert_array_equal(g["attention/layer/timestep"][:], [900.0, 899.0, 898.0])
     loss = g["scalars/loss"][:]
     assert loss.shape == (5, 2, 1) and loss[2, 0, 0] == 2.0 and loss[4, 1, 0] == 7.0 and np.isnan(loss[3, 0, 0])
+
+
+def _layer_files(folder):
+    return {f.relative_to(folder).as_posix(): f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")}
+
+
+def test_layers_from_the_template_match_zarr(tmp_path, monkeypatch):
+    """A layer written from the process's template (other tokens, steps and size than the layer zarr created) has the
+    metadata zarr would write and reads back through plain zarr with the right coordinates."""
+    from attnlens import store
+
+    monkeypatch.setattr(store._LayerTemplate, "_cache", {})
+    toks_a, toks_b = [["<sot>", "a", "red", "crown"]], [["<sot>", "a", "golden", "strawberry", "<eot>"]]
+    first = RunWriter(tmp_path / "first", {"prompt": "a"})  # creates the template through zarr
+    first.write_map("L", 0, "sample", 0, 3, toks_a, 900.0, np.zeros((1, 1, 4, 8, 8), np.float16))
+    first.finish()
+    assert store._LayerTemplate.get(("float16", 1, 1)) is not None
+
+    data = np.random.default_rng(0).random((1, 1, 5, 4, 4)).astype(np.float16)
+    fast = RunWriter(tmp_path / "fast", {"prompt": "b"})  # no zarr: from the template
+    for step in range(6):
+        fast.write_map("M", step, "sample", 0, 6, toks_b, 800.0 - step, data + step)
+    fast.finish()
+    monkeypatch.setattr(store._LayerTemplate, "_cache", {})
+    ref = RunWriter(tmp_path / "ref", {"prompt": "b"})  # the same layer created by zarr
+    for step in range(6):
+        ref.write_map("M", step, "sample", 0, 6, toks_b, 800.0 - step, data + step)
+    ref.finish()
+
+    a, b = tmp_path / "fast" / "attention", tmp_path / "ref" / "attention"
+    fa, fb = _layer_files(a), _layer_files(b)
+    assert fa.keys() == fb.keys()
+    import json
+
+    for rel in fa:
+        if rel.endswith("zarr.json"):
+            assert json.loads(fa[rel].read_bytes()) == json.loads(fb[rel].read_bytes()), rel
+    g = zarr.open_group(str(tmp_path / "fast"), mode="r")
+    m = g["attention/M"]
+    np.testing.assert_array_equal(m["maps"][3, 0, 0], data + 3)
+    np.testing.assert_array_equal(m["step"][:], np.arange(6))
+    np.testing.assert_array_equal(m["token"][:], np.arange(5))
+    np.testing.assert_array_equal(m["timestep"][:], 800.0 - np.arange(6))
+    assert m["token_text"][0].tolist() == toks_b[0]
+    assert m["phase"][:].tolist() == ["sample", "guidance", "sample_uncond"]
+    assert m["maps"].metadata.dimension_names == ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
