@@ -31,7 +31,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     p.add_argument("--sweep", default="0.25,4", help="step-size factors (default 0.25,4)")
     p.add_argument("--sweep-prompts", type=int, default=4, help="prompts for the sweep (default 4)")
-    p.add_argument("--sanity-n", type=int, default=100, help="images per sanity kind (default 100)")
+    p.add_argument("--sanity-n", type=int, default=100,
+                   help="images per sanity kind (default 100; 0 skips the sanity step and keeps its old results)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--n-boot", type=int, default=2000)
@@ -49,17 +50,18 @@ def main() -> None:
     sweep = [float(s) for s in args.sweep.split(",") if s.strip()]
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
 
-    rep = run_sanity(args.model, n=args.sanity_n, steps=25, guidance_scale=args.guidance, seed=0,
-                     save=out / "sanity" / "grid.png")
-    (out / "sanity").mkdir(parents=True, exist_ok=True)
-    (out / "sanity" / "sanity.json").write_text(json.dumps(rep, indent=2))
-    lines = ["| prompts | success | object accuracy | both present | misbinding | leakage | neglect |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for kind, r in rep["kinds"].items():
-        lines.append(f"| {kind} | {r['success_rate']:.1%} | {r['object_accuracy']:.1%} | {r['both_present']:.1%} | "
-                     f"{r['misbinding_rate']:.1%} | {r['leakage_rate']:.1%} | {r['neglect_rate']:.1%} |")
-    (out / "sanity" / "sanity.md").write_text("\n".join(lines) + "\n")
-    log("\n".join(lines))
+    if args.sanity_n > 0:
+        rep = run_sanity(args.model, n=args.sanity_n, steps=25, guidance_scale=args.guidance, seed=0,
+                         save=out / "sanity" / "grid.png")
+        (out / "sanity").mkdir(parents=True, exist_ok=True)
+        (out / "sanity" / "sanity.json").write_text(json.dumps(rep, indent=2))
+        lines = ["| prompts | success | object accuracy | both present | misbinding | leakage | neglect |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        for kind, r in rep["kinds"].items():
+            lines.append(f"| {kind} | {r['success_rate']:.1%} | {r['object_accuracy']:.1%} | {r['both_present']:.1%} | "
+                         f"{r['misbinding_rate']:.1%} | {r['leakage_rate']:.1%} | {r['neglect_rate']:.1%} |")
+        (out / "sanity" / "sanity.md").write_text("\n".join(lines) + "\n")
+        log("\n".join(lines))
 
     d = run_binding_bench(args.model, out / "defaults", prompts=args.prompts, seeds=seeds, methods=METHODS, sweep=[],
                           steps=args.steps, guidance_scale=args.guidance, n_boot=args.n_boot, runs_root=runs, log=log)
