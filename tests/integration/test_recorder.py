@@ -47,8 +47,24 @@ def test_every_layer_every_step_recorded_with_shapes(tiny_pipe, tmp_path):
     assert run.latents().shape == (n_t, 1, 4, 16, 16)
 
 
-def test_recorded_maps_equal_explicit_attention(tiny_pipe, tmp_path):
-    """What is stored is the softmax of the layer's own q·k (head mean), checked against a direct computation."""
+def _flash_wrong(query, key, value):
+    """The CPU flash kernel with its output changed: what a torch whose SDPA runs another kernel looks like."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value)
+    return out + 1e-3, lse
+
+
+@pytest.mark.parametrize("kernel", ["lse", "softmax", "mismatch"])
+@pytest.mark.parametrize("tokens", ["all", "prompt"])
+def test_recorded_maps_equal_explicit_attention(tiny_pipe, tmp_path, monkeypatch, kernel, tokens):
+    """What is stored is the softmax of the layer's own q·k (head mean), checked against a direct computation: from
+    the CPU flash kernel's log-sum-exp (the default), from a second softmax (no such kernel), and after the first
+    call found the kernel's output unequal to SDPA's (then it falls back, and the output is SDPA's)."""
+    from attnlens import recorder as R
+
+    if kernel == "softmax":
+        monkeypatch.setattr(R, "_FLASH_CPU", None)
+    elif kernel == "mismatch":
+        monkeypatch.setattr(R, "_FLASH_CPU", _flash_wrong)
     layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
     module = dict(tiny_pipe.unet.named_modules())[layer]
     captured = {}
@@ -58,11 +74,15 @@ def test_recorded_maps_equal_explicit_attention(tiny_pipe, tmp_path):
                                   kwargs["encoder_hidden_states"].clone()))
 
     handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    plain = tiny_pipe(PROMPT, num_inference_steps=1, generator=_gen(), output_type="latent").images
     try:
-        with attnlens.record(tiny_pipe, tmp_path / "r", dtype="fp32", tokens="all", heads="all"):
-            tiny_pipe(PROMPT, num_inference_steps=1, generator=_gen())
+        with attnlens.record(tiny_pipe, tmp_path / "r", dtype="fp32", tokens=tokens, heads="all"):
+            recorded = tiny_pipe(PROMPT, num_inference_steps=1, generator=_gen(), output_type="latent").images
+            procs = [tiny_pipe.unet.attn_processors[k] for k in tiny_pipe.unet.attn_processors if "attn2" in k]
+            assert {p._lse for p in procs} == {kernel == "lse"}
     finally:
         handle.remove()
+    assert torch.equal(plain, recorded)
     hidden, enc = captured["h"]
     with torch.no_grad():
         q = module.head_to_batch_dim(module.to_q(hidden))
@@ -71,7 +91,9 @@ def test_recorded_maps_equal_explicit_attention(tiny_pipe, tmp_path):
     heads = module.heads
     cond = probs.view(2, heads, 16, 16, 77)[1].permute(0, 3, 1, 2).numpy()
     stored = attnlens.open_run(tmp_path / "r").maps(layer, step=0)[0]
-    np.testing.assert_allclose(stored, cond, atol=1e-5)
+    n_tokens = 77 if tokens == "all" else len(tiny_pipe.tokenizer(PROMPT).input_ids)
+    assert stored.shape == (heads, n_tokens, 16, 16)
+    np.testing.assert_allclose(stored, cond[:, :n_tokens], atol=1e-6, rtol=1e-5)
 
 
 def test_bit_identical_latents_with_and_without_recording(tiny_pipe, tmp_path):
