@@ -197,9 +197,9 @@ class RecordingProcessor:
             if lse is not None:
                 # p = exp(scale·q·k − logsumexp): only the recorded text positions, no softmax over all 77
                 n, t = q.shape[0] * attn.heads, min(self.recorder.token_count(), k.shape[2])
-                probs = torch.baddbmm(lse[r0:].reshape(n, -1, 1), q.reshape(n, -1, head_dim),
-                                      k[:, :, :t].reshape(n, t, head_dim).transpose(1, 2),
-                                      beta=-1, alpha=head_dim ** -0.5).exp_()
+                probs = torch.baddbmm(lse[r0:].reshape(n, -1, 1), q.reshape(n, -1, head_dim).to(lse.dtype),
+                                      k[:, :, :t].reshape(n, t, head_dim).transpose(1, 2).to(lse.dtype),
+                                      beta=-1, alpha=head_dim ** -0.5).exp_()  # fp32 for fp16/bf16 inputs
             else:
                 mask3 = None
                 if attention_mask is not None:

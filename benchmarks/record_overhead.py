@@ -2,7 +2,9 @@
 
 Full recording = every attn2 layer, every step, head mean, prompt tokens, fp16, written to a fresh run store.
 Reports median wall times, their ratio (target ≤ 1.15 on 2 CPU cores with the embedded model), the bytes stored per
-step and per run, and the store size of a 50-step SD 1.5 run at 512×512 computed from its layer shapes.
+step and per run, and the store size of a 50-step SD 1.5 run at 512×512 computed from its layer shapes: map bytes at
+the compression this model's map chunks get, plus the per-layer metadata and the float32 latents at theirs (the
+final PNG is not counted). ``benchmarks/store_codecs.py`` measures how much better large, smooth maps compress.
 
     python benchmarks/record_overhead.py [--repeats 7] [--steps 50] [--model attnlens-shapes|attnlens-tiny] [--device cpu]
 
@@ -63,6 +65,15 @@ def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in (path / "attention").rglob("*") if f.is_file())
 
 
+def map_chunk_bytes(path: Path) -> int:
+    """Bytes of the map chunks alone (what grows with map area and token count)."""
+    return sum(f.stat().st_size for f in (path / "attention").glob("*/maps/c*") if f.is_file())
+
+
+def latent_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in (path / "latents" / "latents").rglob("c*") if f.is_file())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -93,9 +104,15 @@ def main() -> None:
         n_steps = len(run.timesteps())
         stored = store_bytes(tmp / "r0")
         raw = sum(int(np.prod(run.array(l).shape[3:])) * 2 for l in run.layers) * n_steps
+        chunks = map_chunk_bytes(tmp / "r0")
+        per_layer = (stored - chunks) / len(run.layers)  # metadata and coordinates: fixed per layer
+        lat = run.latents()
+        latent_ratio = latent_bytes(tmp / "r0") / lat.nbytes
         n_tokens = run.array(run.layers[0]).shape[5]
         px_sd15 = sum(n * s * s for s, n in SD15_LAYERS.items())
         sd15_raw = px_sd15 * n_tokens * 2 * 51
+        sd15_latents_raw = 51 * 4 * 64 * 64 * 4  # float32 latent entering each step
+        sd15_fixed = per_layer * sum(SD15_LAYERS.values())
         result = {
             "device": str(device), "threads": args.threads, "model": "sd15-shaped" if args.sd15_shaped else args.model,
             "steps": args.steps, "timesteps": n_steps, "repeats": args.repeats, "prompt_tokens": n_tokens,
@@ -103,8 +120,11 @@ def main() -> None:
             "median_ratio": statistics.median(ratios), "ratio_of_medians":
                 statistics.median(times["record"]) / statistics.median(times["off"]),
             "stored_bytes_per_run": stored, "stored_bytes_per_step": stored / n_steps,
-            "raw_bytes_per_run": raw, "compression": stored / raw,
-            "sd15_512_raw_bytes": sd15_raw, "sd15_512_estimated_bytes": sd15_raw * stored / raw,
+            "raw_bytes_per_run": raw, "compression": stored / raw, "map_chunk_compression": chunks / raw,
+            "fixed_bytes_per_layer": per_layer, "latent_compression": latent_ratio,
+            "sd15_512_raw_bytes": sd15_raw, "sd15_512_estimated_map_bytes": sd15_raw * chunks / raw,
+            "sd15_512_estimated_latent_bytes": sd15_latents_raw * latent_ratio,
+            "sd15_512_estimated_bytes": sd15_raw * chunks / raw + sd15_fixed + sd15_latents_raw * latent_ratio,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -113,8 +133,10 @@ def main() -> None:
           f"record {result['median_record_s']:.2f} s, {args.repeats} interleaved repeats)")
     print(f"stored: {stored / 1e6:.2f} MB per run, {stored / n_steps / 1e3:.1f} kB per step "
           f"(compression {stored / raw:.2f} of fp16 raw)")
-    print(f"SD 1.5 512x512, 50 steps (51 timesteps), {n_tokens} tokens: {sd15_raw / 1e6:.1f} MB raw fp16, "
-          f"~{result['sd15_512_estimated_bytes'] / 1e6:.1f} MB at this compression")
+    print(f"SD 1.5 512x512, 50 steps (51 timesteps), {n_tokens} tokens: maps {sd15_raw / 1e6:.1f} MB raw fp16, "
+          f"~{result['sd15_512_estimated_map_bytes'] / 1e6:.1f} MB at this model's map compression "
+          f"({chunks / raw:.3f}); with latents (~{result['sd15_512_estimated_latent_bytes'] / 1e6:.1f} MB) and "
+          f"metadata: ~{result['sd15_512_estimated_bytes'] / 1e6:.1f} MB (image not counted)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

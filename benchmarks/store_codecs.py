@@ -22,7 +22,7 @@ import torch
 
 import attnlens
 
-CODECS = [("zstd", 5, "bit"), ("zstd", 3, "bit"), ("zstd", 1, "bit"), ("zstd", 5, "byte"), ("zstd", 1, "byte"),
+CODECS = [("zstd", 5, "bit"), ("zstd", 9, "bit"), ("zstd", 3, "bit"), ("zstd", 1, "bit"), ("zstd", 5, "byte"), ("zstd", 1, "byte"),
           ("lz4", 5, "bit")]
 
 
