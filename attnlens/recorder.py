@@ -721,7 +721,8 @@ class Recorder:
         args = (name, self.step, phase, self.iteration, self.n_steps, tokens, self.timestep)
         self._put(self.store.write_map, args, x)
 
-    def _put(self, fn: Callable, args: tuple, x: torch.Tensor | None = None) -> None:
+    def _put(self, fn: Callable, args: tuple, x: torch.Tensor | None = None, fresh: bool = False) -> None:
+        """Queue ``fn(*args, x.numpy())`` for the writer; ``fresh``: ``x`` is a copy nobody else holds (no clone)."""
         writer = self._writer
         if writer.error is not None:
             raise AttnlensError(f"writing the run store failed: {getattr(writer.error, 'strerror', None) or writer.error}",
@@ -733,7 +734,8 @@ class Recorder:
             event.record()
             self._pending.append((fn, args, buf, event))
         elif x is not None:
-            self._pending.append((fn, args, x.contiguous().clone() if x.dtype == torch.float32 else x.contiguous(), None))
+            keep = x if fresh else x.contiguous().clone() if x.dtype == torch.float32 else x.contiguous()
+            self._pending.append((fn, args, keep, None))
         else:
             self._pending.append((fn, args, None, None))
         if len(self._pending) >= self.BATCH_MAX:
@@ -750,11 +752,11 @@ class Recorder:
     def record_latent(self, step: int, latent: torch.Tensor) -> None:
         """Store the latent entering the sampling forward of loop index ``step``."""
         if self.store is not None:
-            self._put(self.store.write_latent, (step, self.n_steps), latent.detach().float())
+            self._put(self.store.write_latent, (step, self.n_steps), _latent_copy(latent), fresh=True)
 
     def record_final_latent(self, latent: torch.Tensor) -> None:
         if self.store is not None:
-            self._put(self.store.write_final_latent, (), latent.detach().float())
+            self._put(self.store.write_final_latent, (), _latent_copy(latent), fresh=True)
 
     def log_scalars(self, step: int, iteration: int, values: dict[str, float], sample: int = 0, n_samples: int = 1) -> None:
         """Store named scalars (loss terms, gradient norm, step size, ...) at (step, iteration, sample)."""
@@ -801,6 +803,13 @@ class Recorder:
         while not done.wait(0.05):
             if not self._writer.is_alive():
                 return
+
+
+def _latent_copy(latent: torch.Tensor) -> torch.Tensor:
+    """A detached copy of a latent as stored: float16 when the pipeline computes in float16 (SD on a GPU), else
+    float32 (bfloat16 has no numpy type)."""
+    dtype = torch.float16 if latent.dtype == torch.float16 else torch.float32
+    return latent.detach().to(dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def _trim(pieces: list[str], eos: str) -> list[str]:

@@ -10,8 +10,9 @@ Layout (documented for users in ``docs/store.md``)::
                                         (step, phase, iteration); NaN where nothing was recorded
       attention/<layer>/{step,phase,iteration,token}   coordinate arrays (xarray.open_zarr(group=...) works)
       attention/<layer>/timestep        (step,) the scheduler timestep of each loop index
-      latents/latents                   (step, sample, channel, y, x) float32: the latent entering step i's sampling
-      latents/final                     (sample, channel, y, x) float32: the latent after the last step
+      latents/latents                   (step, sample, channel, y, x) the latent entering step i's sampling, float16
+                                        when the pipeline computes in float16, else float32
+      latents/final                     (sample, channel, y, x) the latent after the last step (same dtype)
       scalars/<name>                    (step, iteration, sample) float32: loss terms, grad norm, step size, ...
 
 Writes go through ``RunWriter``, which is driven by a single background thread in ``attnlens.recorder``; readers use
@@ -335,6 +336,11 @@ class _LayerTemplate:
         return self.chunks.like(folder / "maps", (1, 1, 1, s, h, t, y, x))
 
 
+def _latent_dtype(latent: np.ndarray) -> str:
+    """Latents are stored as the pipeline computed them: float16 stays float16, anything else is float32."""
+    return "float16" if latent.dtype == np.float16 else "float32"
+
+
 def _write_file(path: Path, raw: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(raw)
@@ -516,7 +522,7 @@ class RunWriter:
         if arr is None:
             g = self.group.require_group("latents")
             arr = g.create_array(
-                "latents", shape=(max(n_steps, 1), *latent.shape), chunks=(1, *latent.shape), dtype="float32",
+                "latents", shape=(max(n_steps, 1), *latent.shape), chunks=(1, *latent.shape), dtype=_latent_dtype(latent),
                 fill_value=np.nan, compressors=_compressor(), chunk_key_encoding=FLAT_CHUNK_KEYS,
                 dimension_names=["step", "sample", "channel", "y", "x"],
             )
@@ -526,13 +532,13 @@ class RunWriter:
         self._grow(arr, 0, step + 1)
         chunks = self._chunks.get("latents/latents")
         if chunks is not None:
-            chunks.write((step,), latent.astype(np.float32))
+            chunks.write((step,), latent.astype(arr.dtype))
         else:
-            arr[step] = latent.astype(np.float32)
+            arr[step] = latent.astype(arr.dtype)
 
     def write_final_latent(self, latent: np.ndarray) -> None:
         g = self.group.require_group("latents")
-        arr = g.create_array("final", data=latent.astype(np.float32), dimension_names=["sample", "channel", "y", "x"],
+        arr = g.create_array("final", data=latent.astype(_latent_dtype(latent)), dimension_names=["sample", "channel", "y", "x"],
                              overwrite=True)
         arr.attrs["description"] = "latent after the last denoising step (what the VAE decodes)"
 
@@ -663,7 +669,9 @@ class Run:
 
     def latents(self) -> np.ndarray | None:
         g = self.group
-        return np.asarray(g["latents/latents"][:]) if "latents" in g and "latents" in g["latents"] else None
+        if "latents" not in g or "latents" not in g["latents"]:
+            return None
+        return np.asarray(g["latents/latents"][:], dtype=np.float32)
 
     def scalars(self) -> dict[str, np.ndarray]:
         """``{name: (step, iteration, sample) array}`` of the per-step scalars (loss terms, grad norm, ...)."""

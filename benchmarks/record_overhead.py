@@ -3,8 +3,8 @@
 Full recording = every attn2 layer, every step, head mean, prompt tokens, fp16, written to a fresh run store.
 Reports median wall times, their ratio (target ≤ 1.15 on 2 CPU cores with the embedded model), the bytes stored per
 step and per run, and the store size of a 50-step SD 1.5 run at 512×512 computed from its layer shapes: map bytes at
-the compression this model's map chunks get, plus the per-layer metadata and the float32 latents at theirs (the
-final PNG is not counted). ``benchmarks/store_codecs.py`` measures how much better large, smooth maps compress.
+the compression this model's map chunks get, plus the per-layer metadata and the latents at theirs (the
+final PNG is not counted; latents in float16, as SD 1.5 runs on a GPU). ``benchmarks/store_codecs.py`` measures how much better large, smooth maps compress.
 
     python benchmarks/record_overhead.py [--repeats 7] [--steps 50] [--model attnlens-shapes|attnlens-tiny] [--device cpu]
 
@@ -70,6 +70,27 @@ def map_chunk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in (path / "attention").glob("*/maps/c*") if f.is_file())
 
 
+def fp16_ratio(latents: np.ndarray) -> float:
+    """Compressed / raw size of ``latents`` as float16 chunks (one per step) under the store's codec."""
+    from numcodecs import Blosc
+
+    codec = Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE, typesize=2)
+    half = latents.astype("<f2")
+    return sum(len(codec.encode(np.ascontiguousarray(c))) for c in half) / half.nbytes
+
+
+def upsampled_ratio(run) -> float:
+    """Compressed / raw size of this run's map chunks upsampled ×4 (bilinear) under the store's codec: how large,
+    smooth maps compress (``benchmarks/store_codecs.py`` compares codecs on the same proxy)."""
+    from numcodecs import Blosc
+
+    from store_codecs import chunks_of
+
+    codec = Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE, typesize=2)
+    chunks = chunks_of(run, upsample=4)
+    return sum(len(codec.encode(c)) for c in chunks) / sum(c.nbytes for c in chunks)
+
+
 def latent_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in (path / "latents" / "latents").rglob("c*") if f.is_file())
 
@@ -107,11 +128,13 @@ def main() -> None:
         chunks = map_chunk_bytes(tmp / "r0")
         per_layer = (stored - chunks) / len(run.layers)  # metadata and coordinates: fixed per layer
         lat = run.latents()
-        latent_ratio = latent_bytes(tmp / "r0") / lat.nbytes
+        latent_ratio = latent_bytes(tmp / "r0") / lat.nbytes  # float32, as stored by this CPU run
+        latent16_ratio = fp16_ratio(lat)  # SD 1.5 on a GPU runs (and stores its latents) in float16
+        smooth_ratio = upsampled_ratio(run)  # proxy for SD's large, smooth 64×64 / 32×32 maps
         n_tokens = run.array(run.layers[0]).shape[5]
         px_sd15 = sum(n * s * s for s, n in SD15_LAYERS.items())
         sd15_raw = px_sd15 * n_tokens * 2 * 51
-        sd15_latents_raw = 51 * 4 * 64 * 64 * 4  # float32 latent entering each step
+        sd15_latents_raw = 51 * 4 * 64 * 64 * 2  # float16 latent entering each step (the GPU default)
         sd15_fixed = per_layer * sum(SD15_LAYERS.values())
         result = {
             "device": str(device), "threads": args.threads, "model": "sd15-shaped" if args.sd15_shaped else args.model,
@@ -122,9 +145,12 @@ def main() -> None:
             "stored_bytes_per_run": stored, "stored_bytes_per_step": stored / n_steps,
             "raw_bytes_per_run": raw, "compression": stored / raw, "map_chunk_compression": chunks / raw,
             "fixed_bytes_per_layer": per_layer, "latent_compression": latent_ratio,
+            "latent_fp16_compression": latent16_ratio,
             "sd15_512_raw_bytes": sd15_raw, "sd15_512_estimated_map_bytes": sd15_raw * chunks / raw,
-            "sd15_512_estimated_latent_bytes": sd15_latents_raw * latent_ratio,
-            "sd15_512_estimated_bytes": sd15_raw * chunks / raw + sd15_fixed + sd15_latents_raw * latent_ratio,
+            "sd15_512_estimated_latent_bytes": sd15_latents_raw * latent16_ratio,
+            "sd15_512_estimated_bytes": sd15_raw * chunks / raw + sd15_fixed + sd15_latents_raw * latent16_ratio,
+            "upsampled_x4_map_compression": smooth_ratio,
+            "sd15_512_estimated_bytes_smooth_maps": sd15_raw * smooth_ratio + sd15_fixed + sd15_latents_raw * latent16_ratio,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,7 +162,9 @@ def main() -> None:
     print(f"SD 1.5 512x512, 50 steps (51 timesteps), {n_tokens} tokens: maps {sd15_raw / 1e6:.1f} MB raw fp16, "
           f"~{result['sd15_512_estimated_map_bytes'] / 1e6:.1f} MB at this model's map compression "
           f"({chunks / raw:.3f}); with latents (~{result['sd15_512_estimated_latent_bytes'] / 1e6:.1f} MB) and "
-          f"metadata: ~{result['sd15_512_estimated_bytes'] / 1e6:.1f} MB (image not counted)")
+          f"metadata: ~{result['sd15_512_estimated_bytes'] / 1e6:.1f} MB (image not counted); "
+          f"~{result['sd15_512_estimated_bytes_smooth_maps'] / 1e6:.1f} MB if SD's maps compress like these maps "
+          f"upsampled x4 ({smooth_ratio:.3f})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

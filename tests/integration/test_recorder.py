@@ -249,3 +249,26 @@ def test_cpu_writer_writes_when_its_limit_is_reached(tiny_pipe, tmp_path, monkey
     run = attnlens.open_run(tmp_path / "r")
     assert run.complete and _map_chunks(tmp_path / "r") == len(run.layers) * (STEPS + 1)
     assert np.isfinite(run.maps(run.layers[0], step=slice(None))).all()
+
+
+def test_latents_stored_in_the_pipeline_dtype(tmp_path):
+    """A float16 pipeline's latents are stored as float16, exactly as the UNet saw them (no widening: SD on a GPU
+    stores half the bytes); ``run.latents()`` reads them as float32."""
+    import zarr
+
+    pipe = attnlens.load_pipeline("attnlens-tiny", dtype=torch.float16)  # CPU float16: slow kernels, tiny model
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("sample", args[0] if args else None)[1:].clone()),
+        with_kwargs=True)
+    try:
+        with attnlens.record(pipe, tmp_path / "r", prompts=[PROMPT], seeds=[0]):
+            pipe(PROMPT, num_inference_steps=2, generator=_gen(), output_type="latent")
+    finally:
+        handle.remove()
+    stored = zarr.open_group(str(tmp_path / "r"), mode="r")["latents/latents"]
+    assert stored.dtype == np.float16
+    for step, latent in enumerate(seen):
+        np.testing.assert_array_equal(stored[step], latent.numpy())
+    run = attnlens.open_run(tmp_path / "r")
+    assert run.latents().dtype == np.float32 and run.latents().shape == (len(seen), 1, 4, 16, 16)
