@@ -35,7 +35,8 @@ Writes OUT/runs (one recorded run per variant, prompt and seed; complete runs ar
 benchmark resumes), OUT/outcomes.csv (the evaluator's verdict per run), OUT/binding.{md,csv,tex} (success,
 misbinding, leakage, neglect, object accuracy per variant with 95 % paired bootstrap intervals and differences to
 none) and, unless --no-analyse, OUT/metrics.parquet, OUT/auc.{md,csv,tex,pdf,png}: how well each attention metric
-at each layer and step predicts per-run success (ROC AUC, DeLong interval; auc_none.* on the unguided runs only).
+at each layer and step predicts per-run success (ROC AUC, DeLong interval; auc_none.* on the unguided runs only;
+auc_fixed.{md,csv} at the point fixed in advance: all layers, last step).
 Prompts are two-object captions of the held-out split (colour-shape pairs never seen in training).
 """
 

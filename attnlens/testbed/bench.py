@@ -236,6 +236,33 @@ def _auc_tables(best, out: Path, name: str = "auc") -> list[Path]:
     return paths
 
 
+def _fixed_tables(fixed, fixed_none, out: Path) -> list[Path]:
+    """``auc_fixed.{md,csv}``: every metric's AUC at the pre-fixed point (all layers, last step), over every run and
+    over the unguided runs alone."""
+    from ..compare import fmt
+
+    none = {} if fixed_none is None else {(r["metric"], r["role"]): r for _, r in fixed_none.iterrows()}
+    n_all = f"{int(fixed['n_pos'].iloc[0])} / {int(fixed['n_neg'].iloc[0])}" if len(fixed) else ""
+    lines = ["| metric | role | AUC, all runs [95% CI] | AUC, unguided runs [95% CI] | direction |", "|---|---|---|---|---|"]
+    for _, r in fixed.iterrows():
+        u = none.get((r["metric"], r["role"]))
+        un = "" if u is None else f"{fmt(u['auc'])} [{fmt(u['low'])}, {fmt(u['high'])}]"
+        lines.append(f"| {r['metric']} | {r['role']} | {fmt(r['auc'])} [{fmt(r['low'])}, {fmt(r['high'])}] | {un} | "
+                     f"{r['direction']} |")
+    if len(fixed):
+        n_none = "" if fixed_none is None or not len(fixed_none) else \
+            f"; unguided runs {int(fixed_none['n_pos'].iloc[0])} / {int(fixed_none['n_neg'].iloc[0])}"
+        lines += ["", f"Layer aggregate `all` (trajectory metrics: `latent`), last step; positives / negatives: all runs "
+                      f"{n_all}{n_none}. DeLong 95% intervals."]
+    md, csv = out / "auc_fixed.md", out / "auc_fixed.csv"
+    md.write_text("\n".join(lines) + "\n")
+    merged = fixed if fixed_none is None else fixed.merge(
+        fixed_none[["metric", "role", "auc", "low", "high", "n_pos", "n_neg"]], on=["metric", "role"], how="left",
+        suffixes=("", "_unguided"))
+    merged.to_csv(csv, index=False)
+    return [md, csv]
+
+
 def run_binding_bench(
     model: str | Any,
     out: str | Path,
@@ -310,7 +337,7 @@ def run_binding_bench(
     result = BenchResult(out=out, outcomes=outcomes, comparison=c, recorded=recorded, reused=reused)
     if analyse:
         from ..analysis import read_table, write_parquet
-        from .predictive import auc_figure, best_predictors, metric_auc
+        from .predictive import auc_figure, best_predictors, fixed_point, metric_auc
 
         log("analysing the runs ...")
         runs = sorted({r["run"] for r in rows})
@@ -330,10 +357,13 @@ def run_binding_bench(
             auc.to_csv(out / "auc_all.csv", index=False)
             files.append(out / "auc_all.csv")
             none_runs = outcomes.loc[outcomes["variant"] == "none", "run"]
+            fixed_none = None
             if len(none_runs) and outcomes.loc[none_runs.index, label].nunique() == 2:
                 # the unguided model alone: no method in the comparison, so no method confounds metric and outcome
-                best_none = best_predictors(metric_auc(df, outcomes, label=label, runs=list(none_runs)))
-                files += _auc_tables(best_none, out, name="auc_none")
+                auc_none = metric_auc(df, outcomes, label=label, runs=list(none_runs))
+                files += _auc_tables(best_predictors(auc_none), out, name="auc_none")
+                fixed_none = fixed_point(auc_none)
+            files += _fixed_tables(fixed_point(auc), fixed_none, out)
             pairs = [p for p in AUC_FIGURE_PAIRS
                      if ((auc["metric"] == p[0]) & (auc["role"] == p[1])).any()]
             fig = auc_figure(auc, pairs, label=label,

@@ -137,6 +137,17 @@ def best_predictors(auc_table, *, layer: str | None = None, top: int | None = No
     return best.head(top) if top else best
 
 
+def fixed_point(auc_table, *, layer: str = "all"):
+    """Per (metric, role): the AUC at a point fixed before looking — ``layer`` (default the ``all`` aggregate;
+    trajectory metrics use their ``latent`` rows) at the last step — with its interval. Unlike
+    :func:`best_predictors`, no (layer, step) is chosen after seeing the data, so the intervals are honest (up to the
+    independence of the runs). Sorted by |AUC − 0.5|."""
+    t = auc_table[auc_table["layer"].isin([layer, "latent"])].dropna(subset=["auc"])
+    t = t[t["step"] == t.groupby(["metric", "role"], observed=True)["step"].transform("max")]
+    cols = ["metric", "role", "layer", "step", "auc", "low", "high", "direction", "n_pos", "n_neg"]
+    return t.sort_values("informative", ascending=False)[cols].reset_index(drop=True)
+
+
 def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all", width: str | float = "page",
                height: float | None = None, title: str | None = None, label: str = "success"):
     """AUC against the step for each (metric, role) in ``pairs`` on one ``layer`` (default the ``all``
@@ -174,4 +185,4 @@ def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all
     return build()
 
 
-__all__ = ["auc_delong", "auc_figure", "best_predictors", "metric_auc"]
+__all__ = ["auc_delong", "auc_figure", "best_predictors", "fixed_point", "metric_auc"]

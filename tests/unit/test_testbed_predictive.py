@@ -93,3 +93,25 @@ def test_metric_auc_errors():
         metric_auc(df, outcomes, label="nope")
     with pytest.raises(AttnlensError, match="no metric rows"):
         metric_auc(df, outcomes.assign(run=outcomes.run + "x"))
+
+
+def test_fixed_point_is_the_last_step_of_the_all_aggregate(tmp_path):
+    """The pre-fixed point takes layer ``all`` at its last step for every (metric, role) — whatever step or layer
+    would look best — and the bench writes it for all runs beside the unguided ones."""
+    from attnlens.testbed.bench import _fixed_tables
+    from attnlens.testbed.predictive import fixed_point
+
+    df, outcomes = _table()
+    other = df[df.metric == "signal"].assign(layer="up", value=lambda d: -d["value"])  # a better-looking layer
+    auc = metric_auc(pd.concat([df, other]), outcomes)
+    fixed = fixed_point(auc)
+    assert set(fixed["layer"]) == {"all"} and set(fixed["step"]) == {2}
+    assert sorted(zip(fixed.metric, fixed.role)) == [("noise", "noun"), ("signal", "bound")]
+    row = auc[(auc.metric == "signal") & (auc.layer == "all") & (auc.step == 2)].iloc[0]
+    assert fixed.iloc[0]["metric"] == "signal" and fixed.iloc[0]["auc"] == row["auc"]
+    sub = fixed_point(metric_auc(df, outcomes, runs=[f"r{i}" for i in range(12)]))
+    paths = _fixed_tables(fixed, sub, tmp_path)
+    text = paths[0].read_text()
+    assert "AUC, unguided runs" in text and text.count("| signal | bound |") == 1
+    saved = pd.read_csv(paths[1])
+    assert set(saved.columns) >= {"auc", "auc_unguided"} and (saved["n_pos_unguided"] + saved["n_neg_unguided"] == 12).all()
