@@ -418,7 +418,7 @@ class Recorder:
 
     def __init__(self, pipe, store: str | Path | RunWriter | None, *, config: RecordingConfig | None = None,
                  prompts: list[str] | None = None, seeds: list[int | None] | None = None,
-                 manifest: dict[str, Any] | None = None, overwrite: bool = False, queue_size: int = 64):
+                 manifest: dict[str, Any] | None = None, overwrite: bool = False, queue_size: int | None = None):
         self.pipe = pipe
         self.unet = pipe.unet
         self.config = config or RecordingConfig()
@@ -530,7 +530,12 @@ class Recorder:
             self.store = RunWriter(store, manifest, overwrite=self._overwrite)
         cuda = self.unet.device.type == "cuda"
         self._pool = _PinnedPool() if cuda else None
-        self._writer = _Writer(self._queue_size, self._pool, eager=self.unet.device.type != "cpu")
+        eager = self.unet.device.type != "cpu"
+        # batches (one per UNet forward) the writer's queue holds: on a GPU a short queue bounds the pinned buffers
+        # in flight; on a CPU the lazy writer is bounded by HOLD_BYTES, and a count limit that a plain 50-step run
+        # reaches would wake it during the last steps, where it competes with sampling for the cores and the GIL
+        size = self._queue_size or (self.QUEUE_EAGER if eager else self.QUEUE_LAZY)
+        self._writer = _Writer(size, self._pool, eager=eager)
         self._writer.start()
 
     def _stop_writer(self) -> None:
@@ -741,6 +746,7 @@ class Recorder:
         if len(self._pending) >= self.BATCH_MAX:
             self._submit()
 
+    QUEUE_EAGER, QUEUE_LAZY = 64, 4096  # default queue sizes (batches), see _open_store
     BATCH_MAX = 64  # items per hand-over at most (all heads, many layers): bounds the memory held per batch
 
     def _submit(self) -> None:

@@ -140,7 +140,9 @@ def main() -> None:
             "device": str(device), "threads": args.threads, "model": "sd15-shaped" if args.sd15_shaped else args.model,
             "steps": args.steps, "timesteps": n_steps, "repeats": args.repeats, "prompt_tokens": n_tokens,
             "median_off_s": statistics.median(times["off"]), "median_record_s": statistics.median(times["record"]),
-            "median_ratio": statistics.median(ratios), "ratio_of_medians":
+            "median_ratio": statistics.median(ratios),
+            "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+            "times_off_s": times["off"], "times_record_s": times["record"], "ratio_of_medians":
                 statistics.median(times["record"]) / statistics.median(times["off"]),
             "stored_bytes_per_run": stored, "stored_bytes_per_step": stored / n_steps,
             "raw_bytes_per_run": raw, "compression": stored / raw, "map_chunk_compression": chunks / raw,
@@ -155,8 +157,9 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))
-    print(f"\nrecording overhead: median ratio {result['median_ratio']:.3f} (off {result['median_off_s']:.2f} s, "
-          f"record {result['median_record_s']:.2f} s, {args.repeats} interleaved repeats)")
+    q1, q3 = result["ratio_quartiles"]
+    print(f"\nrecording overhead: median ratio {result['median_ratio']:.3f} (quartiles {q1:.3f}-{q3:.3f}; off "
+          f"{result['median_off_s']:.2f} s, record {result['median_record_s']:.2f} s, {args.repeats} interleaved repeats)")
     print(f"stored: {stored / 1e6:.2f} MB per run, {stored / n_steps / 1e3:.1f} kB per step "
           f"(compression {stored / raw:.2f} of fp16 raw)")
     print(f"SD 1.5 512x512, 50 steps (51 timesteps), {n_tokens} tokens: maps {sd15_raw / 1e6:.1f} MB raw fp16, "

@@ -216,15 +216,19 @@ def _map_chunks(run_dir) -> int:
     return sum(1 for f in (run_dir / "attention").rglob("c.*") if f.is_file()) if (run_dir / "attention").exists() else 0
 
 
-def test_cpu_writer_holds_maps_until_sampling_ends(tiny_pipe, tmp_path):
+@pytest.mark.parametrize("steps", [STEPS, 60])
+def test_cpu_writer_holds_maps_until_sampling_ends(tiny_pipe, tmp_path, steps):
     """On a CPU the writer stays off the cores while the pipeline samples (lazy mode): no map is on disk before the
-    block ends, every map is after it."""
+    block ends, every map is after it — also past 48 UNet forwards, where a 64-batch queue used to wake it."""
+    import time
+
     with attnlens.record(tiny_pipe, tmp_path / "r", seeds=[0]) as rec:
         assert rec._writer.eager is False
-        tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
+        tiny_pipe(PROMPT, num_inference_steps=steps, generator=_gen(), output_type="latent")
+        time.sleep(0.2)  # a woken writer would have written by now
         assert _map_chunks(tmp_path / "r") == 0
     run = attnlens.open_run(tmp_path / "r")
-    assert run.complete and _map_chunks(tmp_path / "r") == len(run.layers) * (STEPS + 1)
+    assert run.complete and _map_chunks(tmp_path / "r") == len(run.layers) * (steps + 1)
 
 
 @pytest.mark.parametrize("limit", ["bytes", "queue"])
