@@ -236,30 +236,38 @@ def _auc_tables(best, out: Path, name: str = "auc") -> list[Path]:
     return paths
 
 
-def _fixed_tables(fixed, fixed_none, out: Path) -> list[Path]:
+def _fixed_tables(tables: Sequence[tuple[str, Any, Any]], out: Path) -> list[Path]:
     """``auc_fixed.{md,csv}``: every metric's AUC at the pre-fixed point (all layers, last step), over every run and
-    over the unguided runs alone."""
+    over the unguided runs alone, for each ``(label, fixed, fixed_unguided)`` of ``tables`` (``fixed_unguided`` may
+    be None)."""
+    import pandas as pd
+
     from ..compare import fmt
 
-    none = {} if fixed_none is None else {(r["metric"], r["role"]): r for _, r in fixed_none.iterrows()}
-    n_all = f"{int(fixed['n_pos'].iloc[0])} / {int(fixed['n_neg'].iloc[0])}" if len(fixed) else ""
-    lines = ["| metric | role | AUC, all runs [95% CI] | AUC, unguided runs [95% CI] | direction |", "|---|---|---|---|---|"]
-    for _, r in fixed.iterrows():
-        u = none.get((r["metric"], r["role"]))
-        un = "" if u is None else f"{fmt(u['auc'])} [{fmt(u['low'])}, {fmt(u['high'])}]"
-        lines.append(f"| {r['metric']} | {r['role']} | {fmt(r['auc'])} [{fmt(r['low'])}, {fmt(r['high'])}] | {un} | "
-                     f"{r['direction']} |")
-    if len(fixed):
-        n_none = "" if fixed_none is None or not len(fixed_none) else \
-            f"; unguided runs {int(fixed_none['n_pos'].iloc[0])} / {int(fixed_none['n_neg'].iloc[0])}"
+    def ci(r) -> str:
+        return f"{fmt(r['auc'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
+
+    def counts(t) -> str:
+        return f"{int(t['n_pos'].iloc[0])} / {int(t['n_neg'].iloc[0])}" if t is not None and len(t) else "–"
+
+    lines, frames = [], []
+    for label, fixed, fixed_none in tables:
+        none = {} if fixed_none is None else {(r["metric"], r["role"]): r for _, r in fixed_none.iterrows()}
+        lines += [f"### AUC for `{label}`", "",
+                  "| metric | role | AUC, all runs [95% CI] | AUC, unguided runs [95% CI] | direction |",
+                  "|---|---|---|---|---|"]
+        for _, r in fixed.iterrows():
+            u = none.get((r["metric"], r["role"]))
+            lines.append(f"| {r['metric']} | {r['role']} | {ci(r)} | {'' if u is None else ci(u)} | {r['direction']} |")
         lines += ["", f"Layer aggregate `all` (trajectory metrics: `latent`), last step; positives / negatives: all runs "
-                      f"{n_all}{n_none}. DeLong 95% intervals."]
+                      f"{counts(fixed)}, unguided runs {counts(fixed_none)}. DeLong 95% intervals.", ""]
+        merged = fixed if fixed_none is None else fixed.merge(
+            fixed_none[["metric", "role", "auc", "low", "high", "n_pos", "n_neg"]], on=["metric", "role"], how="left",
+            suffixes=("", "_unguided"))
+        frames.append(merged.assign(label=label))
     md, csv = out / "auc_fixed.md", out / "auc_fixed.csv"
-    md.write_text("\n".join(lines) + "\n")
-    merged = fixed if fixed_none is None else fixed.merge(
-        fixed_none[["metric", "role", "auc", "low", "high", "n_pos", "n_neg"]], on=["metric", "role"], how="left",
-        suffixes=("", "_unguided"))
-    merged.to_csv(csv, index=False)
+    md.write_text("\n".join(lines))
+    pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
     return [md, csv]
 
 
@@ -356,14 +364,21 @@ def run_binding_bench(
             files += [out / "auc.parquet", *_auc_tables(best, out)]
             auc.to_csv(out / "auc_all.csv", index=False)
             files.append(out / "auc_all.csv")
-            none_runs = outcomes.loc[outcomes["variant"] == "none", "run"]
-            fixed_none = None
-            if len(none_runs) and outcomes.loc[none_runs.index, label].nunique() == 2:
-                # the unguided model alone: no method in the comparison, so no method confounds metric and outcome
-                auc_none = metric_auc(df, outcomes, label=label, runs=list(none_runs))
-                files += _auc_tables(best_predictors(auc_none), out, name="auc_none")
-                fixed_none = fixed_point(auc_none)
-            files += _fixed_tables(fixed_point(auc), fixed_none, out)
+            none_runs = list(outcomes.loc[outcomes["variant"] == "none", "run"])
+            fixed = []
+            for lab in dict.fromkeys([label, "bound"]):  # the table's label first, then `bound` (colours on the right objects)
+                if outcomes[lab].nunique() < 2:
+                    continue
+                auc_lab = auc if lab == label else metric_auc(df, outcomes, label=lab)
+                fixed_none = None
+                if none_runs and outcomes.loc[outcomes["run"].isin(none_runs), lab].nunique() == 2:
+                    # the unguided model alone: no method in the comparison, so no method confounds metric and outcome
+                    auc_none = metric_auc(df, outcomes, label=lab, runs=none_runs)
+                    if lab == label:
+                        files += _auc_tables(best_predictors(auc_none), out, name="auc_none")
+                    fixed_none = fixed_point(auc_none)
+                fixed.append((lab, fixed_point(auc_lab), fixed_none))
+            files += _fixed_tables(fixed, out)
             pairs = [p for p in AUC_FIGURE_PAIRS
                      if ((auc["metric"] == p[0]) & (auc["role"] == p[1])).any()]
             fig = auc_figure(auc, pairs, label=label,

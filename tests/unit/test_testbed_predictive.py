@@ -110,8 +110,12 @@ def test_fixed_point_is_the_last_step_of_the_all_aggregate(tmp_path):
     row = auc[(auc.metric == "signal") & (auc.layer == "all") & (auc.step == 2)].iloc[0]
     assert fixed.iloc[0]["metric"] == "signal" and fixed.iloc[0]["auc"] == row["auc"]
     sub = fixed_point(metric_auc(df, outcomes, runs=[f"r{i}" for i in range(12)]))
-    paths = _fixed_tables(fixed, sub, tmp_path)
+    paths = _fixed_tables([("success", fixed, sub), ("bound", fixed, None)], tmp_path)
     text = paths[0].read_text()
-    assert "AUC, unguided runs" in text and text.count("| signal | bound |") == 1
+    assert "AUC, unguided runs" in text and text.count("| signal | bound |") == 2
+    assert text.index("AUC for `success`") < text.index("AUC for `bound`")
     saved = pd.read_csv(paths[1])
-    assert set(saved.columns) >= {"auc", "auc_unguided"} and (saved["n_pos_unguided"] + saved["n_neg_unguided"] == 12).all()
+    assert set(saved.columns) >= {"auc", "auc_unguided", "label"} and list(saved["label"].unique()) == ["success", "bound"]
+    part = saved[saved["label"] == "success"]
+    assert (part["n_pos_unguided"] + part["n_neg_unguided"] == 12).all()
+    assert saved.loc[saved["label"] == "bound", "auc_unguided"].isna().all()
