@@ -6,7 +6,7 @@ step and per run, and the store size of a 50-step SD 1.5 run at 512×512 compute
 the compression this model's map chunks get, plus the per-layer metadata and the latents at theirs (the
 final PNG is not counted; latents in float16, as SD 1.5 runs on a GPU). ``benchmarks/store_codecs.py`` measures how much better large, smooth maps compress.
 
-    python benchmarks/record_overhead.py [--repeats 7] [--steps 50] [--model attnlens-shapes|attnlens-tiny] [--device cpu]
+    python benchmarks/record_overhead.py [--repeats 31] [--steps 50] [--model attnlens-shapes|attnlens-tiny] [--device cpu]
 
 On a GPU pass e.g. ``--sd15-shaped`` to build an SD 1.5-shaped UNet with random weights (no download needed).
 """
@@ -61,6 +61,14 @@ def run_once(pipe, prompt: str, steps: int, out: Path | None, seed: int = 0) -> 
     return time.perf_counter() - t0
 
 
+def median_ci(values: list[float], n_boot: int = 5000, seed: int = 0) -> list[float]:
+    """95 % bootstrap interval of the median (the host's speed drifts by ±25 % here, so one ratio means little)."""
+    rng = np.random.default_rng(seed)
+    v = np.asarray(values)
+    boots = np.median(rng.choice(v, (n_boot, len(v))), axis=1)
+    return [float(x) for x in np.percentile(boots, [2.5, 97.5])]
+
+
 def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in (path / "attention").rglob("*") if f.is_file())
 
@@ -97,7 +105,8 @@ def latent_bytes(path: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=31,
+                    help="interleaved pairs (default 31: this host's speed drifts, a few pairs mean little)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--model", default=attnlens.DEFAULT_MODEL, help="default: the embedded default model")
     ap.add_argument("--device", default=None)
@@ -142,6 +151,7 @@ def main() -> None:
             "median_off_s": statistics.median(times["off"]), "median_record_s": statistics.median(times["record"]),
             "median_ratio": statistics.median(ratios),
             "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+            "median_ratio_ci95": median_ci(ratios),
             "times_off_s": times["off"], "times_record_s": times["record"], "ratio_of_medians":
                 statistics.median(times["record"]) / statistics.median(times["off"]),
             "stored_bytes_per_run": stored, "stored_bytes_per_step": stored / n_steps,
@@ -158,7 +168,9 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))
     q1, q3 = result["ratio_quartiles"]
-    print(f"\nrecording overhead: median ratio {result['median_ratio']:.3f} (quartiles {q1:.3f}-{q3:.3f}; off "
+    lo, hi = result["median_ratio_ci95"]
+    print(f"\nrecording overhead: median ratio {result['median_ratio']:.3f} (95% CI {lo:.3f}-{hi:.3f}, quartiles "
+          f"{q1:.3f}-{q3:.3f}; off "
           f"{result['median_off_s']:.2f} s, record {result['median_record_s']:.2f} s, {args.repeats} interleaved repeats)")
     print(f"stored: {stored / 1e6:.2f} MB per run, {stored / n_steps / 1e3:.1f} kB per step "
           f"(compression {stored / raw:.2f} of fp16 raw)")
