@@ -131,7 +131,6 @@ def spatial_shape(query_len: int, latent_hw: tuple[int, int]) -> tuple[int, int]
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-
 class RecordingProcessor:
     """A cross-attention processor that computes the output exactly as the processor it replaces and hands the
     softmax probabilities ``(batch·heads, queries, keys)`` to the recorder.
