@@ -508,90 +508,15 @@ def layer_maps(run: Run, layer: str, steps: Sequence[int], phase: str = "sample"
         name, members, size = plan.aggregates[0]
         total = None
         for n in members:
-            x = _resize(_read(run.array(n), steps, PHASES.index(phase), iteration, sample), size)
+            x = _resize(_head_mean(run, n, steps, phase, iteration, sample), size)
             total = x if total is None else total + x
         return total / len(members)
-    return _read(run.array(plan.emit[0]), steps, PHASES.index(phase), iteration, sample)
+    return _head_mean(run, plan.emit[0], steps, phase, iteration, sample)
 
 
-def _read(arr: Any, steps: Sequence[int], ph: int, it: int, sample: int | None = None) -> torch.Tensor:
-    """Read (S, sample, head, token, y, x) (or one sample's (S, token, y, x), head-averaged) as float64."""
-    steps = list(steps)
-    if steps == list(range(steps[0], steps[-1] + 1)):
-        data = arr[steps[0]: steps[-1] + 1, ph, it]
-    else:
-        data = arr.get_orthogonal_selection((np.asarray(steps), ph, it))
-    x = torch.from_numpy(np.asarray(data, dtype=np.float64))
-    if sample is None:
-        return x
-    return x[:, sample].mean(dim=1)
-
-
-class ChunkReader:
-    """Reads whole chunks of a map array straight from their files when the array has the layout ``RunWriter``
-    writes — one chunk per (step, phase, iteration), codecs ``bytes`` (little-endian) then ``blosc`` or ``zstd``
-    (without checksum), float16/float32 — which skips zarr's per-chunk asynchronous machinery (about 4× faster per
-    chunk; numcodecs releases the GIL while decompressing). A missing chunk file is the fill value (NaN), as zarr
-    reads it.
-
-    :meth:`for_array` returns None for any other layout; callers then read through zarr.
-    """
-
-    def __init__(self, folder: Path, arr: Any, dtype: np.dtype, codec: str):
-        from numcodecs import Blosc, Zstd
-
-        self.folder, self.arr, self.dtype = folder, arr, dtype
-        self.shape = tuple(arr.shape[3:])
-        self.codec = Blosc() if codec == "blosc" else Zstd()  # blosc buffers describe their own settings
-
-    @classmethod
-    def for_array(cls, run: Run, layer: str, arr: Any) -> "ChunkReader | None":
-        try:
-            md = arr.metadata
-            codecs = [c.to_dict() for c in md.codecs]
-            chunk = tuple(md.chunk_grid.chunk_shape)
-            compressor = codecs[1] if len(codecs) == 2 else {}
-            name = compressor.get("name")
-            ok = (len(codecs) == 2 and codecs[0].get("name") == "bytes"
-                  and (codecs[0].get("configuration") or {}).get("endian", "little") == "little"
-                  and (name == "blosc" or (name == "zstd"
-                                           and not (compressor.get("configuration") or {}).get("checksum", False)))
-                  and chunk == (1, 1, 1, *arr.shape[3:]) and arr.dtype in (np.float16, np.float32))
-            folder = run.path / "attention" / layer / "maps"
-            if not ok or not folder.is_dir():
-                return None
-            return cls(folder, arr, np.dtype(arr.dtype).newbyteorder("<"), name)
-        except Exception:  # noqa: BLE001  (any unexpected metadata: use zarr)
-            return None
-
-    def read(self, step: int, ph: int, it: int) -> np.ndarray:
-        key = self.arr.metadata.encode_chunk_key((step, ph, it) + (0,) * len(self.shape))
-        try:
-            raw = (self.folder / key).read_bytes()
-        except FileNotFoundError:
-            return np.full(self.shape, np.nan, dtype=self.dtype)
-        return np.frombuffer(self.codec.decode(raw), dtype=self.dtype).reshape(self.shape)
-
-
-def _read_records(arr: Any, recs: Sequence[tuple[int, int]], ph: int,
-                  reader: ChunkReader | None = None) -> torch.Tensor:
-    """Read (step, iteration) records of one phase as float64 ``(R, sample, head, token, h, w)``: chunk by chunk
-    with a :class:`ChunkReader`, else one zarr call per distinct iteration."""
-    if reader is not None:
-        out = np.empty((len(recs), *reader.shape), dtype=np.float64)
-        for i, (step, it) in enumerate(recs):
-            out[i] = reader.read(step, ph, it)
-        return torch.from_numpy(out)
-    by_it: dict[int, list[int]] = {}
-    for i, (_, it) in enumerate(recs):
-        by_it.setdefault(it, []).append(i)
-    if len(by_it) == 1:
-        (it,) = by_it
-        return _read(arr, [s for s, _ in recs], ph, it)
-    out = torch.empty((len(recs), *arr.shape[3:]), dtype=torch.float64)
-    for it, idx in by_it.items():
-        out[idx] = _read(arr, [recs[i][0] for i in idx], ph, it)
-    return out
+def _head_mean(run: Run, layer: str, steps: Sequence[int], phase: str, iteration: int, sample: int) -> torch.Tensor:
+    """One sample's maps ``(S, token, y, x)`` float64, averaged over heads (every head the same weight)."""
+    return torch.from_numpy(run.read(layer, steps, phase, iteration, sample=sample)).mean(dim=1)
 
 
 def _aggregate_metrics(parts: Sequence[torch.Tensor], size: tuple[int, int], n_layers: int, sel: Selection,
@@ -613,12 +538,10 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ runs
 def _sample_info(run: Run, k: int) -> tuple[str, int]:
-    m = run.manifest
-    samples = m.get("samples") or []
-    prompt = (samples[k].get("prompt") if k < len(samples) else None) or m.get("prompt") or ""
-    seed = samples[k].get("seed") if k < len(samples) else None
-    seed = m.get("seed") if seed is None else seed
-    return str(prompt), int(seed) if seed is not None else -1
+    """(prompt, seed) of sample ``k`` for the table (the manifest's rule, ``Manifest.sample_prompt``/``sample_seed``;
+    an unknown seed is -1 in the integer column)."""
+    seed = run.info.sample_seed(k)
+    return str(run.info.sample_prompt(k) or ""), seed if seed is not None else -1
 
 
 def _fmt_value(v: Any) -> str:
@@ -699,13 +622,6 @@ def discover_runs(paths: Sequence[str | Path] | str | Path, partial: bool = Fals
     return runs, notes
 
 
-def _chunk_exists(run: Run, layer: str, arr: Any, step: int, ph: int, it: int) -> bool:
-    if step >= arr.shape[0] or it >= arr.shape[2]:
-        return False
-    key = arr.metadata.encode_chunk_key((step, ph, it) + (0,) * (len(arr.shape) - 3))
-    return (run.path / "attention" / layer / "maps" / key).is_file()
-
-
 def available_records(run: Run, layers: Sequence[str] | None = None,
                       arrays: dict[str, Any] | None = None) -> tuple[dict[tuple[str, int], list[int]], int | None]:
     """``{(phase, iteration): [steps]}`` with data in every layer of ``layers``, and the last complete step
@@ -732,7 +648,7 @@ def available_records(run: Run, layers: Sequence[str] | None = None,
     ph_s = PHASES.index("sample")
     last = None
     for s in range(first.shape[0]):
-        if all(_chunk_exists(run, n, a, s, ph_s, 0) for n, a in arrays.items()):
+        if all(run.has_chunk(n, s, ph_s, 0) for n in arrays):
             last = s
         else:
             break
@@ -752,7 +668,7 @@ def available_records(run: Run, layers: Sequence[str] | None = None,
                 candidates[(ph, it)] = list(range(last + 1))
     for (ph, it), steps in candidates.items():
         ok = [s for s in sorted(steps)
-              if all(_chunk_exists(run, n, a, s, PHASES.index(ph), it) for n, a in arrays.items())]
+              if all(run.has_chunk(n, s, ph, it) for n in arrays)]
         if ok:
             out[(ph, it)] = ok
     return out, last
@@ -1012,7 +928,9 @@ class Analysis:
         plan = plan_layers({n: tuple(int(v) for v in a.shape[-2:]) for n, a in arrays.items()},
                            None if self.layers is None else [str(x) for x in self.layers])
         self._arrays = arrays
-        self._readers = {n: ChunkReader.for_array(run, n, a) for n, a in arrays.items()}
+        self._run = run
+        for n in arrays:
+            run.chunk_reader(n)  # opened once, before the worker threads share the run
         records, last = available_records(run, plan.read or run.layers[:1], arrays)
         if not run.complete:
             if last is None:
@@ -1076,8 +994,9 @@ class Analysis:
     def _layer_job(self, layer: str, recs: list[tuple[int, int]], ph: int, sels: list[Selection | None],
                    emit: bool, keep: bool) -> tuple[list[torch.Tensor] | None, list[dict[str, MetricBlock] | None]]:
         """Worker: read one layer's batch, average heads, compute its metrics (if emitted)."""
-        data = _read_records(self._arrays[layer], recs, ph, self._readers.get(layer))  # (R, sample, head, token, h, w)
-        xs = [data[:, k, 0] if data.shape[2] == 1 else data[:, k].mean(dim=1) for k in range(len(sels))]
+        data = torch.from_numpy(self._run.read_records(layer, recs, ph))  # (R, sample, head, token, h, w)
+        mean = self._run.heads == "mean"  # heads averaged while recording: the head axis has length 1
+        xs = [data[:, k, 0] if mean else data[:, k].mean(dim=1) for k in range(len(sels))]
         wanted = self.map_metrics & set(MAP_METRICS)
         results = [map_metrics(x, sel, wanted) if emit and sel is not None else None for x, sel in zip(xs, sels)]
         return (xs if keep else None), results
@@ -1138,7 +1057,8 @@ class Analysis:
                     if len(inside) == len([n for n in layers if n in needed]):
                         parts.append(sums[(hw, k)])
                     else:  # an aggregate over a subset of this resolution's summed layers: sum them again
-                        parts.append(sum(_read_records(self._arrays[n], recs, ph)[:, k].mean(dim=1) for n in inside))
+                        parts.append(sum(torch.from_numpy(self._run.read_records(n, recs, ph))[:, k].mean(dim=1)
+                                         for n in inside))
                 if parts and sels[k] is not None:  # resampling and metrics run in the worker pool
                     jobs.append((k, name, int(size[0]),
                                  self._pool.submit(_aggregate_metrics, parts, size, len(mem), sels[k], wanted)))

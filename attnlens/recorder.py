@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AttnlensError
-from .store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, layer_sort_key
+from .store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
 
 LayerFilter = None | str | int | Iterable[str | int] | Callable[[str], bool]
 StepFilter = None | int | range | slice | Iterable[int] | Callable[[int], bool]
@@ -494,16 +494,16 @@ class Recorder:
                 message = f"{type(exc).__name__}: {exc}"
             elif err is not None:
                 message = f"{type(err).__name__}: {err}"
-            if "samples" not in self.store.manifest and (self.prompts or self.token_ids):
-                with contextlib.suppress(AttnlensError):
+            if not self.store.manifest.samples and (self.prompts or self.token_ids):
+                with contextlib.suppress(AttnlensError, OSError):
                     self._write_samples_manifest(self._n_samples(), None)
-            self.store.manifest["records"] = {ph: {str(s): sorted(its) for s, its in d.items()} for ph, d in self.records.items()}
-            self.store.manifest["recorded_layers"] = self.layers
-            self.store.manifest["scalars"] = sorted(self.scalar_names)
+            self.store.annotate(
+                records={ph: {str(s): sorted(its) for s, its in d.items()} for ph, d in self.records.items()},
+                recorded_layers=self.layers, scalars=sorted(self.scalar_names), write=False)
             with contextlib.suppress(OSError):
                 self.store.finish(status, message)
-            if err is None and exc_type is None and self.store.manifest.get("status") != STATUS_COMPLETE:
-                err = OSError(self.store.manifest.get("error") or "the final flush failed")
+            if err is None and exc_type is None and self.store.manifest.status != STATUS_COMPLETE:
+                err = OSError(self.store.manifest.error or "the final flush failed")
             if err is not None and exc_type is None:
                 raise AttnlensError(f"writing the run store failed: {getattr(err, 'strerror', None) or err}",
                                     hint="free disk space or choose another --out; the run is marked failed") from err
@@ -523,10 +523,10 @@ class Recorder:
         manifest = self._base_manifest()
         if isinstance(store, RunWriter):
             self.store = store
-            self.store.manifest.update({k: v for k, v in manifest.items() if k not in self.store.manifest})
-            self.store.write_manifest()
+            self.store.annotate_missing(**manifest)
         else:
-            self.store = RunWriter(store, manifest, overwrite=self._overwrite)
+            self.store = RunWriter(store, overwrite=self._overwrite)
+            self.store.annotate(**manifest)
         cuda = self.unet.device.type == "cuda"
         self._pool = _PinnedPool() if cuda else None
         eager = self.unet.device.type != "cpu"
@@ -772,6 +772,12 @@ class Recorder:
             self._put(self.store.write_scalar, (name, step, iteration, sample, v, self.n_steps, n_samples))
             self.scalar_names.add(name)
 
+    def annotate(self, **values: Any) -> None:
+        """Add entries to the run's manifest (``steps=50``, ``label="mine"``; see ``attnlens.store.Manifest``);
+        nothing when recording without a store."""
+        if self.store is not None:
+            self.store.annotate(**values)
+
     def save_images(self, images, seeds: list[int | None] | None = None) -> None:
         """Save the pipeline's output images (PIL images or an (N, H, W, 3) array) as PNG in the run."""
         if self.store is None:
@@ -785,14 +791,16 @@ class Recorder:
     def _write_samples_manifest(self, n: int, seeds=None) -> None:
         tokens = self._samples_tokens()
         seeds = seeds or self.seeds or [None] * n
-        prompts = self.prompts or [None] * len(tokens)
+        prompts = self.prompts
+        if not prompts and self.token_ids:  # the pipeline was called without prompts=: the text encoder's input
+            prompts = [self.pipe.tokenizer.decode(row, skip_special_tokens=True).strip() for row in self.token_ids]
+        prompts = prompts or [None] * len(tokens)
         per = max(n // max(len(tokens), 1), 1)
-        self.store.manifest["samples"] = [
-            {"index": k, "prompt": prompts[min(k // per, len(prompts) - 1)], "seed": seeds[k] if k < len(seeds) else None,
-             "pieces": _trim(tokens[min(k // per, len(tokens) - 1)], self.pipe.tokenizer.eos_token)}
+        self.store.set_samples([
+            Sample(index=k, prompt=prompts[min(k // per, len(prompts) - 1)], seed=seeds[k] if k < len(seeds) else None,
+                   pieces=_trim(tokens[min(k // per, len(tokens) - 1)], self.pipe.tokenizer.eos_token))
             for k in range(n)
-        ]
-        self.store.write_manifest()
+        ])
 
     def _n_samples(self) -> int:
         return max(self._batch, len(self.prompts or []), 1)

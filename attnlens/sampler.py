@@ -283,14 +283,12 @@ def sample(
     with rec:
         height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
         width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        if rec.store is not None:
-            rec.store.manifest.update({"height": height, "width": width})
+        rec.annotate(height=height, width=width)
         result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                height=height, width=width, progress=progress)
-        if rec.store is not None:
-            rec.store.manifest["timings"].update(result.timings)
-            rec.save_images([result.image], seeds=[seed])
+        rec.annotate(timings=result.timings)
+        rec.save_images([result.image], seeds=[seed])
     if out is None:
         return result
     return open_run(out)

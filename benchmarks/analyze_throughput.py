@@ -88,8 +88,7 @@ def build_store(path: Path, seed: int = 0) -> Path:
         w.write_latent(s, N_STEPS, np.random.default_rng(s).standard_normal((1, 4, 64, 64)).astype(np.float32))
         for k, v in (("loss", 1.0 / (s + 1)), ("positive", 0.5 / (s + 1)), ("negative", 0.5 / (s + 1))):
             w.write_scalar(k, s, 0, 0, v, N_STEPS, 1)
-    w.manifest["recorded_layers"] = [n for n, _ in LAYERS]
-    w.manifest["scalars"] = ["loss", "negative", "positive"]
+    w.annotate(recorded_layers=[n for n, _ in LAYERS], scalars=["loss", "negative", "positive"], write=False)
     w.finish("complete")
     return path
 

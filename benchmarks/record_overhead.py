@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnlens.store import data_path
+
 import attnlens
 
 SD15_LAYERS = {64: 5, 32: 5, 16: 5, 8: 1}  # attn2 layers of SD 1.x at 512×512 by map side (down 2+2+2, mid 1, up 3+3+3)
@@ -70,12 +72,12 @@ def median_ci(values: list[float], n_boot: int = 5000, seed: int = 0) -> list[fl
 
 
 def store_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in (path / "attention").rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in (data_path(path) / "attention").rglob("*") if f.is_file())
 
 
 def map_chunk_bytes(path: Path) -> int:
     """Bytes of the map chunks alone (what grows with map area and token count)."""
-    return sum(f.stat().st_size for f in (path / "attention").glob("*/maps/c*") if f.is_file())
+    return sum(f.stat().st_size for f in (data_path(path) / "attention").glob("*/maps/c*") if f.is_file())
 
 
 def fp16_ratio(latents: np.ndarray) -> float:

@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from attnlens.errors import AttnlensError
-from attnlens.store import MANIFEST, PHASES, STATUS_COMPLETE, Run, read_manifest
+from attnlens.store import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, Run, read_manifest
+from attnlens.store import open_run as store_open_run
 
 
 #: a running run's cache entries expire after this many seconds (its chunks change without touching the manifest)
@@ -98,16 +99,15 @@ def _entry(root: Path, path: Path) -> RunEntry:
         variant = _variant(json.dumps(m.get("method") or {}, sort_keys=True, default=str), m.get("label"))
     except Exception:  # noqa: BLE001  (a manifest with odd hyperparameters still lists)
         variant = str((m.get("method") or {}).get("name") or "unknown")
-    seed = m.get("seed")
     try:
-        seed = int(seed) if seed is not None else None
-    except (TypeError, ValueError):
-        seed = None
+        info = Manifest.from_dict(m)
+    except Exception:  # noqa: BLE001  (odd values: list the run with what can be read)
+        info = Manifest()
     steps = m.get("steps")
     return RunEntry(
-        rel=rel, path=path, key=run_key(path, status), status=status, prompt=m.get("prompt"), seed=seed,
-        method=(m.get("method") or {}).get("name"), variant=variant, model=(m.get("model") or {}).get("id"),
-        steps=int(steps) if isinstance(steps, (int, float)) else None, error=m.get("error"),
+        rel=rel, path=path, key=run_key(path, status), status=status, prompt=info.sample_prompt(0),
+        seed=info.sample_seed(0), method=info.method_name if m.get("method") else None, variant=variant,
+        model=info.model_id, steps=int(steps) if isinstance(steps, (int, float)) else None, error=m.get("error"),
     )
 
 
@@ -214,38 +214,9 @@ def column_labels(runs: Sequence[RunEntry]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ one run
-class CachedRun(Run):
-    """A :class:`attnlens.store.Run` that opens its zarr group, layer list and arrays once.
-
-    ``Run.group`` reopens the group on every access (about 2 ms each), and ``Run.array`` / ``Run.resolutions`` go
-    through it for every layer; the page reads the same run on every redraw, so this adapter keeps them. It is
-    read-only like ``Run``, and everything else (``maps``, ``image``, ``timesteps``, ...) is the store's own code.
-    """
-
-    @functools.cached_property
-    def group(self):  # type: ignore[override]
-        return Run.group.fget(self)
-
-    @functools.cached_property
-    def layers(self) -> list[str]:  # type: ignore[override]
-        return Run.layers.fget(self)
-
-    def array(self, layer: str):
-        cache = self.__dict__.setdefault("_arrays", {})
-        if layer not in cache:
-            cache[layer] = Run.array(self, layer)
-        return cache[layer]
-
-    def resolutions(self) -> dict[str, tuple[int, int]]:
-        if "_resolutions" not in self.__dict__:
-            self.__dict__["_resolutions"] = Run.resolutions(self)
-        return dict(self.__dict__["_resolutions"])
-
-
-def open_run(path: str | os.PathLike) -> CachedRun:
-    """Open a run read-only (``attnlens.store.open_run``, with the arrays kept open: :class:`CachedRun`)."""
-    p = Path(path)
-    return CachedRun(path=p, manifest=read_manifest(p))
+def open_run(path: str | os.PathLike) -> Run:
+    """Open a run read-only (``attnlens.store.open_run``: the store's reader keeps its group and arrays open)."""
+    return store_open_run(Path(path))
 
 
 def known_parses(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
@@ -350,7 +321,7 @@ def head_count(run: Run, layer: str) -> int:
     """Heads recorded in ``layer`` (1 when heads were averaged at recording time, or for an aggregate)."""
     if layer not in run.layers:
         return 1
-    return int(run.array(layer).shape[4])
+    return run.head_count(layer)
 
 
 def read_maps(run: Run, layer: str, step: int, phase: str = "sample", iteration: int = 0,
@@ -377,13 +348,7 @@ def read_stack(run: Run, layer: str, steps: Sequence[int], phase: str = "sample"
     if head is None:
         x = layer_maps(run, layer, steps, phase=phase, iteration=iteration, sample=sample).numpy()
     else:
-        arr = run.array(layer)
-        ph = PHASES.index(phase)
-        if steps == list(range(steps[0], steps[-1] + 1)):
-            data = arr[steps[0]: steps[-1] + 1, ph, iteration, sample, head]
-        else:
-            data = arr.get_orthogonal_selection((np.asarray(steps), ph, iteration, sample, head))
-        x = np.asarray(data)
+        x = run.read(layer, steps, phase, iteration, sample=sample, head=head)
     return np.asarray(x, dtype=np.float32)
 
 

@@ -39,12 +39,12 @@ def record_root(root: str | Path, pipe=None, *, prompt: str = PROMPT, methods: S
 
 
 def _rewrite_manifest(run: Path, update) -> dict[str, Any]:
-    from attnlens.store import MANIFEST, write_json_atomic
+    from attnlens.store import MANIFEST, data_path, write_json_atomic
 
     m = json.loads((run / MANIFEST).read_text())
     update(m)
     write_json_atomic(run / MANIFEST, m)
-    zj = run / "zarr.json"
+    zj = data_path(run) / "zarr.json"
     if zj.is_file():  # the root group's attributes repeat the manifest
         z = json.loads(zj.read_text())
         z.setdefault("attributes", {})["attnlens"] = json.loads(json.dumps(m, default=str))
@@ -87,10 +87,16 @@ def make_incomplete(run: str | Path, keep_steps: int = 1) -> Path:
     _rewrite_manifest(run, update)
     for img in run.glob("image*.png"):
         img.unlink()
-    for maps in (run / "attention").glob("*/maps/c"):
-        for step_dir in maps.iterdir():
-            if step_dir.name.isdigit() and int(step_dir.name) >= keep_steps:
-                shutil.rmtree(step_dir)
+    from attnlens.store import data_path
+
+    for chunk in (data_path(run) / "attention").glob("*/maps/c*"):  # flat keys c.<step>.<phase>...; nested c/<step>/...
+        parts = chunk.name.split(".") if chunk.is_file() else None
+        if parts and len(parts) > 1 and parts[1].isdigit() and int(parts[1]) >= keep_steps:
+            chunk.unlink()
+        elif chunk.is_dir():
+            for step_dir in chunk.iterdir():
+                if step_dir.name.isdigit() and int(step_dir.name) >= keep_steps:
+                    shutil.rmtree(step_dir)
     return run
 
 
@@ -102,7 +108,9 @@ def corrupt_run(run: str | Path, how: str = "manifest") -> Path:
         text = (run / "manifest.json").read_text()
         (run / "manifest.json").write_text(text[: len(text) // 2])
     elif how == "arrays":
-        for meta in (run / "attention").glob("*/maps/zarr.json"):
+        from attnlens.store import data_path
+
+        for meta in (data_path(run) / "attention").glob("*/maps/zarr.json"):
             meta.write_text("{not json")
     else:
         raise ValueError(f"unknown corruption '{how}'")

@@ -845,9 +845,7 @@ def _runs_view(root: Path, entries: list[D.RunEntry], filtered: list[D.RunEntry]
         return
     st.button(f"Compare the methods of this prompt and seed ({e.seed})", on_click=_open_unit, args=(e.prompt, e.seed))
     try:
-        from attnlens.cli.inspect import run_summary
-
-        st.json(run_summary(e.path), expanded=1)
+        st.json(D.open_run(e.path).summary(), expanded=1)
     except Exception as exc:  # noqa: BLE001
         st.error(f"`{e.rel}`: cannot read this run ({type(exc).__name__}: {exc})", icon=":material/error:")
 

@@ -7,42 +7,15 @@ from typing import Any, Optional
 
 import typer
 
-from ..errors import AttnlensError
 from . import app
 from ._output import console, emit_json, human_bytes
 
 
 def run_summary(path: Path) -> dict[str, Any]:
-    """Everything ``info`` shows, as a JSON-ready dict (also used by ``ls`` and the dashboard)."""
-    from ..store import PHASES, open_run
+    """Everything ``info`` shows, as a JSON-ready dict (``attnlens.store.Run.summary``)."""
+    from ..store import open_run
 
-    run = open_run(path)
-    m = run.manifest
-    layers = []
-    for name in run.layers if run.status != "corrupted" else []:
-        arr = run.array(name)
-        layers.append({"name": name, "resolution": list(arr.shape[-2:]), "shape": list(arr.shape),
-                       "dims": list(arr.metadata.dimension_names or ())})
-    records = m.get("records", {})
-    return {
-        "path": str(path),
-        "status": run.status,
-        "prompt": m.get("prompt"),
-        "seed": m.get("seed"),
-        "method": (m.get("method") or {}).get("name"),
-        "hyperparameters": (m.get("method") or {}).get("hyperparameters"),
-        "model": (m.get("model") or {}).get("id"),
-        "steps": m.get("steps"),
-        "guidance_scale": m.get("guidance_scale"),
-        "tokens": run.tokens,
-        "layers": layers,
-        "phases": {ph: {"steps": len(records.get(ph, {})),
-                        "max_iteration": max((max(v) for v in records.get(ph, {}).values()), default=None)}
-                   for ph in PHASES if ph in records},
-        "scalars": m.get("scalars", []),
-        "size_bytes": run.size_bytes(),
-        "error": m.get("error"),
-    }
+    return open_run(path).summary()
 
 
 INFO_EXAMPLES = """
@@ -95,16 +68,9 @@ def ls(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """List the runs under ROOT, one line each (status, method, seed, prompt, path)."""
-    from ..store import find_runs, read_manifest
+    from ..store import find_runs, listing
 
-    rows = []
-    for path in find_runs(root):
-        try:
-            m = read_manifest(path)
-            rows.append({"path": str(path), "status": m.get("status", "unknown"), "method": (m.get("method") or {}).get("name"),
-                         "seed": m.get("seed"), "prompt": m.get("prompt"), "model": (m.get("model") or {}).get("id")})
-        except AttnlensError as exc:
-            rows.append({"path": str(path), "status": "corrupted", "method": None, "seed": None, "prompt": str(exc)})
+    rows = [listing(path) for path in find_runs(root)]
     if as_json:
         emit_json(rows)
         return

@@ -88,11 +88,16 @@ def test_store_opens_with_plain_zarr_and_xarray_without_attnlens(recorded_root):
         import sys, json
         sys.modules["attnlens"] = None          # importing attnlens would fail
         import zarr, xarray as xr, numpy as np
-        g = zarr.open_group({str(run)!r}, mode="r")
+        import warnings
+        # plain zarr lists the whole hierarchy without meeting a file that is not a zarr node
+        warnings.filterwarnings("error", message=".*not recognized as a component.*")
+        g = zarr.open_group({str(run / "data.zarr")!r}, mode="r")
+        assert {{"attention", "latents"}} <= set(g.group_keys()), list(g.group_keys())
+        assert all(hasattr(node, "attrs") for _, node in g.members(max_depth=None))
         layer = sorted(g["attention"].group_keys())[0]
         a = g[f"attention/{{layer}}/maps"]
         assert a.metadata.dimension_names == ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
-        ds = xr.open_zarr({str(run)!r}, group=f"attention/{{layer}}", consolidated=False)
+        ds = xr.open_zarr({str(run / "data.zarr")!r}, group=f"attention/{{layer}}", consolidated=False)
         m = ds.maps.sel(phase="sample", iteration=0).isel(sample=0, head=0)
         assert np.isfinite(m.values).all() and "timestep" in ds.coords
         assert json.load(open({str(run)!r} + "/manifest.json"))["status"] == "complete"

@@ -213,7 +213,8 @@ def test_embedded_model_is_deterministic(tmp_path, monkeypatch):
 
 
 def _map_chunks(run_dir) -> int:
-    return sum(1 for f in (run_dir / "attention").rglob("c.*") if f.is_file()) if (run_dir / "attention").exists() else 0
+    att = attnlens.store.data_path(run_dir) / "attention"
+    return sum(1 for f in att.rglob("c.*") if f.is_file()) if att.exists() else 0
 
 
 @pytest.mark.parametrize("steps", [STEPS, 60])
@@ -270,7 +271,7 @@ def test_latents_stored_in_the_pipeline_dtype(tmp_path):
             pipe(PROMPT, num_inference_steps=2, generator=_gen(), output_type="latent")
     finally:
         handle.remove()
-    stored = zarr.open_group(str(tmp_path / "r"), mode="r")["latents/latents"]
+    stored = zarr.open_group(str(tmp_path / "r" / "data.zarr"), mode="r")["latents/latents"]
     assert stored.dtype == np.float16
     for step, latent in enumerate(seen):
         np.testing.assert_array_equal(stored[step], latent.numpy())

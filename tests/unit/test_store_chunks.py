@@ -1,4 +1,5 @@
-"""Direct chunk writes (attnlens.store.ChunkFiles) produce exactly the bytes zarr writes, and zarr reads them."""
+"""The fast chunk paths (attnlens.store._fastzarr): ChunkFiles writes exactly the bytes zarr writes, zarr reads them,
+and ChunkReader reads what zarr writes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 import zarr
 
-from attnlens.store import ChunkFiles, RunWriter, _compressor
+from attnlens.store import RunWriter
+from attnlens.store._fastzarr import ChunkFiles, ChunkReader
+from attnlens.store.writer import _compressor
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
@@ -29,6 +32,25 @@ def test_chunk_files_match_zarr_bytes(tmp_path, dtype):
     assert not list(folder.rglob(".*.tmp"))  # no temporary file left behind
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_chunk_reader_reads_what_zarr_writes(tmp_path, dtype):
+    g = zarr.open_group(str(tmp_path / "g"), mode="w", zarr_format=3)
+    shape = (3, 3, 2, 1, 2, 4, 5, 6)  # MAP_DIMS
+    arr = g.create_array("maps", shape=shape, chunks=(1, 1, 1, *shape[3:]), dtype=dtype, fill_value=np.nan,
+                         compressors=_compressor(), chunk_key_encoding={"name": "default", "separator": "."})
+    data = np.random.default_rng(1).random(shape[3:]).astype(dtype)
+    arr[1, 0, 1] = data  # through zarr
+    reader = ChunkReader.for_array(arr, tmp_path / "g" / "maps")
+    assert reader is not None
+    np.testing.assert_array_equal(reader.read(1, 0, 1), data)
+    assert np.isnan(reader.read(2, 0, 0)).all()  # never written: the fill value, as zarr reads it
+    # and the writer's chunk files read back the same way
+    cf = ChunkFiles.for_array(arr, tmp_path / "g" / "maps")
+    cf.write((2, 2, 0), data * 0.5)
+    np.testing.assert_array_equal(reader.read(2, 2, 0), (data * 0.5).astype(dtype))
+    np.testing.assert_array_equal(np.asarray(arr[2, 2, 0]), (data * 0.5).astype(dtype))
+
+
 def test_unsupported_layout_falls_back_to_zarr(tmp_path):
     g = zarr.open_group(str(tmp_path / "g"), mode="w", zarr_format=3)
     arr = g.create_array("plain", shape=(4,), chunks=(2,), dtype="float32", compressors=None)
@@ -44,7 +66,7 @@ def test_small_arrays_are_flushed_on_finish(tmp_path):
         w.write_scalar("loss", step, 0, 0, float(step), 3, 1)
     w.write_scalar("loss", 4, 1, 0, 7.0, 3, 1)  # grows both axes
     w.finish()
-    g = zarr.open_group(str(tmp_path / "run"), mode="r")
+    g = zarr.open_group(str(tmp_path / "run" / "data.zarr"), mode="r")
     np.testing.assert_array_equal(g["attention/layer/timestep"][:], [900.0, 899.0, 898.0])
     loss = g["scalars/loss"][:]
     assert loss.shape == (5, 2, 1) and loss[2, 0, 0] == 2.0 and loss[4, 1, 0] == 7.0 and np.isnan(loss[3, 0, 0])
@@ -57,7 +79,7 @@ def _layer_files(folder):
 def test_layers_from_the_template_match_zarr(tmp_path, monkeypatch):
     """A layer written from the process's template (other tokens, steps and size than the layer zarr created) has the
     metadata zarr would write and reads back through plain zarr with the right coordinates."""
-    from attnlens import store
+    from attnlens.store import _fastzarr as store
 
     monkeypatch.setattr(store._LayerTemplate, "_cache", {})
     toks_a, toks_b = [["<sot>", "a", "red", "crown"]], [["<sot>", "a", "golden", "strawberry", "<eot>"]]
@@ -77,7 +99,7 @@ def test_layers_from_the_template_match_zarr(tmp_path, monkeypatch):
         ref.write_map("M", step, "sample", 0, 6, toks_b, 800.0 - step, data + step)
     ref.finish()
 
-    a, b = tmp_path / "fast" / "attention", tmp_path / "ref" / "attention"
+    a, b = tmp_path / "fast" / "data.zarr" / "attention", tmp_path / "ref" / "data.zarr" / "attention"
     fa, fb = _layer_files(a), _layer_files(b)
     assert fa.keys() == fb.keys()
     import json
@@ -85,7 +107,7 @@ def test_layers_from_the_template_match_zarr(tmp_path, monkeypatch):
     for rel in fa:
         if rel.endswith("zarr.json"):
             assert json.loads(fa[rel].read_bytes()) == json.loads(fb[rel].read_bytes()), rel
-    g = zarr.open_group(str(tmp_path / "fast"), mode="r")
+    g = zarr.open_group(str(tmp_path / "fast" / "data.zarr"), mode="r")
     m = g["attention/M"]
     np.testing.assert_array_equal(m["maps"][3, 0, 0], data + 3)
     np.testing.assert_array_equal(m["step"][:], np.arange(6))

@@ -1,0 +1,310 @@
+"""Reading run stores: the manifest reader and ``Run``, the one map reader (zarr, JSON and PNG only — nothing is
+ever unpickled). Analysis, the dashboard, the figures and the CLI all read maps through ``Run``."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from ..errors import AttnlensError
+from ._fastzarr import ChunkReader
+from .layout import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, data_path, layer_sort_key
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read ``RUN/manifest.json``; raises AttnlensError when the folder is not a run."""
+    path = Path(path)
+    f = path / MANIFEST
+    if not f.is_file():
+        raise AttnlensError(f"'{path}' is not an attnlens run (no {MANIFEST})", hint="run 'attnlens ls ROOT' to list runs")
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AttnlensError(f"'{path}/{MANIFEST}' is corrupted ({exc.__class__.__name__})") from exc
+
+
+def is_run(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+@dataclass(eq=False)
+class Run:
+    """A recorded run, opened read-only: the one reader of a run's maps. The zarr group, the layer list, the arrays
+    and their chunk readers are opened once and kept (a ``Run`` is cheap to keep and to share between threads).
+
+    Examples::
+
+        >>> run = attnlens.open_run(path)                   # a run folder (``attnlens.sample(..., out=path)``)
+        >>> name = run.layers[0]                            # module paths, in UNet order
+        >>> run.maps(name, step=2).shape                    # (sample, head, token, y, x) float32
+        (1, 1, 9, 8, 8)
+        >>> run.token_positions("strawberry")               # positions of the word's pieces
+        [7]
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @functools.cached_property
+    def info(self) -> Manifest:
+        """The manifest, parsed (``Manifest``): the accessors every reader uses for prompt, seed, model, method."""
+        return Manifest.from_dict(self.manifest)
+
+    @property
+    def status(self) -> str:
+        return self.manifest.get("status", "unknown")
+
+    @property
+    def complete(self) -> bool:
+        return self.status == STATUS_COMPLETE
+
+    @functools.cached_property
+    def data_path(self) -> Path:
+        """The run's zarr group folder (``RUN/data.zarr``; ``RUN`` itself for stores of schema 1)."""
+        return data_path(self.path)
+
+    @functools.cached_property
+    def group(self):
+        return zarr.open_group(str(self.data_path), mode="r", zarr_format=3)
+
+    @functools.cached_property
+    def layers(self) -> list[str]:
+        g = self.group
+        if "attention" not in g:
+            return []
+        att = g["attention"]
+        # a run killed while creating a layer can leave its group without the array: that layer has no data
+        names = [name for name in att.group_keys() if "maps" in att[name]]
+        return sorted(names, key=layer_sort_key)
+
+    @functools.cached_property
+    def _arrays(self) -> dict[str, Any]:
+        return {}
+
+    def array(self, layer: str):
+        """The zarr array of ``layer`` (dims ``MAP_DIMS``)."""
+        arr = self._arrays.get(layer)
+        if arr is not None:
+            return arr
+        try:
+            arr = self.group[f"attention/{layer}/maps"]
+        except KeyError:
+            close = difflib.get_close_matches(layer, self.layers, n=3)
+            raise AttnlensError(f"no layer '{layer}' in {self.path}", hint=f"closest: {', '.join(close) or 'none'}")
+        self._arrays[layer] = arr
+        return arr
+
+    def resolution(self, layer: str) -> tuple[int, int]:
+        shape = self.array(layer).shape
+        return int(shape[-2]), int(shape[-1])
+
+    def resolutions(self) -> dict[str, tuple[int, int]]:
+        return {name: self.resolution(name) for name in self.layers}
+
+    @property
+    def heads(self) -> str:
+        """``"mean"`` (heads averaged while recording: a head axis of length 1) or ``"all"`` — the manifest's
+        ``recording.heads``."""
+        return self.info.heads
+
+    def head_count(self, layer: str) -> int:
+        """Heads stored for ``layer``: 1 for a run recorded with ``heads="mean"``."""
+        return 1 if self.heads == "mean" else int(self.array(layer).shape[4])
+
+    def maps(self, layer: str, step: int | slice = slice(None), phase: str = "sample", iteration: int = 0,
+             sample: int | slice = slice(None)) -> np.ndarray:
+        """Maps of ``layer`` at ``step`` as float32 numpy, dims ``(sample, head, token, y, x)`` for an int step."""
+        arr = self.array(layer)
+        it = iteration if iteration < arr.shape[2] else None
+        if it is None:
+            raise AttnlensError(f"iteration {iteration} was not recorded (max {arr.shape[2] - 1})")
+        return np.asarray(arr[step, PHASES.index(phase), it, sample]).astype(np.float32)
+
+    def read(self, layer: str, steps: Sequence[int], phase: str | int = "sample", iteration: int = 0,
+             sample: int | None = None, head: int | None = None) -> np.ndarray:
+        """Maps of ``layer`` at ``steps`` as float64, dims ``(step, sample, head, token, y, x)``; an int ``sample``
+        or ``head`` selects one and drops its axis. One zarr read for all steps (a contiguous run of steps is one
+        slice)."""
+        arr = self.array(layer)
+        ph = phase if isinstance(phase, int) else PHASES.index(phase)
+        steps = [int(s) for s in steps]
+        sel: tuple = (ph, iteration)
+        if sample is not None:
+            sel += (sample,)
+            if head is not None:
+                sel += (head,)
+        if steps == list(range(steps[0], steps[-1] + 1)):
+            data = arr[(slice(steps[0], steps[-1] + 1), *sel)]
+        else:
+            data = arr.get_orthogonal_selection((np.asarray(steps), *sel))
+        data = np.asarray(data, dtype=np.float64)
+        if sample is None and head is not None:
+            data = data[:, :, head]
+        return data
+
+    def chunk_reader(self, layer: str) -> ChunkReader | None:
+        """The fast chunk reader of ``layer`` (``attnlens.store._fastzarr.ChunkReader``), None for a layout it does
+        not read (then :meth:`read_records` goes through zarr)."""
+        cache = self.__dict__.setdefault("_readers", {})
+        if layer not in cache:
+            cache[layer] = ChunkReader.for_array(self.array(layer), self.data_path / "attention" / layer / "maps")
+        return cache[layer]
+
+    def read_records(self, layer: str, recs: Sequence[tuple[int, int]], phase: str | int = "sample") -> np.ndarray:
+        """(step, iteration) records of one phase as float64 ``(record, sample, head, token, y, x)``: chunk by chunk
+        through the fast reader, else one zarr read per distinct iteration."""
+        ph = phase if isinstance(phase, int) else PHASES.index(phase)
+        reader = self.chunk_reader(layer)
+        if reader is not None:
+            out = np.empty((len(recs), *reader.shape), dtype=np.float64)
+            for i, (step, it) in enumerate(recs):
+                out[i] = reader.read(step, ph, it)
+            return out
+        by_it: dict[int, list[int]] = {}
+        for i, (_, it) in enumerate(recs):
+            by_it.setdefault(it, []).append(i)
+        if len(by_it) == 1:
+            (it,) = by_it
+            return self.read(layer, [s for s, _ in recs], ph, it)
+        out = np.empty((len(recs), *self.array(layer).shape[3:]), dtype=np.float64)
+        for it, idx in by_it.items():
+            out[idx] = self.read(layer, [recs[i][0] for i in idx], ph, it)
+        return out
+
+    def has_chunk(self, layer: str, step: int, phase: str | int, iteration: int) -> bool:
+        """Whether the map chunk at (step, phase, iteration) of ``layer`` has been written."""
+        arr = self.array(layer)
+        ph = phase if isinstance(phase, int) else PHASES.index(phase)
+        if step >= arr.shape[0] or iteration >= arr.shape[2]:
+            return False
+        key = arr.metadata.encode_chunk_key((step, ph, iteration) + (0,) * (len(arr.shape) - 3))
+        return (self.data_path / "attention" / layer / "maps" / key).is_file()
+
+    def recorded_steps(self, layer: str | None = None, phase: str = "sample", iteration: int = 0) -> list[int]:
+        """Loop indices with data for (phase, iteration), read from the record index in the manifest."""
+        index = self.manifest.get("records", {}).get(phase, {})
+        return sorted(int(s) for s, its in index.items() if iteration in its)
+
+    @property
+    def tokens(self) -> list[list[str]]:
+        return [s.pieces for s in self.info.samples]
+
+    def token_positions(self, word: str, sample: int = 0) -> list[int]:
+        """Positions of ``word`` in sample ``sample``: its pieces (case-insensitive, ``</w>`` ignored)."""
+        pieces = self.tokens[sample]
+        target = word.lower().replace(" ", "")
+        clean = [p.replace("</w>", "").lower() for p in pieces]
+        for start in range(len(clean)):
+            acc = ""
+            for end in range(start, len(clean)):
+                acc += clean[end]
+                if acc == target:
+                    return list(range(start, end + 1))
+                if not target.startswith(acc):
+                    break
+        raise AttnlensError(f"'{word}' is not a word of the prompt", hint=f"tokens: {' '.join(pieces)}")
+
+    def timesteps(self) -> np.ndarray:
+        layer = self.layers[0]
+        return np.asarray(self.group[f"attention/{layer}/timestep"][:])
+
+    def latents(self) -> np.ndarray | None:
+        g = self.group
+        if "latents" not in g or "latents" not in g["latents"]:
+            return None
+        return np.asarray(g["latents/latents"][:], dtype=np.float32)
+
+    def scalars(self) -> dict[str, np.ndarray]:
+        """``{name: (step, iteration, sample) array}`` of the per-step scalars (loss terms, grad norm, ...)."""
+        g = self.group
+        if "scalars" not in g:
+            return {}
+        return {name: np.asarray(a[:]) for name, a in g["scalars"].arrays()}
+
+    def image(self, sample: int = 0):
+        name = self.manifest.get("images", {}).get(str(sample))
+        if name is None:
+            return None
+        with Image.open(self.path / name) as image:
+            image.load()  # read now: no file handle stays open
+        return image
+
+    def to_xarray(self, layer: str):
+        """The layer as an ``xarray.Dataset`` (same as ``xr.open_zarr(RUN/data.zarr, group="attention/<layer>")``)."""
+        import xarray as xr  # slow to import; only this optional view needs it
+
+        return xr.open_zarr(str(self.data_path), group=f"attention/{layer}", consolidated=False)
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def summary(self) -> dict[str, Any]:
+        """Everything ``attnlens info`` shows, as a JSON-ready dict (also the dashboard's run details)."""
+        m, info = self.manifest, self.info
+        layers = []
+        for name in self.layers:
+            arr = self.array(name)
+            layers.append({"name": name, "resolution": list(arr.shape[-2:]), "shape": list(arr.shape),
+                           "dims": list(arr.metadata.dimension_names or ())})
+        records = m.get("records", {})
+        return {
+            **listing(self.path, m),
+            "hyperparameters": info.hyperparameters,
+            "steps": m.get("steps"),
+            "guidance_scale": m.get("guidance_scale"),
+            "heads": info.heads,
+            "samples": [s.to_dict() for s in info.samples],
+            "tokens": self.tokens,
+            "layers": layers,
+            "phases": {ph: {"steps": len(records.get(ph, {})),
+                            "max_iteration": max((max(v) for v in records.get(ph, {}).values()), default=None)}
+                       for ph in PHASES if ph in records},
+            "scalars": m.get("scalars", []),
+            "size_bytes": self.size_bytes(),
+            "error": m.get("error"),
+        }
+
+    def __repr__(self) -> str:
+        m = self.info
+        return (f"Run({str(self.path)!r}, status={self.status!r}, method={m.method_name!r}, "
+                f"prompt={m.prompt!r}, seed={m.seed!r})")
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a run store read-only (manifest + lazy Zarr arrays)."""
+    path = Path(path)
+    return Run(path=path, manifest=read_manifest(path))
+
+
+def find_runs(root: str | Path) -> Iterator[Path]:
+    """Every run folder under ``root`` (``root`` itself if it is a run), sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise AttnlensError(f"'{root}' does not exist")
+    if is_run(root):
+        yield root
+        return
+    for manifest in sorted(root.rglob(MANIFEST)):
+        yield manifest.parent
+
+
+
+def listing(path: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run's row of ``attnlens ls`` from its manifest alone: path, status, method, seed, prompt, model (a run
+    whose manifest cannot be read is listed as ``corrupted`` with the reason as its prompt)."""
+    try:
+        m = read_manifest(path) if manifest is None else manifest
+        info = Manifest.from_dict(m)
+    except AttnlensError as exc:
+        return {"path": str(path), "status": "corrupted", "method": None, "seed": None, "prompt": str(exc),
+                "model": None}
+    return {"path": str(path), "status": str(m.get("status", "unknown")), "method": info.method_name,
+            "seed": info.sample_seed(0), "prompt": info.sample_prompt(0), "model": info.model_id}
