@@ -208,3 +208,37 @@ def test_wheel_installs_and_serves_the_dashboard(tiny_pipe, tmp_path, tmp_path_f
     served = log.read_text()
     assert f"attnlens dashboard: {root.resolve()} at http://localhost:{port}" in served, served
     assert "Traceback" not in served, served
+
+    # 4. a wheel without the dashboard (what `pip install attnlens` gave before): one line and a hint, exit 2
+    shutil.rmtree(fresh_site / "dashboard")
+    broken = subprocess.run([str(attnlens_bin), "dashboard", str(root), "--print-command"], capture_output=True,
+                            text=True, timeout=120, env=env, cwd=outside)
+    assert broken.returncode == 2, (broken.stdout, broken.stderr)
+    assert "error: the dashboard package is not installed" in broken.stderr and "hint: " in broken.stderr
+    assert "Traceback" not in broken.stderr and broken.stdout == "", broken
+
+
+def test_find_app_override_and_a_shadowing_package(tmp_path, monkeypatch, capsys):
+    """``$ATTNLENS_DASHBOARD_APP`` wins when it names a file; one naming no file falls back to the installed
+    dashboard with a warning; another package named ``dashboard`` is reported, not served."""
+    import types
+
+    import dashboard
+    from attnlens.cli import main
+    from attnlens.cli.dashboard import APP_ENV, find_app
+
+    own = tmp_path / "my_app.py"
+    own.write_text("")
+    monkeypatch.setenv(APP_ENV, str(own))
+    assert find_app() == own.resolve()
+    monkeypatch.setenv(APP_ENV, str(tmp_path / "missing.py"))
+    assert find_app() == dashboard.APP
+    assert f"${APP_ENV}={tmp_path / 'missing.py'} is not a file" in capsys.readouterr().err
+    monkeypatch.delenv(APP_ENV)
+    other = types.ModuleType("dashboard")
+    other.__file__ = str(tmp_path / "dashboard" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "dashboard", other)
+    assert main(["dashboard", str(tmp_path), "--print-command"]) == 2
+    captured = capsys.readouterr()
+    assert "is not attnlens's dashboard" in captured.err and "hint: another package named" in captured.err
+    assert captured.out == "" and "Traceback" not in captured.err
