@@ -16,12 +16,16 @@ Layout of this package (``docs/dashboard.md``):
 * :mod:`dashboard.paths` — path safety: everything named in the URL is resolved against the root.
 * :mod:`dashboard.fixtures` — tiny recorded roots for the tests and the benchmark (never imported by the page).
 * :mod:`dashboard.benchmark` — first paint and step-slider redraw timings (``python -m dashboard.benchmark``).
+
+The package ships in the attnlens wheel beside ``attnlens`` (``step_player/index.html`` as package data), and
+``attnlens dashboard`` serves :data:`APP`, the ``app.py`` of whichever ``dashboard`` is imported: the installed one,
+or the checkout's in an editable install.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-APP = Path(__file__).resolve().with_name("app.py")
+APP = Path(__file__).resolve().with_name("app.py")  # the Streamlit script
 
 __all__ = ["APP"]

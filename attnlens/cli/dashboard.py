@@ -29,19 +29,39 @@ ROOT_ENV = "ATTNLENS_DASHBOARD_ROOT"
 
 
 def find_app() -> Path:
-    """The Streamlit script: ``$ATTNLENS_DASHBOARD_APP``, else ``dashboard/app.py`` of the source tree this package
-    lives in (the package is installed editable, from a checkout)."""
+    """The Streamlit script: ``$ATTNLENS_DASHBOARD_APP`` when it names a file, else the ``app.py`` of the installed
+    ``dashboard`` package (shipped in the wheel next to ``attnlens``; in a checkout, the source tree's)."""
     env = os.environ.get(APP_ENV)
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    raise AttnlensError(
-        "the dashboard's page (dashboard/app.py) was not found next to the attnlens package",
-        hint="install attnlens from a source checkout (pip install -e .), "
-             "or set ATTNLENS_DASHBOARD_APP to dashboard/app.py",
-    )
+    if env:
+        if Path(env).is_file():
+            return Path(env).resolve()
+        err_console.print(f"warning: ${APP_ENV}={env} is not a file; using the installed dashboard", markup=False)
+    try:
+        import dashboard  # optional at the CLI edge: every other command works without it
+    except ImportError:
+        dashboard = None
+    app_path = getattr(dashboard, "APP", None)
+    if app_path is not None and Path(app_path).is_file():
+        return Path(app_path).resolve()
+    sibling = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"  # a checkout not (re)installed yet
+    if dashboard is None and sibling.is_file():
+        return sibling
+    if dashboard is None:
+        raise AttnlensError("the dashboard package is not installed next to attnlens",
+                            hint=f"reinstall attnlens (pip install attnlens, or pip install -e . in a checkout), "
+                                 f"or set {APP_ENV} to dashboard/app.py")
+    where = getattr(dashboard, "__file__", None) or "a namespace package"
+    raise AttnlensError(f"the 'dashboard' package found ({where}) is not attnlens's dashboard: it has no app.py",
+                        hint=f"another package named 'dashboard' shadows it: uninstall that one, "
+                             f"or set {APP_ENV} to attnlens's dashboard/app.py")
+
+
+def _on_path(folder: Path) -> bool:
+    """Whether ``folder`` is on ``sys.path`` (compared with symlinks resolved, e.g. a venv's ``lib64``)."""
+    import sys
+
+    target = os.path.realpath(folder)
+    return any(os.path.realpath(p or os.curdir) == target for p in sys.path)
 
 
 def streamlit_args(app_path: Path, root: Path, host: str, port: int) -> list[str]:
@@ -61,12 +81,15 @@ def streamlit_args(app_path: Path, root: Path, host: str, port: int) -> list[str
     ]
 
 
-def _preload() -> None:
+def _preload(app_path: Path) -> None:
     """Import what the page needs before the server accepts its first connection (torch, the analysis, plotly), so
-    the first page load does not wait for imports."""
+    the first page load does not wait for imports. ``app_path``'s ``dashboard`` package is the one imported (the
+    script then finds it in ``sys.modules``)."""
     import sys
 
-    sys.path.insert(0, str(find_app().parents[1]))
+    holder = str(app_path.parents[1])  # the folder holding that dashboard package
+    if not _on_path(Path(holder)):  # $ATTNLENS_DASHBOARD_APP in another checkout (an installed one is on the path)
+        sys.path.insert(0, holder)
     import pandas  # noqa: F401
     import PIL.Image  # noqa: F401
     import pyarrow  # noqa: F401
@@ -106,7 +129,7 @@ def dashboard(
         return
     os.environ[ROOT_ENV] = str(root)
     os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
-    _preload()
+    _preload(app_path)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
     err_console.print(f"attnlens dashboard: {root} at http://{shown}:{port} (Ctrl-C to stop)", markup=False)
     if host not in ("127.0.0.1", "localhost", "::1"):
