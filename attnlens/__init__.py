@@ -10,12 +10,11 @@ The whole workflow::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import AttnlensError
 from .methods import GuidanceMethod, LossOutput, StepPlan, available_methods, get_method, register_method
 from .models import DEFAULT_MODEL, load_pipeline
-from .recorder import Recorder, RecordingConfig, record
+from .recording import Recorder, RecordingConfig, record
 from .sampler import guided_sample, sample
 from .store import Run, find_runs, open_run
 

@@ -52,6 +52,7 @@ import torch
 
 from . import metrics as M
 from .errors import AttnlensError
+from .selection import select_layers, step_filter
 from .store import PHASES, Run, find_runs, is_run, open_run
 
 # ------------------------------------------------------------------------------------------------------ vocabulary
@@ -463,7 +464,6 @@ def _res_name(hw: tuple[int, int]) -> str:
 def plan_layers(resolutions: dict[str, tuple[int, int]], specs: Sequence[str | int] | None = None) -> LayerPlan:
     """Resolve layer specs: layer names, globs (``up_blocks.*``), resolutions (``16``: the layers at 16×16),
     and aggregates ``all`` / ``res<h>``. ``None`` = every layer plus every aggregate."""
-    from .recorder import select_layers
 
     names = list(resolutions)
     if not names:
@@ -675,17 +675,6 @@ def available_records(run: Run, layers: Sequence[str] | None = None,
 
 
 # ------------------------------------------------------------------------------------------------------ selection args
-def _step_filter(steps: Any) -> Callable[[int], bool]:
-    from .recorder import parse_steps, step_predicate
-
-    if isinstance(steps, str):
-        steps = parse_steps(steps)
-    elif isinstance(steps, (list, tuple)) and steps and all(isinstance(s, str) for s in steps):
-        preds = [_step_filter(s) for s in steps]
-        return lambda i: any(p(i) for p in preds)
-    return step_predicate(steps)
-
-
 def resolve_metrics(metrics: Sequence[str] | None) -> tuple[set[str], list[str] | None]:
     """Validate metric names/globs. Returns (map/trajectory metric names, scalar patterns or None for all).
 
@@ -865,7 +854,7 @@ class Analysis:
             bad = [p for p in self.phases if p not in PHASES]
             if bad:
                 raise AttnlensError(f"unknown phase '{bad[0]}'", hint=f"phases: {', '.join(PHASES)}")
-        self._step_ok = _step_filter(self.steps)
+        self._step_ok = step_filter(self.steps)
         self.runs, self.notes = discover_runs(self.paths, self.partial)
         self._summary = _Summary()
         self.rows = 0
@@ -1241,7 +1230,7 @@ def load_table(sources: Sequence[str | Path] | str | Path, *, partial: bool = Fa
                     keep |= sc & names.map(lambda n: any(fnmatch.fnmatch(n, q) for q in scal))
                 df = df[keep]
             if steps is not None:
-                ok = _step_filter(steps)
+                ok = step_filter(steps)
                 df = df[df.step.map(ok)]
             frames.append(df)
         else:

@@ -31,7 +31,7 @@ import torch
 
 from .errors import AttnlensError
 from .methods import GuidanceMethod, LossOutput, get_method
-from .recorder import Recorder, RecordingConfig
+from .recording import Recorder, RecordingConfig
 from .store import Run, open_run
 from .tokens import check_prompt
 
@@ -276,8 +276,6 @@ def sample(
         "prompt_warnings": prompt_info.warnings,
         **(manifest or {}),
     }
-    from .recorder import record
-
     cfg = recording or RecordingConfig()
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
     with rec:

@@ -23,7 +23,7 @@ def record_root(root: str | Path, pipe=None, *, prompt: str = PROMPT, methods: S
     embedded model; ``heads="all"`` keeps every head so head selection can be exercised). Recorded once per
     process for the same arguments (later calls copy nothing and return the same root)."""
     import attnlens
-    from attnlens.recorder import RecordingConfig
+    from attnlens.recording import RecordingConfig
 
     root = Path(root)
     key = (str(root), tuple(methods), seed, steps)

@@ -165,9 +165,9 @@ def compare(
 def _steps_list(text: Optional[str], recorded: list[int]) -> Optional[list[int]]:
     if text is None:
         return None
-    from ..analysis import _step_filter
+    from ..selection import step_filter
 
-    ok = _step_filter(text)
+    ok = step_filter(text)
     chosen = [s for s in recorded if ok(s)]
     if not chosen:
         raise AttnlensError(f"--steps {text} selects no recorded step",

@@ -94,7 +94,8 @@ def record(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..models import load_pipeline
-    from ..recorder import RecordingConfig, parse_steps
+    from ..recording import RecordingConfig
+    from ..selection import parse_steps
     from ..sampler import sample
     from ..tokens import check_prompt
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import attnlens
-from attnlens.recorder import RecordingProcessor, cross_attention_layers
+from attnlens.recording import RecordingProcessor, cross_attention_layers
 from conftest import PROMPT
 
 STEPS = 4  # PNDM with skip_prk_steps: 5 timesteps for 4 steps
@@ -59,7 +59,7 @@ def test_recorded_maps_equal_explicit_attention(tiny_pipe, tmp_path, monkeypatch
     """What is stored is the softmax of the layer's own q·k (head mean), checked against a direct computation: from
     the CPU flash kernel's log-sum-exp (the default), from a second softmax (no such kernel), and after the first
     call found the kernel's output unequal to SDPA's (then it falls back, and the output is SDPA's)."""
-    from attnlens import recorder as R
+    from attnlens.recording import processor as R
 
     if kernel == "softmax":
         monkeypatch.setattr(R, "_FLASH_CPU", None)
@@ -238,7 +238,7 @@ def test_cpu_writer_writes_when_its_limit_is_reached(tiny_pipe, tmp_path, monkey
     full queue), and the run is the same."""
     import time
 
-    from attnlens import recorder as R
+    from attnlens.recording import writer as R
 
     kwargs = {}
     if limit == "bytes":

@@ -21,96 +21,27 @@ because steps are loop indices, never timestep values.
 from __future__ import annotations
 
 import contextlib
-import difflib
-import fnmatch
 import math
-import queue
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import AttnlensError
-from .store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
-
-LayerFilter = None | str | int | Iterable[str | int] | Callable[[str], bool]
-StepFilter = None | int | range | slice | Iterable[int] | Callable[[int], bool]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Filters
-# ----------------------------------------------------------------------------------------------------------------
+from .._version import __version__
+from ..environment import library_versions
+from ..errors import AttnlensError
+from ..selection import select_layers, step_predicate
+from ..store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
+from .processor import RecordingProcessor
+from .writer import _PinnedPool, _Writer
 
 
 def cross_attention_layers(unet) -> dict[str, Any]:
     """``{module path: Attention}`` of every cross-attention (``attn2``) module of ``unet``, in execution order."""
     found = {name: m for name, m in unet.named_modules() if name.endswith("attn2") and hasattr(m, "set_processor")}
     return {name: found[name] for name in sorted(found, key=layer_sort_key)}
-
-
-def select_layers(names: list[str], spec: LayerFilter, resolutions: dict[str, tuple[int, int]] | None = None) -> list[str]:
-    """Normalise a layer filter once: None (all), a name, a glob (``up_blocks.*``), a resolution (16), a list, a predicate."""
-    if spec is None:
-        return list(names)
-    if callable(spec) and not isinstance(spec, str):
-        return [n for n in names if spec(n)]
-    items = [spec] if isinstance(spec, (str, int)) else list(spec)
-    chosen: set[str] = set()
-    for item in items:
-        if isinstance(item, int):
-            if resolutions is None:
-                raise AttnlensError("selecting layers by resolution needs the latent size")
-            hits = [n for n in names if resolutions[n][0] == item]
-            if not hits:
-                valid = sorted({r[0] for r in resolutions.values()})
-                raise AttnlensError(f"no cross-attention layer at resolution {item}", hint=f"available: {valid}")
-        elif any(c in item for c in "*?["):
-            hits = fnmatch.filter(names, item)
-            if not hits:
-                raise AttnlensError(f"layer pattern '{item}' matches no cross-attention layer",
-                                    hint=f"layers look like {names[0]}")
-        else:
-            if item not in names:
-                close = difflib.get_close_matches(item, names, n=3, cutoff=0.4)
-                raise AttnlensError(f"unknown layer '{item}'", hint=f"closest: {', '.join(close) or names[0]}")
-            hits = [item]
-        chosen.update(hits)
-    return [n for n in names if n in chosen]
-
-
-def step_predicate(spec: StepFilter) -> Callable[[int], bool]:
-    """Normalise a step filter: None (all), an int, a range/slice, a list, or a predicate."""
-    if spec is None:
-        return lambda i: True
-    if callable(spec):
-        return spec
-    if isinstance(spec, int):
-        return lambda i: i == spec
-    if isinstance(spec, slice):
-        start, stop, stride = spec.start or 0, spec.stop, spec.step or 1
-        return lambda i: i >= start and (stop is None or i < stop) and (i - start) % stride == 0
-    allowed = set(spec)
-    return lambda i: i in allowed
-
-
-def parse_steps(text: str | None) -> StepFilter:
-    """Parse ``--steps`` syntax: ``0:25``, ``::5``, ``0,10,20``, ``7``."""
-    if text is None or text in ("", "all"):
-        return None
-    try:
-        if ":" in text:
-            parts = [int(p) if p else None for p in text.split(":")]
-            return slice(*parts)
-        if "," in text:
-            return [int(p) for p in text.split(",")]
-        return int(text)
-    except ValueError:
-        raise AttnlensError(f"cannot read step selection '{text}'", hint="use START:STOP[:STRIDE], a list 0,10,20 or one index") from None
 
 
 def spatial_shape(query_len: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -121,248 +52,6 @@ def spatial_shape(query_len: int, latent_hw: tuple[int, int]) -> tuple[int, int]
     if f < 1 or H % f or W % f or (H // f) * (W // f) != query_len:
         raise AttnlensError(f"cannot derive the spatial shape of a layer with {query_len} queries from a {H}×{W} latent")
     return H // f, W // f
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The processor
-# ----------------------------------------------------------------------------------------------------------------
-
-#: the CPU flash-attention kernel behind SDPA, which also returns the log-sum-exp of the scores (None if absent)
-_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-
-
-class RecordingProcessor:
-    """A cross-attention processor that computes the output exactly as the processor it replaces and hands the
-    softmax probabilities ``(batch·heads, queries, keys)`` to the recorder.
-
-    With the default ``AttnProcessor2_0`` (or the classic ``AttnProcessor``) the output is computed by the same
-    operations as the original, so results are bit-identical; any other original processor computes the output
-    itself and the probabilities are computed beside it (costs one extra query/key projection).
-    """
-
-    def __init__(self, recorder: "Recorder", name: str, original: Any):
-        self.recorder = recorder
-        self.name = name
-        self.original = original
-        kind = type(original).__name__
-        self.mode = {"AttnProcessor2_0": "sdpa", "AttnProcessor": "classic"}.get(kind, "delegate")
-        self._lse: bool | None = None if _FLASH_CPU is not None else False  # see _sdpa
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        if not self.recorder.wants(self.name):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        if self.mode == "delegate":
-            out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-            self._probs_only(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-            return out
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            if self.mode == "sdpa":
-                attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-
-        if self.mode == "sdpa":
-            inner_dim = key.shape[-1]
-            head_dim = inner_dim // attn.heads
-            query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            if attn.norm_q is not None:
-                query = attn.norm_q(query)
-            if attn.norm_k is not None:
-                key = attn.norm_k(key)
-            # the probabilities beside SDPA, only for the samples that are recorded (the conditional half by default)
-            r0 = self.recorder.first_recorded_sample(batch_size)
-            hidden_states, lse = self._sdpa(query, key, value, attention_mask)
-            q, k = query[r0:], key[r0:]
-            if lse is not None:
-                # p = exp(scale·q·k − logsumexp): only the recorded text positions, no softmax over all 77
-                n, t = q.shape[0] * attn.heads, min(self.recorder.token_count(), k.shape[2])
-                probs = torch.baddbmm(lse[r0:].reshape(n, -1, 1), q.reshape(n, -1, head_dim).to(lse.dtype),
-                                      k[:, :, :t].reshape(n, t, head_dim).transpose(1, 2).to(lse.dtype),
-                                      beta=-1, alpha=head_dim ** -0.5).exp_()  # fp32 for fp16/bf16 inputs
-            else:
-                mask3 = None
-                if attention_mask is not None:
-                    m = attention_mask if attention_mask.shape[0] == 1 else attention_mask[r0:]
-                    mask3 = m.expand(q.shape[0], *m.shape[1:]).reshape(q.shape[0] * attn.heads, -1, m.shape[-1])
-                probs = attn.get_attention_scores(q.reshape(-1, q.shape[2], head_dim),
-                                                  k.reshape(-1, k.shape[2], head_dim), mask3)
-            hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-            hidden_states = hidden_states.to(query.dtype)
-        else:
-            query = attn.head_to_batch_dim(query)
-            key = attn.head_to_batch_dim(key)
-            value = attn.head_to_batch_dim(value)
-            probs = attn.get_attention_scores(query, key, attention_mask)
-            hidden_states = torch.bmm(probs, value)
-            hidden_states = attn.batch_to_head_dim(hidden_states)
-            r0 = self.recorder.first_recorded_sample(batch_size)
-            probs = probs[r0 * attn.heads:]
-
-        self.recorder.on_probs(self.name, probs, attn.heads, first=r0)
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-    def _sdpa(self, query, key, value, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """SDPA's output, plus the log-sum-exp of the scaled scores ``(batch, heads, queries)`` when it comes for free.
-
-        On a CPU, SDPA runs the flash-attention kernel, which returns that log-sum-exp beside the output; the
-        recorded probabilities are then ``exp(scale·q·k − lse)`` for the recorded text positions only, instead of a
-        second softmax over all 77 (4–7× less work per layer). The kernel is called directly only where it is what
-        SDPA itself runs: the first call of each processor compares its output with SDPA's bit for bit and otherwise
-        falls back for good. Grad-enabled forwards (guidance) and masked attention always take SDPA.
-        """
-        sdpa_args = dict(attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        if (self._lse is False or attention_mask is not None or query.device.type != "cpu"
-                or (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad))):
-            return F.scaled_dot_product_attention(query, key, value, **sdpa_args), None
-        try:
-            out, lse = _FLASH_CPU(query, key, value)
-        except (RuntimeError, TypeError):  # an input the kernel does not take
-            out, lse = None, None
-        if self._lse is None:
-            ref = F.scaled_dot_product_attention(query, key, value, **sdpa_args)
-            self._lse = out is not None and torch.equal(out, ref) and tuple(lse.shape) == tuple(query.shape[:-1])
-            if not self._lse:
-                return ref, None
-        if out is None:
-            return F.scaled_dot_product_attention(query, key, value, **sdpa_args), None
-        return out, lse
-
-    def _probs_only(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        if hidden_states.ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[1], hidden_states.shape[0])
-        self.recorder.on_probs(self.name, attn.get_attention_scores(query, key, attention_mask), attn.heads)
-        # (delegating processors are rare; their probabilities are computed for every sample)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The writer thread
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _PinnedPool:
-    """Reusable pinned host buffers per (shape, dtype), so GPU→host copies are asynchronous and allocation-free."""
-
-    def __init__(self):
-        self._free: dict[tuple, list[torch.Tensor]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, shape, dtype) -> torch.Tensor:
-        with self._lock:
-            free = self._free.get((tuple(shape), dtype))
-            if free:
-                return free.pop()
-        return torch.empty(shape, dtype=dtype, pin_memory=True)
-
-    def give(self, buf: torch.Tensor) -> None:
-        with self._lock:
-            self._free.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
-
-
-class _Writer(threading.Thread):
-    """Drains a bounded queue of batches of ``(fn, args, tensor, event)`` items: for each item, waits for the copy
-    event, then calls ``fn(*args, tensor.numpy())`` (or ``fn(*args)`` without a tensor). The recorder hands over one
-    batch per UNet forward.
-
-    ``eager`` (GPU sampling): write as batches arrive. Lazy (CPU sampling, whose kernels already keep every core busy,
-    so a concurrent writer only steals their time and stalls their parallel regions): hold batches until the queue
-    is three-quarters full, holds ``HOLD_BYTES``, a drain is requested, or the recording ends — on a run that fits,
-    the writes happen in one burst after sampling. Remembers the first error and drops
-    everything after it, so a full disk never damages what was already written."""
-
-    def __init__(self, maxsize: int, pool: _PinnedPool | None, eager: bool = True):
-        super().__init__(name="attnlens-writer", daemon=True)
-        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.pool = pool
-        self.eager = eager
-        self.go = threading.Event()  # lazy mode: set when the queue is nearly full, at a drain and at the end
-        self.high_water = max(1, (maxsize * 3) // 4)
-        self.held = 0  # bytes of tensors queued and not yet written
-        self._held_lock = threading.Lock()
-
-    HOLD_BYTES = 256 * 2**20  # lazy mode: write once this much is held (all heads, all tokens, big maps)
-
-    def hand(self, batch: list[tuple]) -> None:
-        """Queue one batch (blocks while the queue is full; a lazy writer is woken first so that it drains)."""
-        n = sum(t.nbytes for _, _, t, _ in batch if t is not None)
-        with self._held_lock:
-            self.held += n
-        if self.queue.full():
-            self.go.set()
-        self.queue.put((batch, n))
-        if not self.eager and (self.queue.qsize() >= self.high_water or self.held >= self.HOLD_BYTES):
-            self.go.set()
-
-    def run(self) -> None:
-        while True:
-            if not self.eager:
-                if self.queue.empty():
-                    self.go.clear()
-                    if not self.queue.empty():  # raced with a put that found the event still set
-                        self.go.set()
-                self.go.wait()
-            item = self.queue.get()
-            if item is None:
-                return
-            batch, n = item
-            for fn, args, tensor, event in batch:
-                try:
-                    if self.error is None or fn.__name__ == "set":
-                        if event is not None:
-                            event.synchronize()
-                        fn(*args) if tensor is None else fn(*args, tensor.numpy())
-                except BaseException as exc:  # disk full, read-only, ...: reported to the sampling thread
-                    self.error = exc
-                finally:
-                    if event is not None and self.pool is not None:
-                        self.pool.give(tensor)
-            with self._held_lock:
-                self.held -= n
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The recorder
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -545,9 +234,6 @@ class Recorder:
             self._writer.join()
 
     def _base_manifest(self) -> dict[str, Any]:
-        from . import __version__
-        from .environment import library_versions
-
         pipe = self.pipe
         m: dict[str, Any] = {
             "attnlens_version": __version__,
@@ -846,3 +532,4 @@ def record(pipe, store: str | Path | None, **kwargs) -> Recorder:
     cfg_keys = {"heads", "tokens", "layers", "steps", "dtype", "uncond", "guidance"}
     config = RecordingConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in cfg_keys})
     return Recorder(pipe, store, config=config, **kwargs)
+
