@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import AttnlensError
+from ..errors import BadOption, NotFoundError
 from . import app
 from ._output import err_console
 
@@ -37,7 +37,7 @@ def find_app() -> Path:
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    raise AttnlensError(
+    raise NotFoundError(
         "the dashboard's page (dashboard/app.py) was not found next to the attnlens package",
         hint="install attnlens from a source checkout (pip install -e .), "
              "or set ATTNLENS_DASHBOARD_APP to dashboard/app.py",
@@ -91,11 +91,11 @@ def dashboard(
     """Open the dashboard: compare methods side by side (images, maps at any step and layer, metric curves, leakage),
     compare across prompts, and export paper figures."""
     if not root.exists():
-        raise AttnlensError(f"'{root}' does not exist", hint="pass the folder your runs are recorded in, e.g. runs/")
+        raise BadOption(f"'{root}' does not exist", hint="pass the folder your runs are recorded in, e.g. runs/")
     if not root.is_dir():
-        raise AttnlensError(f"'{root}' is not a folder", hint="pass the folder holding runs (or one run folder)")
+        raise BadOption(f"'{root}' is not a folder", hint="pass the folder holding runs (or one run folder)")
     if not 0 < port < 65536:
-        raise AttnlensError(f"invalid port {port}", hint="choose a port between 1 and 65535, e.g. 8501")
+        raise BadOption(f"invalid port {port}", hint="choose a port between 1 and 65535, e.g. 8501")
     root = root.resolve()
     app_path = find_app()
     args = streamlit_args(app_path, root, host, port)
