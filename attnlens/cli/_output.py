@@ -32,16 +32,16 @@ def resolve_format(fmt: str | None, as_json: bool = False, choices: Sequence[str
                    default: str = "text") -> str:
     """The chosen format: ``--json`` wins over ``--format``'s default; an unknown name is a :class:`BadOption`."""
     fmt = (fmt or default).lower()
-    if as_json:
-        if fmt not in ("json", default):
-            raise BadOption(f"--json and --format {fmt} contradict each other", hint="give one of them")
-        return "json"
     if fmt not in choices:
         import difflib
 
         close = difflib.get_close_matches(fmt, list(choices), n=1)
         raise BadOption(f"unknown --format '{fmt}'",
                         hint=(f"did you mean {close[0]}? " if close else "") + f"choose one of: {', '.join(choices)}")
+    if as_json:
+        if fmt not in ("json", default):
+            raise BadOption(f"--json and --format {fmt} contradict each other", hint="give one of them")
+        return "json"
     return fmt
 
 

@@ -176,7 +176,7 @@ def compare(
         note(n)
     data = {"by": c.by, "baseline": c.baseline, "groups": c.groups, "n_boot": c.n_boot, "ci": c.ci,
             "boot_seed": c.seed, "selection": c.selection, "notes": c.notes,
-            "table": json.loads(c.table.to_json(orient="records"))}
+            "table": json.loads(c.table.rename(columns={"group": c.by}).to_json(orient="records", double_precision=15))}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "json":
