@@ -1,7 +1,7 @@
 """(3) How long to intervene: SynGen with guidance during the first 5 / 15 / 25 / 50 of 50 steps.
 
-The released SynGen intervenes during the first 25 of 50 steps. With ``--steps N`` the four variants guide the
-first round(k·N/50) steps, k ∈ {5, 15, 25, 50} (``--steps 50`` gives exactly 5/15/25/50). The figure shows, per
+The released SynGen intervenes during the first 25 of 50 steps. With ``--n-steps N`` the four variants guide the
+first round(k·N/50) steps, k ∈ {5, 15, 25, 50} (``--n-steps 50`` gives exactly 5/15/25/50). The figure shows, per
 variant, the latent drift from the unguided run with the same seed (relative L2) and the JSD of bound pairs against
 the step; the table the paired comparison with ``none``.
 

@@ -33,8 +33,8 @@ def main() -> None:
     p.add_argument("--sweep-prompts", type=int, default=4, help="prompts for the sweep (default 4)")
     p.add_argument("--sanity-n", type=int, default=100,
                    help="images per sanity kind (default 100; 0 skips the sanity step and keeps its old results)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--n-steps", dest="steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--guidance-scale", "--guidance", dest="guidance", type=float, default=7.5)
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()

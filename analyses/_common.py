@@ -23,7 +23,7 @@ def parser(description: str, out: str, steps: int, seeds: str) -> argparse.Argum
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "analyses" / out, help="output folder")
     p.add_argument("--runs", type=Path, default=None, help="where runs are recorded (default OUT/runs)")
-    p.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    p.add_argument("--n-steps", dest="steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     p.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default {seeds})")
     p.add_argument("--model", default="attnlens-tiny", help="model (default: the embedded attnlens-tiny)")
     p.add_argument("--rerecord", action="store_true", help="record again even when a complete run exists")

@@ -63,7 +63,8 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
     :data:`attnlens.analysis.HEADLINE`; ``layers=None`` keeps the ``all`` aggregate (trajectory and scalar rows
     have their own layer, ``latent`` / ``-``, and are kept whatever ``layers`` says); ``phase`` applies to map rows
     (scalars are always phase ``guidance``); ``steps`` takes the ``analyze`` syntax (``0:25``, ``0,10,20``)."""
-    from .analysis import AGGREGATE_ALL, HEADLINE, _step_filter
+    from .analysis import AGGREGATE_ALL, HEADLINE
+    from .selection import step_filter
 
     if df is None or not len(df):
         raise AttnlensError("the metrics table is empty", hint="analyse some runs first: attnlens analyze runs/")
@@ -106,7 +107,7 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
         keep &= ~map_rows | (out["phase"] == phase)
     out = out[keep]
     if steps is not None:
-        ok = _step_filter(steps)
+        ok = step_filter(steps)
         out = out[out["step"].map(ok).astype(bool)]
     if tokens:
         out = out[out["token"].isin(list(tokens))]

@@ -1,6 +1,6 @@
 """Cost of guidance: time per image of each method against ``none``, and one guidance step against a plain forward.
 
-    python benchmarks/method_cost.py [--repeats 3] [--steps 50] [--threads 2]
+    python benchmarks/method_cost.py [--repeats 3] [--n-steps 50] [--threads 2]
 
 Runs are interleaved (method order rotates every repeat) and recorded to a temporary store with the default
 recording (all layers, head mean, prompt tokens), as ``attnlens record`` does.
@@ -57,7 +57,7 @@ def per_call_costs(pipe, prompt: str, repeats: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--n-steps", dest="steps", type=int, default=50, help="denoising steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="attnlens-tiny")
     ap.add_argument("--prompt", default="a red crown and a golden strawberry")

@@ -6,7 +6,7 @@ step and per run, and the store size of a 50-step SD 1.5 run at 512×512 compute
 the compression this model's map chunks get, plus the per-layer metadata and the latents at theirs (the
 final PNG is not counted; latents in float16, as SD 1.5 runs on a GPU). ``benchmarks/store_codecs.py`` measures how much better large, smooth maps compress.
 
-    python benchmarks/record_overhead.py [--repeats 31] [--steps 50] [--model attnlens-shapes|attnlens-tiny] [--device cpu]
+    python benchmarks/record_overhead.py [--repeats 31] [--n-steps 50] [--model attnlens-shapes|attnlens-tiny] [--device cpu]
 
 On a GPU pass e.g. ``--sd15-shaped`` to build an SD 1.5-shaped UNet with random weights (no download needed).
 """
@@ -109,7 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=31,
                     help="interleaved pairs (default 31: this host's speed drifts, a few pairs mean little)")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--n-steps", dest="steps", type=int, default=50, help="denoising steps")
     ap.add_argument("--model", default=attnlens.DEFAULT_MODEL, help="default: the embedded default model")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=2)

@@ -43,11 +43,21 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "attnlens", *args], check=True)
 
 
+def steps_flag() -> str:
+    """The flag of ``attnlens record`` that sets the number of denoising steps: ``--n-steps`` since the CLI's flags
+    mean one thing everywhere (``--steps`` is a step selection), ``--steps`` on the code the baseline was recorded
+    with; asking ``record --help`` lets the same script record both."""
+    out = subprocess.run([sys.executable, "-m", "attnlens", "record", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    return "--n-steps" if "--n-steps" in out else "--steps"
+
+
 def record(out: Path) -> None:
+    n_steps = steps_flag()
     for model, prompt in MODELS.items():
         for heads in HEADS:
             for method in METHODS:
-                cli("record", prompt, "--model", model, "--method", method, "--steps", str(STEPS), "--seed", "0",
+                cli("record", prompt, "--model", model, "--method", method, n_steps, str(STEPS), "--seed", "0",
                     "--heads", heads, "--out", str(out / model / f"heads-{heads}"))
         cli("analyze", str(out / model / "heads-mean"), "--out", str(out / f"{model}.parquet"))
 

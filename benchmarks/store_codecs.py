@@ -5,7 +5,7 @@ step, fp16), and encodes each chunk with several Blosc configurations: the ratio
 encode time per chunk. Because SD 1.5's store is dominated by 64×64 maps, which are smoother than a small model's
 16×16 ones, the same chunks upsampled ×4 (bilinear) are measured too, as a proxy for large smooth maps.
 
-    python benchmarks/store_codecs.py [--model attnlens-shapes] [--steps 50] [--json out.json]
+    python benchmarks/store_codecs.py [--model attnlens-shapes] [--n-steps 50] [--json out.json]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def measure(chunks: list[np.ndarray]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=attnlens.DEFAULT_MODEL)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--n-steps", dest="steps", type=int, default=50, help="denoising steps")
     ap.add_argument("--prompt", default="a red crown and a golden strawberry on a wooden table")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import shlex
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -649,7 +648,8 @@ def comparison_frame(c):
 # ------------------------------------------------------------------------------------------------------ export
 @dataclass(frozen=True)
 class ExportSpec:
-    """What "Export figure" draws: the arguments of ``attnlens figure KIND SOURCES ...``.
+    """What "Export figure" draws, as the page selects it; :attr:`figure` is the
+    :class:`attnlens.figures.FigureSpec` that both this export and ``attnlens figure`` draw.
 
     ``runs``: run folders (complete runs only, as the CLI without ``--partial``); ``width``: ``auto`` = the CLI's
     default (column for curves, page otherwise); ``steps``: the maps' columns (None = the CLI's five spread steps).
@@ -669,7 +669,25 @@ class ExportSpec:
 
     @property
     def cli_width(self) -> str:
-        return self.width if self.width != "auto" else ("column" if self.kind == "curves" else "page")
+        return self.figure.figure_width
+
+    @property
+    def figure(self):
+        """The one figure spec: only the fields that matter for this kind are set (the rest keep the defaults)."""
+        from attnlens.figures import FigureSpec
+
+        common = {"kind": self.kind, "sources": self.runs, "by": self.by,
+                  "width": None if self.width == "auto" else self.width}
+        if self.kind == "maps":
+            return FigureSpec(**common, tokens=self.tokens, steps=self.steps, layer=self.layer or "all",
+                              phase=self.phase)
+        if self.kind == "curves":
+            return FigureSpec(**common, metrics=(str(self.metric),) if self.metric else (), role=self.role,
+                              layer=self.layer or "all", phase=self.phase)
+        if self.kind == "layers":
+            return FigureSpec(**common, metrics=(str(self.metric),) if self.metric else (), role=self.role,
+                              phase=self.phase)
+        return FigureSpec(**common)
 
     @property
     def file_name(self) -> str:
@@ -679,72 +697,19 @@ class ExportSpec:
 
 
 def export_command(spec: ExportSpec) -> str:
-    """The ``attnlens figure`` command line that makes the same file."""
-    args = ["attnlens", "figure", spec.kind, *spec.runs, "--out", spec.file_name]
-    if spec.width != "auto":
-        args += ["--width", spec.width]
-    if spec.kind == "maps":
-        for t in spec.tokens:
-            args += ["--token", t]
-        if spec.steps is not None:
-            args += ["--steps", ",".join(str(s) for s in spec.steps)]
-        args += ["--layer", spec.layer, "--phase", spec.phase]
-    elif spec.kind in ("curves", "layers"):
-        args += ["--metric", str(spec.metric)]
-        if spec.role:
-            args += ["--role", spec.role]
-        if spec.by != "method":
-            args += ["--by", spec.by]
-        if spec.kind == "curves":
-            args += ["--layer", spec.layer]
-        args += ["--phase", spec.phase]
-    elif spec.by != "method":
-        args += ["--by", spec.by]
-    return " ".join(shlex.quote(a) for a in args)
+    """The ``attnlens figure`` command line that builds the same figure spec and makes the same file."""
+    return " ".join(shlex.quote(a) for a in ["attnlens", "figure", *spec.figure.cli_args(spec.file_name)])
 
 
 def export_figure(spec: ExportSpec) -> bytes:
-    """Draw the figure with ``attnlens.figures`` exactly as ``attnlens figure`` does for the same arguments
-    (same table loading, same figure function, ``save_figure``) and return the file's bytes (PDF/PNG are
-    byte-for-byte deterministic, so they equal the CLI's file)."""
-    from attnlens import figures as F
-    from attnlens.analysis import discover_runs, load_table
+    """The file's bytes, drawn by ``attnlens.figures.draw`` from the same :class:`~attnlens.figures.FigureSpec` as
+    ``attnlens figure`` builds for :func:`export_command` (PDF/PNG are byte-for-byte deterministic, so they equal
+    the CLI's file)."""
+    from attnlens.figures import figure_bytes
 
     if not spec.runs:
         raise AttnlensError("no complete run to draw", hint="select runs that finished recording")
-    sources = [Path(p) for p in spec.runs]
-    w = spec.cli_width
-    if spec.kind == "maps":
-        runs, _ = discover_runs(sources, partial=False)
-        steps = list(spec.steps) if spec.steps is not None else None
-        fig = F.maps_figure(runs, tokens=list(spec.tokens) or None, steps=steps, layer=spec.layer or "all",
-                            phase=spec.phase, width=w)
-    elif spec.kind == "curves":
-        df = _cli_table(sources, metrics=[str(spec.metric)], layers=[spec.layer or "all"], phases=[spec.phase])
-        fig = F.curves_figure(df, [str(spec.metric)], role=spec.role, by=spec.by, layer=spec.layer, phase=spec.phase,
-                              tokens=None, width=w)
-    elif spec.kind == "layers":
-        df = _cli_table(sources, metrics=[str(spec.metric)], phases=[spec.phase])
-        fig = F.layers_figure(df, str(spec.metric), role=spec.role, by=spec.by, groups=None, phase=spec.phase,
-                              tokens=None, width=w)
-    elif spec.kind == "losses":
-        df = _cli_table(sources, metrics=["scalar/*"])
-        fig = F.losses_figure(df, terms=None, by=spec.by, iteration="first", width=w)
-    else:
-        raise AttnlensError(f"unknown figure kind '{spec.kind}'", hint=f"kinds: {', '.join(F.KINDS)}")
-    with tempfile.TemporaryDirectory(prefix="attnlens-export-") as tmp:
-        out = F.save_figure(fig, Path(tmp) / f"figure.{spec.fmt}")
-        return out.read_bytes()
-
-
-def _cli_table(sources, **kwargs):
-    """``load_table`` as ``attnlens figure`` calls it (complete runs only)."""
-    from attnlens.analysis import load_table
-
-    df = load_table(sources, partial=False, **kwargs)
-    if not len(df):
-        raise AttnlensError("no metric rows for this selection", hint="check the metric, layer and phase")
-    return df
+    return figure_bytes(spec.figure, spec.fmt)
 
 
 __all__ = [

@@ -6,6 +6,7 @@ with status 2; unexpected ones print one line and exit 1 (``--debug`` shows the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Callable
@@ -43,7 +44,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 def _register() -> None:
     from . import record as _record  # noqa: F401  (commands register themselves on `app`)
     from . import inspect as _inspect  # noqa: F401
-    for optional in ("analyze", "dashboard", "bench"):
+    for optional in ("analyze", "dashboard", "bench", "testbed"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:
@@ -52,11 +53,16 @@ def _register() -> None:
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
-    """Run ``fn`` turning known errors into one-line messages and exit codes."""
+    """Run ``fn`` turning known errors into one-line messages and exit codes. Library warnings that only speak to
+    developers (FutureWarning, DeprecationWarning) are hidden while ``fn`` runs; the caller's warning filters are
+    restored afterwards (``warnings.catch_warnings``), so an in-process caller keeps its own."""
     import warnings
 
     try:
-        fn()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            fn()
         return 0
     except AttnlensError as exc:
         if _DEBUG["on"]:
@@ -65,6 +71,8 @@ def run_guarded(fn: Callable[[], object]) -> int:
         if exc.hint:
             err_console.print(f"hint: {exc.hint}", markup=False, highlight=False)
         return 2
+    except (typer.TyperException, typer.Exit, typer.Abort):
+        raise  # usage errors and --help exits: main() reports them (exit 2 / 0)
     except KeyboardInterrupt:
         err_console.print("interrupted (runs in progress are left marked incomplete)", markup=False)
         return 130
@@ -80,51 +88,94 @@ def run_guarded(fn: Callable[[], object]) -> int:
         err_console.print(f"error: unexpected {type(exc).__name__}: {line}", markup=False, highlight=False)
         err_console.print("hint: rerun with --debug for the traceback, and report it", markup=False)
         return 1
-    finally:
-        warnings.resetwarnings()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
+    """Console-script entry point (also callable in-process: the environment and loggers it quiets are restored
+    when it returns)."""
+    with _quiet_libraries():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     _register()
     args = sys.argv[1:] if argv is None else argv
     _DEBUG["on"] = "--debug" in args
 
     def invoke():
         try:
-            app(args=args, standalone_mode=False)
+            app(args=args, prog_name="attnlens", standalone_mode=False)
         except SystemExit as exc:  # typer/click exits for --help
             if exc.code not in (0, None):
                 raise
-    import click
 
     try:
         code = run_guarded(invoke)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
-        err_console.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+    except typer.TyperException as exc:  # usage errors (bad flag, missing argument, bad value): exit 2, one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `attnlens` or `attnlens bench` alone: the help, as --help
+            sys.stdout.write(exc.format_message().rstrip() + "\n")
+            return _exit(0, argv)
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"error: {message}", markup=False, highlight=False)
         err_console.print("hint: see 'attnlens --help' or 'attnlens COMMAND --help'", markup=False)
         code = 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         code = 130
+    return _exit(code, argv)
+
+
+def _exit(code: int, argv: list[str] | None) -> int:
     if argv is None:
         sys.exit(code)
     return code
 
 
-def _quiet_libraries() -> None:
-    """Silence library logs and progress bars without importing them (imports stay lazy: `ls` starts fast)."""
-    import logging
-    import warnings
+#: environment the CLI sets for its own process (only when unset), restored when :func:`main` returns
+QUIET_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "DIFFUSERS_VERBOSITY": "error",
+             "TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+QUIET_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "accelerate")
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    for name in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Silence library logs and progress bars for the command's duration without importing the libraries (imports
+    stay lazy: `ls` starts fast). Only the CLI does this: a library user keeps their progress bars and logs."""
+    import logging
+
+    saved_env = {k: os.environ.get(k) for k in QUIET_ENV}
+    saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_model_loading():
+    """No per-component progress bars while a command loads a model (``with quiet_model_loading(): load(...)``);
+    the libraries' previous setting is restored afterwards. It imports diffusers and transformers, which ``ls`` and
+    ``info`` never need, so only the commands that load a model use it."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    before = [(m, m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    for m, _ in before:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, was in before:
+            if was:
+                m.enable_progress_bar()

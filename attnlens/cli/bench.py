@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from ..errors import AttnlensError
+from ..errors import BadOption
 from . import app
-from ._output import console, emit_json, err_console
+from ._output import FORMAT, JSON, console, err_console, report, resolve_format
 
 bench_app = typer.Typer(
     name="bench",
@@ -27,7 +27,7 @@ Examples:
 
   attnlens bench binding --prompts 24 --seeds 0,1,2,3 --out out/bench-binding
 
-  attnlens bench binding --method none --method syngen --sweep 0.25,4 --steps 50
+  attnlens bench binding --method none --method syngen --sweep 0.25,4 --n-steps 50
 
   attnlens bench binding --sweep "" --no-analyse          # released defaults only, no AUC
 
@@ -47,6 +47,8 @@ Examples:
 
   attnlens bench sanity --n 200 --save out/sanity.png
 
+  attnlens bench sanity --n 16 --format json | jq .kinds
+
 Generates one image per caption of the renderer's stream (generator seed = caption index) without guidance and
 scores it: single-object prompts (train split) should be drawn right at least 90 % of the time; two-object prompts
 (train and held-out test split) show how often the unguided model binds, misbinds, leaks and neglects.
@@ -57,14 +59,14 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise AttnlensError(f"cannot read '{text}' as comma-separated numbers", hint="e.g. --sweep 0.25,4") from None
+        raise BadOption(f"cannot read '{text}' as comma-separated numbers", hint="e.g. --sweep 0.25,4") from None
 
 
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise AttnlensError(f"cannot read '{text}' as comma-separated integers", hint="e.g. --seeds 0,1,2") from None
+        raise BadOption(f"cannot read '{text}' as comma-separated integers", hint="e.g. --seeds 0,1,2") from None
 
 
 def _model_default() -> str:
@@ -81,8 +83,9 @@ def binding(
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
     method: list[str] = typer.Option([], "--method", help="Method (repeatable). Default: all five."),
     sweep: str = typer.Option("0.25,4", "--sweep", help="Step-size factors for the sweep (\"\" for none)."),
-    steps: int = typer.Option(50, "--steps", help="Denoising steps (the methods' schedules assume 50)."),
-    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
+    n_steps: int = typer.Option(50, "--n-steps", help="Denoising steps (the methods' schedules assume 50)."),
+    guidance: float = typer.Option(7.5, "--guidance-scale", "--guidance",
+                                   help="Classifier-free guidance scale (--guidance is an alias)."),
     refinement: Optional[int] = typer.Option(None, "--refinement", help="Cap A&E / D&B refinement passes per "
                                                                         "threshold step (default: released)."),
     analyse: bool = typer.Option(True, "--analyse/--no-analyse", help="Analyse the maps and compute the AUCs."),
@@ -91,7 +94,8 @@ def binding(
     threads: int = typer.Option(0, "--threads", help="torch threads (0: torch's default)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help="Where runs are recorded (default OUT/runs); share it "
                                                              "between benchmarks to reuse runs."),
-    as_json: bool = typer.Option(False, "--json", help="Print the tables as JSON."),
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
 ) -> None:
     """Methods x held-out prompts x seeds on the shapes model, scored against the ground truth."""
     import torch
@@ -99,10 +103,11 @@ def binding(
     from ..compare import to_rich
     from ..testbed.bench import METHODS, run_binding_bench
 
+    fmt = resolve_format(fmt, as_json)
     if prompts < 1:
-        raise AttnlensError("--prompts must be at least 1")
-    if steps < 1:
-        raise AttnlensError("--steps must be at least 1")
+        raise BadOption("--prompts must be at least 1", hint="e.g. --prompts 12")
+    if n_steps < 1:
+        raise BadOption("--n-steps must be at least 1", hint="e.g. --n-steps 50")
     if threads > 0:
         torch.set_num_threads(threads)
     overrides = {}
@@ -110,16 +115,20 @@ def binding(
         overrides = {"attend-excite": {"max_refinement_steps": refinement},
                      "divide-bind": {"max_refinement_steps": refinement,
                                      "max_refinement_steps_init_step": refinement}}
-    res = run_binding_bench(model or _model_default(), out, prompts=prompts, seeds=_ints(seeds),
-                            methods=method or METHODS, sweep=_floats(sweep), steps=steps, guidance_scale=guidance,
-                            overrides=overrides, analyse=analyse, n_boot=n_boot, rerecord=rerecord, runs_root=runs,
-                            log=lambda s: err_console.print(s, markup=False, highlight=False))
-    if as_json:
-        emit_json({"out": str(res.out), "recorded": res.recorded, "reused": res.reused,
-                   "binding": res.comparison.table.to_dict(orient="records"),
-                   "auc_best": None if res.best is None else res.best.to_dict(orient="records")})
+    from . import quiet_model_loading
+
+    with quiet_model_loading():
+        res = run_binding_bench(model or _model_default(), out, prompts=prompts, seeds=_ints(seeds),
+                                methods=method or METHODS, sweep=_floats(sweep), steps=n_steps,
+                                guidance_scale=guidance, overrides=overrides, analyse=analyse, n_boot=n_boot,
+                                rerecord=rerecord, runs_root=runs,
+                                log=lambda s: err_console.print(s, markup=False, highlight=False))
+    if fmt == "json":
+        report(fmt, {"out": str(res.out), "recorded": res.recorded, "reused": res.reused,
+                     "binding": res.comparison.table.to_dict(orient="records"),
+                     "auc_best": None if res.best is None else res.best.to_dict(orient="records")})
         return
-    console.print(to_rich(res.comparison))
+    report(fmt, None, to_rich(res.comparison))
     if res.best is not None:
         console.print(f"\nattention metrics that best predict '{res.label}' (post hoc best layer/step; "
                       "'AUC all, last step' is the pre-registered point):", markup=False)
@@ -132,28 +141,37 @@ def binding(
 def sanity(
     model: Optional[str] = typer.Option(None, "--model", help="Shapes model: embedded default or a pipeline folder."),
     n: int = typer.Option(64, "--n", help="Images per prompt kind."),
-    steps: int = typer.Option(25, "--steps", help="Denoising steps."),
-    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
+    n_steps: int = typer.Option(25, "--n-steps", help="Denoising steps."),
+    guidance: float = typer.Option(7.5, "--guidance-scale", "--guidance",
+                                   help="Classifier-free guidance scale (--guidance is an alias)."),
     seed: int = typer.Option(0, "--seed", help="Caption stream seed (image i uses generator seed seed + i)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Save the images as PNG grids (one per kind)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
 ) -> None:
     """Single- and two-object accuracy of the unguided shapes model."""
     from ..testbed.sanity import run_sanity
 
+    fmt = resolve_format(fmt, as_json)
     if n < 1:
-        raise AttnlensError("--n must be at least 1")
-    report = run_sanity(model or _model_default(), n=n, steps=steps, guidance_scale=guidance, seed=seed, save=save)
-    if as_json:
-        emit_json(report)
+        raise BadOption("--n must be at least 1", hint="e.g. --n 64")
+    if n_steps < 1:
+        raise BadOption("--n-steps must be at least 1", hint="e.g. --n-steps 25")
+    from . import quiet_model_loading
+
+    with quiet_model_loading():
+        result = run_sanity(model or _model_default(), n=n, steps=n_steps, guidance_scale=guidance, seed=seed,
+                            save=save)
+    if fmt == "json":
+        report(fmt, result)
         return
     from rich.table import Table
 
-    t = Table(title=f"unguided {report['model']} ({steps} steps, guidance {guidance}, n={n} per kind)")
+    t = Table(title=f"unguided {result['model']} ({n_steps} steps, guidance {guidance}, n={n} per kind)")
     for c in ("prompts", "success", "object accuracy", "misbinding", "leakage", "neglect", "extra"):
         t.add_column(c, justify="left" if c == "prompts" else "right")
-    for kind, r in report["kinds"].items():
+    for kind, r in result["kinds"].items():
         t.add_row(kind, *(f"{r[k]:.1%}" for k in ("success_rate", "object_accuracy", "misbinding_rate",
                                                    "leakage_rate", "neglect_rate", "extra_rate")))
-    console.print(t)
-    err_console.print(json.dumps({k: round(v["success_rate"], 4) for k, v in report["kinds"].items()}), markup=False)
+    report(fmt, result, t)
+    err_console.print(json.dumps({k: round(v["success_rate"], 4) for k, v in result["kinds"].items()}), markup=False)

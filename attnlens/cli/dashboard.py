@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import AttnlensError
+from ..errors import BadOption, NotFoundError
 from . import app
 from ._output import err_console
 
@@ -47,11 +47,11 @@ def find_app() -> Path:
     if dashboard is None and sibling.is_file():
         return sibling
     if dashboard is None:
-        raise AttnlensError("the dashboard package is not installed next to attnlens",
+        raise NotFoundError("the dashboard package is not installed next to attnlens",
                             hint=f"reinstall attnlens (pip install attnlens, or pip install -e . in a checkout), "
                                  f"or set {APP_ENV} to dashboard/app.py")
     where = getattr(dashboard, "__file__", None) or "a namespace package"
-    raise AttnlensError(f"the 'dashboard' package found ({where}) is not attnlens's dashboard: it has no app.py",
+    raise NotFoundError(f"the 'dashboard' package found ({where}) is not attnlens's dashboard: it has no app.py",
                         hint=f"another package named 'dashboard' shadows it: uninstall that one, "
                              f"or set {APP_ENV} to attnlens's dashboard/app.py")
 
@@ -114,11 +114,11 @@ def dashboard(
     """Open the dashboard: compare methods side by side (images, maps at any step and layer, metric curves, leakage),
     compare across prompts, and export paper figures."""
     if not root.exists():
-        raise AttnlensError(f"'{root}' does not exist", hint="pass the folder your runs are recorded in, e.g. runs/")
+        raise BadOption(f"'{root}' does not exist", hint="pass the folder your runs are recorded in, e.g. runs/")
     if not root.is_dir():
-        raise AttnlensError(f"'{root}' is not a folder", hint="pass the folder holding runs (or one run folder)")
+        raise BadOption(f"'{root}' is not a folder", hint="pass the folder holding runs (or one run folder)")
     if not 0 < port < 65536:
-        raise AttnlensError(f"invalid port {port}", hint="choose a port between 1 and 65535, e.g. 8501")
+        raise BadOption(f"invalid port {port}", hint="choose a port between 1 and 65535, e.g. 8501")
     root = root.resolve()
     app_path = find_app()
     args = streamlit_args(app_path, root, host, port)

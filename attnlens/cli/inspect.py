@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from . import app
-from ._output import console, emit_json, human_bytes
+from ._output import FORMAT, JSON, human_bytes, report, resolve_format
 
 
 def run_summary(path: Path) -> dict[str, Any]:
@@ -23,20 +23,23 @@ Examples:
 
   attnlens info runs/a-red-crown/syngen-seed1
 
-  attnlens info runs/a-red-crown/syngen-seed1 --json | jq .layers
+  attnlens info runs/a-red-crown/syngen-seed1 --format json | jq .layers
 """
 
 
 @app.command(epilog=INFO_EXAMPLES)
 def info(
     run: Path = typer.Argument(..., help="A run folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
 ) -> None:
     """Show a run: prompt, tokens, method, status, layers with resolution and shapes, phases, size on disk."""
+    fmt = resolve_format(fmt, as_json)
     s = run_summary(run)
-    if as_json:
-        emit_json(s)
-        return
+    report(fmt, s, lambda: _info_text(s))
+
+
+def _info_text(s: dict[str, Any]) -> str:
     status = s["status"] if s["status"] == "complete" else f"{s['status'].upper()} (incomplete: not used as a result)"
     lines = [
         f"run        {s['path']}",
@@ -59,27 +62,28 @@ def info(
     lines.append(f"size       {human_bytes(s['size_bytes'])}")
     if s["error"]:
         lines.append(f"error      {s['error']}")
-    console.print("\n".join(lines), markup=False)
+    return "\n".join(lines)
 
 
 @app.command(name="ls")
 def ls(
     root: Path = typer.Argument(Path("runs"), help="Folder holding runs."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
 ) -> None:
     """List the runs under ROOT, one line each (status, method, seed, prompt, path)."""
     from ..store import find_runs, listing
 
+    fmt = resolve_format(fmt, as_json)
     rows = [listing(path) for path in find_runs(root)]
-    if as_json:
-        emit_json(rows)
-        return
-    if not rows:
-        console.print(f"no runs under {root} (record one: attnlens record \"a red crown\" --out {root})", markup=False)
-        return
-    for r in rows:
-        console.print(f"{r['status']:<9} {str(r['method']):<15} seed={str(r['seed']):<5} {str(r['prompt'])[:50]:<50}  {r['path']}",
-                      markup=False)
+
+    def text() -> str:
+        if not rows:
+            return f"no runs under {root} (record one: attnlens record \"a red crown\" --out {root})"
+        return "\n".join(f"{r['status']:<9} {str(r['method']):<15} seed={str(r['seed']):<5} "
+                         f"{str(r['prompt'])[:50]:<50}  {r['path']}" for r in rows)
+
+    report(fmt, rows, text)
 
 
 @app.command(name="parse")
@@ -88,7 +92,8 @@ def parse_cmd(
     spacy_model: Optional[str] = typer.Option(None, "--spacy-model", help="spaCy pipeline (default: first installed)."),
     include_entities: bool = typer.Option(False, "--include-entities", help="Add entity-only sets (rule D)."),
     bind: list[str] = typer.Option([], "--bind", help='Manual binding "MOD[,MOD]>NOUN" (repeatable).'),
-    as_json: bool = typer.Option(False, "--json", help="Print the parse as JSON."),
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
 ) -> None:
     """Print the dependency tree, SynGen's (modifiers, noun) sets and their token positions with word pieces.
 
@@ -99,11 +104,9 @@ def parse_cmd(
     from ..tokenizer import clip_tokenizer
     from ._output import warn
 
+    fmt = resolve_format(fmt, as_json)
     info = check_prompt(prompt, clip_tokenizer())
     for w in info.warnings:
         warn(w)
     p = parse_prompt(prompt, spacy_model=spacy_model, include_entities=include_entities, bind=list(bind) or None)
-    if as_json:
-        emit_json(p.to_dict())
-    else:
-        console.print(format_parse(p), markup=False)
+    report(fmt, p.to_dict(), lambda: format_parse(p))

@@ -9,10 +9,10 @@ from typing import Optional
 
 import typer
 
-from ..errors import AttnlensError
+from ..errors import BadOption
 from ..models import DEFAULT_MODEL
 from . import app
-from ._output import console, err_console, warn
+from ._output import FORMAT, JSON, err_console, report, resolve_format, warn
 
 EXAMPLES = """
 Examples:
@@ -25,11 +25,12 @@ Examples:
 
   attnlens record "a red apple" --method syngen -O step_size=10 -O distance=jsd --bind "red>apple"
 
-  attnlens record "a cat" --layers "up_blocks.*" --record-steps 0:25 --heads all
+  attnlens record "a cat" --n-steps 30 --layers "up_blocks.*" --steps 0:25 --heads all
 
   attnlens record "a red crown" --model CompVis/stable-diffusion-v1-4      # on a GPU
 
-Each run is written to OUT/<prompt-slug>/<method>-seed<N>; `attnlens ls OUT` lists them.
+Each run is written to OUT/<prompt-slug>/<method>-seed<N>; `attnlens ls OUT` lists them. --n-steps is how many
+denoising steps to run; --steps (as in analyze, compare and figure) selects which of them are recorded.
 """
 
 
@@ -41,7 +42,7 @@ def slugify(text: str, limit: int = 60) -> str:
 def parse_option(text: str) -> tuple[str, object]:
     """``key=value`` with the value read as JSON when possible (numbers, true/false, lists), else as a string."""
     if "=" not in text:
-        raise AttnlensError(f"method option '{text}' is not KEY=VALUE", hint="e.g. -O step_size=10")
+        raise BadOption(f"method option '{text}' is not KEY=VALUE", hint="e.g. -O step_size=10")
     key, _, raw = text.partition("=")
     try:
         value = json.loads(raw)
@@ -54,17 +55,17 @@ def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
     out = list(prompts)
     if prompts_file is not None:
         if not prompts_file.is_file():
-            raise AttnlensError(f"prompts file '{prompts_file}' not found")
+            raise BadOption(f"prompts file '{prompts_file}' not found", hint="pass a text file with one prompt per line")
         out += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
     if not out:
-        raise AttnlensError("no prompt given", hint='attnlens record "a red crown" or --prompts-file FILE')
+        raise BadOption("no prompt given", hint='attnlens record "a red crown" or --prompts-file FILE')
     return out
 
 
 @app.command(epilog=EXAMPLES)
 def record(
     prompt: list[str] = typer.Argument(None, help="Prompt(s) to record. Quote each prompt."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+    model: str = typer.Option(DEFAULT_MODEL, "--model",
                               help="Embedded model (attnlens-shapes: trained on coloured shapes; attnlens-tiny: "
                                    "random weights), hub id (CompVis/stable-diffusion-v1-4) or local diffusers folder."),
     method: str = typer.Option("none", "--method",
@@ -72,7 +73,7 @@ def record(
     method_option: list[str] = typer.Option([], "--method-option", "-O", help="Method hyperparameter KEY=VALUE (repeatable)."),
     seed: list[int] = typer.Option([], "--seed", "-s", help="Seed (repeatable); default 0."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="Text file with one prompt per line."),
-    steps: int = typer.Option(50, "--steps", help="Number of denoising steps."),
+    n_steps: int = typer.Option(50, "--n-steps", help="Number of denoising steps."),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="Classifier-free guidance scale."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height (default: the model's native size)."),
     width: Optional[int] = typer.Option(None, "--width", help="Image width (default: the model's native size)."),
@@ -84,11 +85,15 @@ def record(
     heads: str = typer.Option("mean", "--heads", help="mean | all"),
     tokens: str = typer.Option("prompt", "--tokens", help="prompt (<sot>..<eot>) | all (77 positions)"),
     layers: list[str] = typer.Option([], "--layers", help="Layer name, glob or resolution (e.g. 16); repeatable."),
-    record_steps: Optional[str] = typer.Option(None, "--record-steps", help="Steps to record: 0:25, ::5, 0,10,20."),
+    steps: Optional[str] = typer.Option(None, "--steps", "--record-steps",
+                                        help="Steps to record: 0:25, ::5, 0,10,20 (default: all; --record-steps is "
+                                             "an alias). The number of steps is --n-steps."),
     dtype: str = typer.Option("fp16", "--dtype", help="Storage precision of the maps: fp16 | fp32."),
     uncond: bool = typer.Option(False, "--uncond", help="Also record the unconditional CFG half."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
     model_dtype: Optional[str] = typer.Option(None, "--model-dtype", help="fp16 | fp32 (default: fp16 on cuda, fp32 on cpu)."),
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
 ) -> None:
     """Record every cross-attention map of every step and layer, one run per (prompt, seed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -98,15 +103,20 @@ def record(
     from ..selection import parse_steps
     from ..sampler import sample
     from ..tokens import check_prompt
+    from . import quiet_model_loading
 
+    fmt = resolve_format(fmt, as_json)
     prompts = read_prompts(prompt or [], prompts_file)
     seeds = list(seed) or [0]
     options = dict(parse_option(o) for o in method_option)
     layer_spec = [int(x) if x.isdigit() else x for x in layers] or None
-    config = RecordingConfig(heads=heads, tokens=tokens, layers=layer_spec, steps=parse_steps(record_steps),
+    config = RecordingConfig(heads=heads, tokens=tokens, layers=layer_spec, steps=parse_steps(steps),
                              dtype=dtype, uncond=uncond)
-    if steps < 1:
-        raise AttnlensError(f"--steps must be at least 1, got {steps}")
+    if n_steps < 1:
+        raise BadOption(f"--n-steps must be at least 1, got {n_steps}", hint="e.g. --n-steps 50")
+    if steps is not None and steps.strip().isdigit():
+        warn(f"--steps {steps.strip()} records only step {steps.strip()} of {n_steps}; "
+             f"for {steps.strip()} denoising steps use --n-steps {steps.strip()}")
     from ..methods import get_method
 
     get_method(method, **options)  # validate before loading a model
@@ -121,7 +131,7 @@ def record(
         if is_run(path) and not overwrite and read_manifest(path).get("status") == "complete":
             prepare_run_dir(path, overwrite=False)
 
-    with err_console.status(f"loading {model} ..."):
+    with err_console.status(f"loading {model} ..."), quiet_model_loading():
         pipe = load_pipeline(model, device=device, dtype=model_dtype)
     for p in prompts:
         for w in check_prompt(p, pipe.tokenizer).warnings:
@@ -138,11 +148,12 @@ def record(
                 progress.update(task, completed=i, total=n)
 
             run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
-                         num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width,
+                         num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height, width=width,
                          spacy_model=spacy_model, bind=list(bind) or None, include_entities=include_entities,
                          recording=config, overwrite=overwrite, progress=tick,
                          manifest={"model_id": model})
             done.append(run)
-    for run in done:
-        console.print(str(run.path), markup=False)
+    report(fmt, [{"path": str(run.path), "prompt": p, "seed": s, "method": method, "model": model}
+                 for run, (p, s, _) in zip(done, targets)],
+           lambda: "\n".join(str(run.path) for run in done))
     err_console.print(f"recorded {len(done)} run(s) under {out}; next: attnlens ls {out}", markup=False)

@@ -32,7 +32,6 @@ Validation: ``python -m attnlens.testbed.evaluate --validate --n 1000`` (see :fu
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -561,90 +560,16 @@ def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def main(argv: Sequence[str] | None = None) -> None:
-    """Validate the evaluator on rendered images, or score image files against a prompt.
+    """Validate the evaluator on rendered images, or score image files against a prompt: the same as
+    ``attnlens testbed evaluate`` (``--help`` lists the options).
 
     ``python -m attnlens.testbed.evaluate --validate --n 1000 [--seed 0] [--blur S --noise S] [--vae DIR]``
     ``python -m attnlens.testbed.evaluate --model PIPELINE_DIR --split test --n 64``
     ``python -m attnlens.testbed.evaluate IMAGE.png [...] --prompt "a red circle and a blue square"``
     """
-    import argparse
+    from ..cli.testbed import run_module
 
-    ap = argparse.ArgumentParser(description="shapes-testbed evaluator")
-    ap.add_argument("images", nargs="*", help="image files to score against --prompt")
-    ap.add_argument("--prompt", help="a testbed caption")
-    ap.add_argument("--validate", action="store_true", help="measure agreement with the renderer's ground truth")
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split", default="any", choices=["train", "test", "any"])
-    ap.add_argument("--blur", type=float, default=0.0, help="validate on images blurred with this sigma (pixels)")
-    ap.add_argument("--noise", type=float, default=0.0, help="... and with Gaussian noise of this sigma (0-255)")
-    ap.add_argument("--vae", help="validate on reconstructions by this AutoencoderKL (folder with config.json, "
-                    "or a pipeline folder)")
-    ap.add_argument("--model", help="generate with this pipeline folder and score: binding benchmark on --split")
-    ap.add_argument("--steps", type=int, default=25, help="sampling steps for --model")
-    ap.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance for --model")
-    ap.add_argument("--save", help="with --model: save the generated images as one PNG grid here")
-    ap.add_argument("--json", action="store_true", help="print JSON")
-    args = ap.parse_args(argv)
-    if args.model:
-        import torch
-        from diffusers import StableDiffusionPipeline
-
-        torch.set_num_threads(2)
-        pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32, safety_checker=None)
-        pipe.set_progress_bar_config(disable=True)
-        results, images = evaluate_pipeline(pipe, args.n, args.split, args.seed, args.steps, args.guidance,
-                                            progress=True)
-        agg = aggregate(results)
-        if args.save:
-            from PIL import Image
-
-            Image.fromarray(image_grid(images)).save(args.save)
-        print(json.dumps({"model": args.model, "split": args.split, "steps": args.steps, "guidance": args.guidance,
-                          **agg}, indent=2))
-        return
-    if args.validate:
-        image_fn = None
-        if args.vae:
-            from pathlib import Path
-
-            import torch
-            from diffusers import AutoencoderKL
-
-            path = Path(args.vae)
-            vae = AutoencoderKL.from_pretrained(path / "vae" if (path / "vae").is_dir() else path,
-                                                torch_dtype=torch.float32).eval()
-            image_fn = vae_roundtrip(vae)
-        rep = validate(args.n, args.seed, args.split, progress=True, blur=args.blur, noise=args.noise,
-                       image_fn=image_fn)
-        if args.json:
-            print(json.dumps({**rep.summary(), "failures": rep.failures}, indent=2, default=str))
-            return
-        print(f"images: {rep.n_images}  (seed {args.seed}, split {args.split}, blur {args.blur}, noise {args.noise})")
-        print(f"detection agreement (image level): {rep.detection_agreement:.2%}")
-        print(f"object agreement:                  {rep.object_agreement:.2%}  ({rep.objects} objects)")
-        print(f"scoring agreement (known answers): {rep.scoring_agreement:.2%}")
-        for k, (a, t) in rep.cases.items():
-            print(f"  {k:16s} {a}/{t}  {a / max(t, 1):.2%}")
-        for f in rep.failures[:10]:
-            print("  failure:", f)
-        return
-    if not args.images or not args.prompt:
-        ap.error("give --validate, or image files and --prompt")
-    from PIL import Image
-
-    results = []
-    for path in args.images:
-        res = score(np.asarray(Image.open(path).convert("RGB")), args.prompt)
-        results.append(res)
-        if args.json:
-            print(json.dumps({"file": path, **res.to_dict()}, default=str))
-        else:
-            objs = ", ".join(f"{o.expected.colour} {o.expected.shape}: {o.status}" for o in res.objects)
-            print(f"{path}: success={res.success} misbinding={res.misbinding} leakage={res.leakage} "
-                  f"neglect={res.neglect} extra={len(res.extra)} | {objs}")
-    if len(results) > 1 and not args.json:
-        print(json.dumps(aggregate(results), indent=2))
+    run_module("evaluate", None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -377,17 +377,10 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, split: str = "train") 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m attnlens.testbed.render --out DIR [--n 16] [--seed 0] [--split train]``: write a sample dataset."""
-    import argparse
+    """``python -m attnlens.testbed.render --out DIR [--n 16] [--seed 0] [--split train]``: write a sample dataset (the same as ``attnlens testbed render``)."""
+    from ..cli.testbed import run_module
 
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split", default="train", choices=SPLITS)
-    args = ap.parse_args(argv)
-    path = write_dataset(args.out, args.n, args.seed, args.split)
-    print(f"wrote {args.n} images and scenes.jsonl to {path}")
+    run_module("render", None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "shapes"
@@ -62,15 +61,10 @@ def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None =
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
+    """``python -m attnlens.testbed.ship PIPELINE [--dest DIR]``, the same as ``attnlens testbed ship``."""
+    from ..cli.testbed import run_module
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("pipeline", help="exported pipeline folder (OUT/pipeline of attnlens.testbed.train)")
-    ap.add_argument("--dest", default=str(ASSET_DIR), help="destination (default: the package's assets/shapes)")
-    args = ap.parse_args(argv)
-    m = ship(args.pipeline, args.dest)
-    total = sum(v["bytes"] for v in m["files"].values()) / 1e6
-    print(f"shipped {args.pipeline} -> {args.dest}: {total:.1f} MB, version {m['version']}", file=sys.stderr)
+    run_module("ship", None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

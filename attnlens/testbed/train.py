@@ -4,7 +4,7 @@ One command, two phases, checkpoints and resume::
 
     python -m attnlens.testbed.train --out runs/testbed                # default sizes
     python -m attnlens.testbed.train --out runs/testbed --resume       # continue from the latest checkpoint
-    python -m attnlens.testbed.train --out /tmp/t --preset tiny --vae-steps 4 --steps 6   # smoke test, seconds
+    python -m attnlens.testbed.train --out /tmp/t --preset tiny --vae-steps 4 --unet-steps 6   # smoke test, seconds
 
 1. **VAE** — ``AutoencoderKL`` 64×64×3 → 16×16×4 trained on rendered training images with L1 reconstruction +
    ``kl_weight``·KL; at the end the latent scale is measured and stored as ``scaling_factor`` (SD: 0.18215).
@@ -596,52 +596,10 @@ def benchmark(cfg: TrainConfig, steps: int = 6, warmup: int = 2) -> dict[str, di
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``python -m attnlens.testbed.train --out DIR [--steps N] [--vae-steps N] [--resume] ...``."""
-    import argparse
+    """CLI: ``python -m attnlens.testbed.train --out DIR [--unet-steps N] [--vae-steps N] [--resume] ...``, the same as ``attnlens testbed train``."""
+    from ..cli.testbed import run_module
 
-    ap = argparse.ArgumentParser(description="Train the shapes-testbed SD model (VAE, then UNet + text encoder).")
-    ap.add_argument("--out", help="run folder (checkpoints, log.jsonl, samples/, pipeline/)")
-    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    ap.add_argument("--steps", type=int, help="UNet steps (total, not additional)")
-    ap.add_argument("--vae-steps", type=int)
-    ap.add_argument("--batch", type=int, help="UNet batch size")
-    ap.add_argument("--vae-batch", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--checkpoint-every", type=int)
-    ap.add_argument("--sample-every", type=int, help="sample grid + scores every N UNet steps (0: never)")
-    ap.add_argument("--threads", type=int, help="torch threads (default 2)")
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--no-export", action="store_true", help="do not write OUT/pipeline at the end")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.add_argument("--benchmark", action="store_true", help="time a few steps of each phase, write nothing")
-    args = ap.parse_args(argv)
-
-    if not args.out and not args.benchmark:
-        ap.error("--out is required")
-    cfg = TrainConfig(**PRESETS[args.preset])
-    overrides = {"steps": args.steps, "vae_steps": args.vae_steps, "batch": args.batch, "vae_batch": args.vae_batch,
-                 "lr": args.lr, "checkpoint_every": args.checkpoint_every, "sample_every": args.sample_every,
-                 "threads": args.threads, "seed": args.seed}
-    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if args.benchmark:
-        res = benchmark(cfg)
-        for phase, r in res.items():
-            print(f"{phase}: {r['wall_s_per_step']:.2f} s/step wall, {r['cpu_s_per_step']:.2f} s/step CPU "
-                  f"(batch {r['batch']}, {r['threads']} threads)")
-        return
-    out = Path(args.out)
-    if args.resume and (out / "config.json").exists():
-        stored = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-        cfg = replace(stored, **{k: v for k, v in overrides.items() if v is not None})
-    try:
-        result = train(out, cfg, resume=args.resume, export=not args.no_export, progress=not args.quiet)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    if not args.no_export:
-        print(f"pipeline: {result}  ({pipeline_size_mb(result):.1f} MB of fp16 safetensors)")
-    else:
-        print(f"checkpoints in {result / 'checkpoints'}")
+    run_module("train", None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

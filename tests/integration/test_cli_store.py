@@ -56,7 +56,7 @@ def run_cli(tiny_pipe, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def recorded_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    code, out, err = cli("record", PROMPT, "--seed", "1", "--seed", "2", "--steps", "3", "--model", "attnlens-tiny",
+    code, out, err = cli("record", PROMPT, "--seed", "1", "--seed", "2", "--n-steps", "3", "--model", "attnlens-tiny",
                           "--out", str(root))
     assert code == 0, err
     return root
@@ -112,7 +112,7 @@ def test_store_opens_with_plain_zarr_and_xarray_without_attnlens(recorded_root):
 def test_complete_run_refused_without_overwrite(recorded_root, run_cli):
     target = recorded_root / "a-red-crown-and-a-golden-strawberry" / "none-seed1"
     before = digest(target)
-    code, _, err = run_cli("record", PROMPT, "--seed", "1", "--steps", "2", "--out", str(recorded_root))
+    code, _, err = run_cli("record", PROMPT, "--seed", "1", "--n-steps", "2", "--out", str(recorded_root))
     assert code == 2 and "already holds a complete run" in err and "--overwrite" in err
     assert "Traceback" not in err and digest(target) == before
 
@@ -126,14 +126,14 @@ def test_overwrite_replaces(tmp_path, run_cli):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["record", "", "--steps", "2"], "empty prompt"),
+        (["record", "", "--n-steps", "2"], "empty prompt"),
         (["record", "a cat", "--model", "/no/such/model"], "not found"),
         (["record", "a cat", "--model", "CompVis/stable-diffusion-v1-4"], "not available"),
         (["record", "a cat", "--heads", "some"], "unknown heads option"),
         (["record", "a cat", "--tokens", "few"], "unknown tokens option"),
         (["record", "a cat", "--method", "synjen"], "did you mean syngen"),
-        (["record", "a cat", "--record-steps", "a:b"], "cannot read step selection"),
-        (["record", "a cat", "--steps", "0"], "at least 1"),
+        (["record", "a cat", "--steps", "a:b"], "cannot read step selection"),
+        (["record", "a cat", "--n-steps", "0"], "at least 1"),
         (["record", "a cat", "--bogus"], "No such option"),
         (["info", "/no/such/run"], "not an attnlens run"),
         (["ls", "/no/such/root"], "does not exist"),
@@ -148,7 +148,7 @@ def test_bad_input_one_line_error(args, message, tmp_path, run_cli):
 
 def test_long_prompt_truncated_with_warning_naming_dropped_words(tmp_path, run_cli):
     prompt = " ".join(["a red cat"] * 25) + " beside an elephant"
-    code, _, err = run_cli("record", prompt, "--steps", "1", "--out", str(tmp_path))
+    code, _, err = run_cli("record", prompt, "--n-steps", "1", "--out", str(tmp_path))
     assert code == 0, err
     assert "dropped" in err and "beside an elephant" in err
     m = attnlens.open_run(next(attnlens.find_runs(tmp_path))).manifest
@@ -159,9 +159,9 @@ def test_long_prompt_truncated_with_warning_naming_dropped_words(tmp_path, run_c
 def test_output_path_is_a_file_or_unwritable(tmp_path, run_cli):
     f = tmp_path / "file"
     f.write_text("x")
-    code, _, err = run_cli("record", "a cat", "--steps", "1", "--out", str(f))
+    code, _, err = run_cli("record", "a cat", "--n-steps", "1", "--out", str(f))
     assert code == 2 and "Traceback" not in err
-    code, _, err = run_cli("record", "a cat", "--steps", "1", "--out", "/sys/attnlens-readonly")
+    code, _, err = run_cli("record", "a cat", "--n-steps", "1", "--out", "/sys/attnlens-readonly")
     assert code == 2 and "cannot write" in err and "Traceback" not in err
 
 
@@ -179,7 +179,7 @@ def test_disk_full_marks_run_failed_and_keeps_other_runs(tiny_pipe, tmp_path, mo
         return original(self, *args)
 
     monkeypatch.setattr(attnlens.store.RunWriter, "write_map", failing)
-    code, _, err = run_cli("record", "a dog", "--steps", "3", "--out", str(tmp_path))
+    code, _, err = run_cli("record", "a dog", "--n-steps", "3", "--out", str(tmp_path))
     assert code == 2 and "No space left on device" in err and "Traceback" not in err
     failed = attnlens.open_run(tmp_path / "a-dog" / "none-seed0")
     assert failed.status == "failed" and "No space" in failed.manifest["error"]
@@ -189,7 +189,7 @@ def test_disk_full_marks_run_failed_and_keeps_other_runs(tiny_pipe, tmp_path, mo
 def test_sigkill_leaves_incomplete_run(tmp_path, run_cli):
     """A run killed at any moment is never read as complete."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "attnlens", "record", PROMPT, "--steps", "400", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "attnlens", "record", PROMPT, "--n-steps", "400", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     manifest = None
@@ -210,12 +210,12 @@ def test_sigkill_leaves_incomplete_run(tmp_path, run_cli):
     code, stdout, _ = run_cli("ls", str(out))
     assert stdout.startswith("running")
     # a new record into the same place replaces the incomplete run without --overwrite
-    code, _, err = run_cli("record", PROMPT, "--steps", "1", "--out", str(out))
+    code, _, err = run_cli("record", PROMPT, "--n-steps", "1", "--out", str(out))
     assert code == 0, err
 
 
 def test_help_teaches(run_cli):
     code, out, _ = run_cli("record", "--help")
-    assert code == 0 and "Examples" in out and "--method" in out and "--record-steps" in out
+    assert code == 0 and "Examples" in out and "--method" in out and "--n-steps" in out and "--steps" in out
     code, out, _ = run_cli("--help")
     assert code == 0 and "record" in out and "info" in out and "ls" in out

@@ -38,9 +38,9 @@ def root(tmp_path_factory, tiny_pipe):
     attnlens.sample(pipe, PROMPT, method="syngen", seed=4, out=root / "library-sample", num_inference_steps=2)
     # 3. the record command
     _cli("record", PROMPT, "--model", "attnlens-tiny", "--method", "attend-excite", "--seed", "5",
-         "--steps", "2", "--out", str(root / "cli-record"))
+         "--n-steps", "2", "--out", str(root / "cli-record"))
     # 4. the bench command (shapes model, one held-out prompt, unguided)
-    _cli("bench", "binding", "--prompts", "1", "--seeds", "6", "--method", "none", "--sweep", "", "--steps", "2",
+    _cli("bench", "binding", "--prompts", "1", "--seeds", "6", "--method", "none", "--sweep", "", "--n-steps", "2",
          "--no-analyse", "--out", str(root / "cli-bench"))
     return root
 

@@ -105,7 +105,7 @@ def test_multi_seed_multi_prompt_cli(tiny_pipe, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(attnlens.models, "load_pipeline", lambda *a, **k: tiny_pipe)
     code = main(["record", "a red cat and a blue dog", "a green apple", "--method", "syngen", "--seed", "1", "--seed", "2",
-                 "--steps", "3", "--out", str(tmp_path)])
+                 "--n-steps", "3", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     runs = [attnlens.open_run(p) for p in attnlens.find_runs(tmp_path)]
     assert sorted((r.manifest["prompt"], r.manifest["seed"]) for r in runs) == [

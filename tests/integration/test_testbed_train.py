@@ -87,10 +87,10 @@ def test_optimizer_state_round_trip():
 
 def test_cli_runs_and_resumes(tmp_path, capsys):
     out = str(tmp_path / "cli")
-    args = ["--out", out, "--preset", "tiny", "--vae-steps", "2", "--steps", "2", "--threads", "1", "--quiet",
+    args = ["--out", out, "--preset", "tiny", "--vae-steps", "2", "--unet-steps", "2", "--threads", "1", "--quiet",
             "--no-export"]
     T.main(args)
     with pytest.raises(SystemExit):
         T.main(args)  # checkpoints exist and no --resume
-    T.main([*args, "--resume", "--steps", "3"])
+    T.main([*args, "--resume", "--unet-steps", "3"])
     assert T.list_checkpoints(tmp_path / "cli")[-1].name == "unet-0000003"

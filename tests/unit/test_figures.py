@@ -165,3 +165,57 @@ def test_maps_figure(tmp_path):
         F.maps_figure(runs, tokens=["banana"])
     with pytest.raises(AttnlensError, match="step"):
         F.maps_figure(runs, steps=[7])
+
+
+# ------------------------------------------------------------------------------------------------------ spec
+def test_curves_with_many_metrics_wrap_into_rows(table, tmp_path):
+    metrics = ["jsd", "jsd", "jsd", "entropy"]
+    roles = ["bound", "unbound", "bound", "noun"]
+    fig = F.curves_figure(table, metrics, role=roles, width="column")
+    assert F.panel_count(fig) == 4
+    rows = {round(ax.get_position().y0, 3) for ax in fig.attnlens_panels}
+    assert len(rows) == 2  # 2 × 2 at column width, not 4 side by side
+    few = F.curves_figure(table, ["jsd", "jsd"], role=["bound", "unbound"], width="column")
+    assert tuple(few.get_size_inches()) == (3.25, 2.4)  # up to three metrics: one row, as before
+
+
+def test_figure_spec_normalises_and_validates():
+    s = F.FigureSpec("maps", ["runs/a", Path("runs/b")], tokens="red,apple", steps=(0, 10, 20))
+    assert s.sources == ("runs/a", "runs/b") and s.tokens == ("red", "apple") and s.steps == "0,10,20"
+    assert s.figure_width == "page" and F.FigureSpec("curves", ("r",)).figure_width == "column"
+    assert s == F.FigureSpec("maps", ("runs/a", "runs/b"), tokens=("red", "apple"), steps="0,10,20")
+    for bad, message in ((F.FigureSpec("heat", ("r",)), "unknown figure kind"),
+                         (F.FigureSpec("layers", ("r",)), "exactly one --metric"),
+                         (F.FigureSpec("maps", ("m.parquet",)), "needs run folders"),
+                         (F.FigureSpec("layers", ("r",), metrics=("jsd",), baseline="none"), "applies to curves"),
+                         (F.FigureSpec("curves", ("r",), width="wide"), "unknown width"),
+                         (F.FigureSpec("curves", ()), "no source")):
+        with pytest.raises(AttnlensError, match=message):
+            bad.check()
+
+
+def test_figure_spec_cli_args_name_only_what_differs_from_the_defaults():
+    s = F.FigureSpec("curves", ("runs/",), metrics=("jsd", "otsu_iou"), role="bound", steps="0:25",
+                     baseline="none", partial=True)
+    assert s.cli_args("c.pdf") == ["curves", "runs/", "--out", "c.pdf", "--metric", "jsd", "--metric", "otsu_iou",
+                                   "--role", "bound", "--steps", "0:25", "--baseline", "none", "--partial"]
+    assert F.FigureSpec("losses", ("r",)).cli_args("l.png") == ["losses", "r", "--out", "l.png"]
+
+
+def test_draw_from_a_table_equals_the_figure_function(table, tmp_path):
+    path = tmp_path / "m.parquet"
+    table.to_parquet(path)
+    spec = F.FigureSpec("curves", (str(path),), metrics=("jsd",), role="bound", steps="0:5")
+    a, _ = F.render(spec, tmp_path / "a.png")
+    sel = table[table.step.between(0, 4)]
+    F.save_figure(F.curves_figure(sel, ["jsd"], role="bound"), tmp_path / "b.png")
+    assert a.read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_headline_metrics_by_role():
+    from attnlens.analysis import HEADLINE
+
+    assert F.headline_metrics() == ([m for m, _ in HEADLINE], [r for _, r in HEADLINE])
+    assert F.headline_metrics("modifier") == (["leak_in", "leak_out"], ["modifier", "modifier"])
+    with pytest.raises(AttnlensError, match="no headline metric has role"):
+        F.headline_metrics("nosuch")

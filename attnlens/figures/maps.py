@@ -1,0 +1,126 @@
+"""``maps``: attention maps over the final image, rows = runs × words, columns = steps."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..errors import BadOption, EmptySelection
+from .style import OVERLAY_CMAP, _new_figure, _panel, _styled, figure_width
+
+
+def _grey_image(run, sample: int, size: int) -> np.ndarray:
+    img = run.image(sample)
+    if img is None:
+        return np.full((size, size), 0.5)
+    from PIL import Image
+
+    try:
+        g = img.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(g, dtype=np.float64) / 255.0
+    finally:
+        img.close()
+
+
+def _upsample(m: np.ndarray, size: int) -> np.ndarray:
+    import torch
+
+    from ..maps import resample
+
+    return resample(torch.from_numpy(m), size, mode="bilinear").numpy()
+
+
+@_styled
+def maps_figure(runs: Sequence[Any], tokens: Sequence[str] | None = None, steps: Sequence[int] | None = None, *,
+                layer: str = "all", phase: str | Sequence[str] = "sample", sample: int = 0,
+                width: str | float = "page", labels: Sequence[str] | None = None, cell_pixels: int = 128,
+                alpha: float = 0.85) -> Figure:
+    """Attention maps over the final image: rows = runs × ``tokens``, columns = ``steps``.
+
+    Each cell shows the run's final image in grey with the word's spatial distribution p over it (``layer``:
+    a layer name or an aggregate, default ``all``; bilinearly upsampled to the image; colour = ``inferno`` of
+    p·h·w, i.e. 1 = uniform attention, on one [min, max] scale shared by the whole figure, opacity growing
+    with the value).
+    ``tokens`` default to the first two analysed words of each run's parse; ``steps`` to five recorded steps
+    spread over the run. ``phase`` may be a list with one phase per run: the same run twice with
+    ``["guidance", "sample"]`` shows its maps before and after each step's guidance update. ``labels``: one row
+    label per run (default: variant and seed).
+    """
+    import torch
+
+    from ..analysis import layer_maps, run_parse, select_tokens, unit_maps, variant_label
+    from ..store import Run, open_run
+
+    runs = [r if isinstance(r, Run) else open_run(r) for r in runs]
+    if not runs:
+        raise BadOption("no run given", hint="attnlens figure maps RUN [RUN ...]")
+    phases = [phase] * len(runs) if isinstance(phase, str) else list(phase)
+    if len(phases) != len(runs):
+        raise BadOption(f"{len(phases)} phases for {len(runs)} runs", hint="give one phase per run")
+    recorded = runs[0].recorded_steps(phase=phases[0])
+    if not recorded:
+        raise EmptySelection(f"{runs[0].path} has no '{phases[0]}' maps")
+    if steps is None:
+        idx = np.unique(np.linspace(0, len(recorded) - 1, min(5, len(recorded))).round().astype(int))
+        steps = [recorded[i] for i in idx]
+    steps = list(steps)
+    rows_spec = []  # (run, row label, unit map stack (S, h, w))
+    for i, (run, phase) in enumerate(zip(runs, phases)):
+        have = set(run.recorded_steps(phase=phase))
+        missing = [s for s in steps if s not in have]
+        if missing:
+            raise EmptySelection(f"step {missing[0]} has no '{phase}' maps in {run.path}",
+                                hint=f"recorded steps: {min(have)}..{max(have)}" if have else None)
+        sel = select_tokens(run_parse(run, sample))
+        words = list(tokens) if tokens else [u.label for u in sel.units[:2]]
+        if not words:
+            raise BadOption(f"no word to show for {run.path}", hint="pass --token WORD")
+        x = layer_maps(run, layer, steps, phase=phase, sample=sample)  # (S, K, h, w)
+        u = unit_maps(x, sel)
+        name = labels[i] if labels else f"{variant_label(run.manifest)} · seed {run.manifest.get('seed')}"
+        for w in words:
+            j = sel.unit(w)
+            m = u[:, j]
+            p = (m / m.sum(dim=(-2, -1), keepdim=True)) * (m.shape[-2] * m.shape[-1])
+            rows_spec.append((run, f"{name}\n{sel.units[j].label}", p.numpy()))
+    finite = np.concatenate([r[2][np.isfinite(r[2])] for r in rows_spec])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax <= vmin:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    cmap = matplotlib.colormaps[OVERLAY_CMAP]
+    n_rows, n_cols = len(rows_spec), len(steps)
+    w = figure_width(width)
+    cell = (w - 1.9) / n_cols
+    fig = _new_figure(w, 0.45 + cell * n_rows)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    timesteps = runs[0].timesteps() if runs[0].layers else None
+    for r, (run, label, stack) in enumerate(rows_spec):
+        base = _grey_image(run, sample, cell_pixels)
+        for c, s in enumerate(steps):
+            ax = axes[r][c]
+            m = (_upsample(stack[c], cell_pixels) - vmin) / (vmax - vmin)
+            m = np.clip(np.nan_to_num(m, nan=0.0), 0.0, 1.0)
+            heat = cmap(m)[..., :3]
+            a = (alpha * m)[..., None]
+            rgb = (1 - a) * (0.25 + 0.5 * base[..., None]) + a * heat
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ("top", "right", "bottom", "left"):
+                ax.spines[side].set_visible(False)
+            if r == 0:
+                t = f"step {s}"
+                if timesteps is not None and s < len(timesteps) and np.isfinite(timesteps[s]):
+                    t += f"\nt={int(timesteps[s])}"
+                ax.set_title(t)
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", labelpad=4)
+            _panel(fig, ax)
+    sm = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(vmin, vmax), cmap=cmap)
+    cb = fig.colorbar(sm, ax=axes.ravel().tolist(), shrink=0.8, aspect=25, pad=0.01)
+    cb.set_label("attention × h·w (1 = uniform)")
+    cb.outline.set_linewidth(0.4)
+    return fig
