@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import AttnlensError
+from .report import fmt
 
 UNIT = ("prompt", "seed")
 
@@ -225,19 +226,6 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
 
 
 # ------------------------------------------------------------------------------------------------------ rendering
-def fmt(v: float) -> str:
-    """A number with 3 significant digits (``–`` for NaN)."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–" if v is None or math.isnan(v) else ("∞" if v > 0 else "−∞")
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if 1e-3 <= a < 1e4:
-        digits = max(0, 2 - int(math.floor(math.log10(a))))
-        return f"{v:.{digits}f}"
-    return f"{v:.2e}"
-
-
 def _cell(mean: float, low: float, high: float) -> str:
     return f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
 

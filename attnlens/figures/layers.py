@@ -38,7 +38,8 @@ def layers_figure(df, metric: str, *, role: str | None = None, by: str = "method
 
     Rows are the recorded layers in UNet order (down, mid, up) labelled ``down1.0 (32)`` (block.index and
     resolution); aggregates (``res*``, ``all``) are left out."""
-    from ..analysis import AGGREGATE_ALL, _RES_RE
+    from ..analysis.layers import _RES_RE
+    from ..vocab import AGGREGATE_ALL
 
     rows = _filter(df, metric, role, None, phase, tokens, any_layer=True)
     role = rows["role"].iloc[0]

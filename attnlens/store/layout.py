@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnlensError
+from ..vocab import MAP_DIMS, PHASES
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 DATA = "data.zarr"
-PHASES = ("sample", "guidance", "sample_uncond")
-MAP_DIMS = ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"

@@ -1,0 +1,216 @@
+"""Vectorised map metrics: every metric of a batch of records at once (float64 torch), each the formula of its
+:mod:`attnlens.metrics` reference, which the tests compare it with."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .. import metrics as M
+from ..vocab import MAP_METRICS, MODIFIER_METRICS, PAIR_METRICS
+from .tokens import Selection, unit_maps
+
+
+def otsu_thresholds(maps: torch.Tensor | np.ndarray, nbins: int = 256) -> torch.Tensor:
+    """Otsu threshold of every ``(h, w)`` map, vectorised: ``(..., h, w)`` → ``(...)`` float64.
+
+    Reproduces ``skimage.filters.threshold_otsu(map)`` bit for bit on float64 maps (``np.histogram`` with ``nbins``
+    equal bins over [min, max] including its ±1 bin corrections at the edges, bin centres, the between-class
+    variance, first argmax) in one batched torch computation, so that ``map > threshold`` equals the per-map
+    skimage loop of :func:`attnlens.metrics.entity_regions`. A constant map or one with a non-finite value gets
+    ``+inf`` (an empty mask), as in ``attnlens.metrics``.
+    """
+    x = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+    lead = x.shape[:-2]
+    a = x.detach().reshape(-1, x.shape[-2] * x.shape[-1]).to(torch.float64)
+    n = a.shape[0]
+    if n == 0:
+        return torch.empty(lead, dtype=torch.float64)
+    lo, hi = a.aminmax(dim=1)  # a NaN anywhere makes both NaN
+    valid = torch.isfinite(lo) & torch.isfinite(hi) & (hi > lo)
+    lo = torch.where(valid, lo, 0.0)
+    hi = torch.where(valid, hi, 1.0)
+    denom = (hi - lo)[:, None]
+    lo_ = lo[:, None]
+    f = (a - lo_).div_(denom).mul_(nbins)  # np.histogram: ((a - first_edge) / norm_denom) * n_bins
+    if not bool(valid.all()):
+        f = torch.where(valid[:, None], f, 0.0)
+    idx = f.to(torch.int64)
+    # np.histogram then corrects indices within ~1 ULP of an edge against the linspace edges; only such pixels
+    # (fractional part within 1e-6 of a bin edge, a generous margin) can move, so only they are re-checked.
+    frac = f.sub_(idx)
+    near = (frac < 1e-6) | (frac > 1 - 1e-6)
+    idx.clamp_(max=nbins - 1)
+    r, c = near.nonzero(as_tuple=True)
+    if r.numel():
+        step = denom[:, 0] / nbins
+        v, k = a[r, c], idx[r, c]
+        k = k - (v < k.to(torch.float64) * step[r] + lo[r]).to(torch.int64)
+        k1 = k + 1
+        e_hi = torch.where(k1 == nbins, hi[r], k1.to(torch.float64) * step[r] + lo[r])
+        k = k + ((v >= e_hi) & (k != nbins - 1)).to(torch.int64)
+        idx[r, c] = k
+    idx += (torch.arange(n) * nbins)[:, None]
+    counts = torch.bincount(idx.reshape(-1), minlength=n * nbins).reshape(n, nbins).to(torch.float64)
+    edges = torch.arange(nbins + 1, dtype=torch.float64)[None, :] * (denom / nbins) + lo_  # np.linspace
+    edges[:, -1] = hi
+    centers = (edges[:, :-1] + edges[:, 1:]) / 2.0
+    w1 = counts.cumsum(dim=1)
+    w2 = counts.flip(1).cumsum(dim=1).flip(1)
+    cb = counts * centers
+    m1 = cb.cumsum(dim=1) / w1
+    m2 = cb.flip(1).cumsum(dim=1).flip(1) / w2
+    var = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
+    thr = torch.gather(centers, 1, var.argmax(dim=1)[:, None])[:, 0]
+    return torch.where(valid, thr, math.inf).reshape(lead)
+
+
+def otsu_masks(maps: torch.Tensor) -> torch.Tensor:
+    """Otsu regions ``p > otsu(p)`` of the spatial distributions p of ``maps`` (``(..., h, w)`` → bool), exactly
+    ``attnlens.metrics.entity_regions(maps, "otsu")`` for float64 input, vectorised."""
+    p = maps / maps.sum(dim=(-2, -1), keepdim=True)
+    thr = otsu_thresholds(p).to(p.dtype)
+    return p > thr[..., None, None]
+
+
+MetricBlock = tuple[np.ndarray, list[str], list[str]]  # values (S, n), token labels (n,), roles (n,)
+
+
+SYM_KL_EPS = 1e-8  # the default smoothing of attnlens.metrics.symmetric_kl
+
+
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _xlogx(x: torch.Tensor) -> torch.Tensor:
+    """x ln x with 0 ln 0 = 0 (as ``torch.xlogy(x, x)`` for x ≥ 0, NaN propagating), about twice as fast."""
+    return torch.log(x.clamp_min(_TINY)).mul_(x)
+
+
+def map_metrics(maps: torch.Tensor, sel: Selection, metrics: Iterable[str] | None = None) -> dict[str, MetricBlock]:
+    """Every map metric of one layer (or aggregate) for a batch of records, vectorised over records and tokens.
+
+    The values are those of :mod:`attnlens.metrics` (``tests/integration/test_analysis.py`` checks them against
+    the metric functions), computed in float64 with shared intermediate results so that big runs stay fast:
+    each unit's spatial distribution, entropy and Otsu mask are computed once; the pair terms Σ p̃_a ln p̃_b
+    (symmetric KL), Σ P_a P_b (cosine) and |M_a ∩ M_b| (Otsu IoU) for all pairs come from one batched matrix
+    product each; JSD = H(m) − ½H(p) − ½H(q) (the same quantity as ½KL(p‖m) + ½KL(q‖m)); Σ max(p, q) =
+    Σp + Σq − Σ min(p, q); the token-allocation entropy is ln Z − Σ_k a_k ln a_k / Z with Z = Σ_k a_k.
+
+    Args:
+        maps: ``(S, token, h, w)`` raw probabilities (token axis = recorded positions, 0 = ``<sot>``).
+        sel: the tokens and pairs (:func:`select_tokens`).
+        metrics: names of :data:`MAP_METRICS` to compute (default all).
+
+    Returns:
+        ``{metric: (values (S, n), labels (n,), roles (n,))}``.
+    """
+    want = set(MAP_METRICS if metrics is None else metrics)
+    x = maps if maps.dtype == torch.float64 else maps.to(torch.float64)
+    s, k, h, w = x.shape
+    npx = h * w
+    xf = x.reshape(s, k, npx)
+    out: dict[str, MetricBlock] = {}
+    if "token_entropy" in want:
+        a = xf[:, 1: sel.prompt_length + 1]
+        z = a.sum(dim=1)
+        hmap = torch.log(z) - _xlogx(a).sum(dim=1) / z
+        out["token_entropy"] = (_np(torch.nanmean(hmap, dim=-1)).reshape(s, 1), ["*"], ["prompt"])
+    if not sel.units:
+        return out
+    u = unit_maps(x, sel).reshape(s, len(sel.units), npx)
+    labels = [t.label for t in sel.units]
+    roles = [t.role for t in sel.units]
+    mass = u.sum(dim=-1)
+    p = u / mass[..., None]
+    pair_m = set(PAIR_METRICS) & want if sel.pairs else set()
+    mod_m = set(MODIFIER_METRICS) & want if sel.modifiers else set()
+    ent = None
+    if want & {"entropy", "normalized_entropy"} or "jsd" in pair_m:
+        ent = -_xlogx(p).sum(dim=-1)
+        if "entropy" in want:
+            out["entropy"] = (_np(ent), labels, roles)
+        if "normalized_entropy" in want:
+            norm = ent / math.log(npx) if npx > 1 else ent * float("nan")
+            out["normalized_entropy"] = (_np(norm), labels, roles)
+    p2 = p.reshape(s, -1, h, w)
+    if "tv_paper" in want:
+        out["tv_paper"] = (_np(M.tv_paper(p2, spatial=False)), labels, roles)
+    if "tv_released" in want:
+        out["tv_released"] = (_np(M.tv_released(p2, spatial=False)), labels, roles)
+    if "neglect_peak" in want:
+        out["neglect_peak"] = (_np(u.amax(dim=-1)), labels, roles)
+    if "neglect_mass" in want:
+        out["neglect_mass"] = (_np(mass), labels, roles)
+    if "neglect_mean" in want:
+        out["neglect_mean"] = (_np(mass / npx), labels, roles)
+    masks = None
+    if "otsu_iou" in pair_m or mod_m:
+        masks = p > otsu_thresholds(p.reshape(s, -1, h, w))[..., None]
+    if pair_m:
+        ia = torch.tensor([q.a for q in sel.pairs])
+        ib = torch.tensor([q.b for q in sel.pairs])
+        plabels = [q.label for q in sel.pairs]
+        proles = [q.role for q in sel.pairs]
+
+        def pairs_of(gram: torch.Tensor) -> torch.Tensor:
+            return gram[:, ia, ib]
+
+        if "sym_kl" in pair_m:
+            pt = (p + SYM_KL_EPS) / (1.0 + npx * SYM_KL_EPS)
+            c = torch.bmm(pt, torch.log(pt).transpose(1, 2))  # c[a, b] = Σ p̃_a ln p̃_b
+            d = torch.diagonal(c, dim1=1, dim2=2)
+            v = 0.5 * (d[:, ia] - c[:, ia, ib] + d[:, ib] - c[:, ib, ia])
+            out["sym_kl"] = (_np(v), plabels, proles)
+        if "jsd" in pair_m:
+            half = torch.zeros(len(sel.pairs), len(sel.units), dtype=torch.float64)
+            half[torch.arange(len(sel.pairs)), ia] += 0.5
+            half[torch.arange(len(sel.pairs)), ib] += 0.5
+            m = torch.matmul(half, p)  # (S, pairs, n): m = ½(p_a + p_b)
+            hm = -_xlogx(m).sum(dim=-1)
+            out["jsd"] = (_np(hm - 0.5 * (ent[:, ia] + ent[:, ib])), plabels, proles)
+        if "cosine" in pair_m:
+            g = torch.bmm(u, u.transpose(1, 2))
+            d = torch.diagonal(g, dim1=1, dim2=2).sqrt()
+            out["cosine"] = (_np(pairs_of(g) / (d[:, ia] * d[:, ib])), plabels, proles)
+        if pair_m & {"intersection", "soft_iou"}:
+            diff = torch.zeros(len(sel.pairs), len(sel.units), dtype=torch.float64)
+            diff[torch.arange(len(sel.pairs)), ia] += 1.0
+            diff[torch.arange(len(sel.pairs)), ib] -= 1.0
+            sp = p.sum(dim=-1)
+            # Σ min(p, q) = ½ (Σp + Σq − Σ|p − q|), with p − q for all pairs from one matrix product
+            mn = 0.5 * (sp[:, ia] + sp[:, ib] - torch.matmul(diff, p).abs_().sum(dim=-1))
+            if "intersection" in pair_m:
+                out["intersection"] = (_np(mn), plabels, proles)
+            if "soft_iou" in pair_m:
+                out["soft_iou"] = (_np(mn / (sp[:, ia] + sp[:, ib] - mn)), plabels, proles)
+        if "otsu_iou" in pair_m:
+            mf = masks.to(torch.float64)
+            g = torch.bmm(mf, mf.transpose(1, 2))
+            d = torch.diagonal(g, dim1=1, dim2=2)
+            inter = pairs_of(g)
+            out["otsu_iou"] = (_np(inter / (d[:, ia] + d[:, ib] - inter)), plabels, proles)
+    if mod_m:
+        mi = [q[0] for q in sel.modifiers]
+        pm = p[:, mi]
+        ents = masks[:, list(sel.entities)].to(torch.float64)  # (S, E, n)
+        mlabels = [sel.units[i].label for i in mi]
+        mroles = ["modifier"] * len(mi)
+        if "leak_in" in mod_m:
+            own = torch.zeros(len(mi), len(sel.entities), dtype=torch.float64)
+            for j, (_, e) in enumerate(sel.modifiers):
+                own[j, e] = 1.0
+            other_r = torch.matmul(1.0 - own, ents) > 0  # (S, m, n): union of the other entities' regions
+            own_r = torch.matmul(own, ents) > 0
+            out["leak_in"] = (_np((pm * (other_r & ~own_r)).sum(dim=-1)), mlabels, mroles)
+        if "leak_out" in mod_m:
+            outside = (ents.sum(dim=1, keepdim=True) == 0)
+            out["leak_out"] = (_np((pm * outside).sum(dim=-1)), mlabels, mroles)
+    return out
