@@ -15,21 +15,27 @@ Procedure (``docs/analysis.md``):
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from .analysis import AGGREGATE_ALL, HEADLINE, METRIC_INFO, SCALAR_PREFIX
 from .errors import AttnlensError
 from .report import fmt
+from .selection import step_filter
 
 UNIT = ("prompt", "seed")
 
 
 def natural_key(text: str) -> list:
     """Sort key that orders numbers inside names by value: ``syngen-i5`` before ``syngen-i15``."""
-    import re
 
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(text)) if t]
 NON_MAP_LAYERS = ("latent", "-")
@@ -64,8 +70,6 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
     :data:`attnlens.analysis.HEADLINE`; ``layers=None`` keeps the ``all`` aggregate (trajectory and scalar rows
     have their own layer, ``latent`` / ``-``, and are kept whatever ``layers`` says); ``phase`` applies to map rows
     (scalars are always phase ``guidance``); ``steps`` takes the ``analyze`` syntax (``0:25``, ``0,10,20``)."""
-    from .analysis import AGGREGATE_ALL, HEADLINE
-    from .selection import step_filter
 
     if df is None or not len(df):
         raise AttnlensError("the metrics table is empty", hint="analyse some runs first: attnlens analyze runs/")
@@ -82,7 +86,6 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
             names += [x.strip() for x in str(raw).split(",") if x.strip()]
         missing = [m for m in names if m not in known_metrics]
         if missing:
-            import difflib
 
             close = difflib.get_close_matches(missing[0], sorted(known_metrics), n=3)
             raise AttnlensError(f"metric '{missing[0]}' is not in the table",
@@ -170,7 +173,6 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
     """
     import pandas as pd
 
-    from .analysis import METRIC_INFO, SCALAR_PREFIX
 
     if not 0.0 < ci < 1.0:
         raise AttnlensError(f"--ci must be between 0 and 1, got {ci}")
@@ -180,7 +182,6 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
     if baseline is None:
         baseline = "none" if "none" in groups else groups[0]
     elif baseline not in groups:
-        import difflib
 
         close = difflib.get_close_matches(baseline, groups, n=3)
         raise AttnlensError(f"baseline '{baseline}' is not a {by} in the table",
@@ -318,8 +319,6 @@ def to_latex(c: Comparison) -> str:
 
 def to_rich(c: Comparison):
     """The wide table as a ``rich.table.Table`` (for the terminal)."""
-    from rich.table import Table
-    from rich.text import Text
 
     header, rows = wide_rows(c)
     t = Table(title=Text(f"{c.by}: paired on (prompt, seed), baseline {c.baseline}"), caption=Text(caption(c)),
@@ -344,7 +343,6 @@ def render(c: Comparison, fmt_name: str) -> str:
     if fmt_name == "latex":
         return to_latex(c)
     if fmt_name == "table":
-        from rich.console import Console
 
         console = Console(width=200, force_terminal=False, highlight=False)
         with console.capture() as cap:

@@ -29,6 +29,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
 from attnlens.errors import AttnlensError
+from attnlens.tokenizer import clip_tokenizer
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -360,7 +361,6 @@ def parse_prompt(prompt: str, *, tokenizer=None, spacy_model: str | None = None,
     if not prompt or not prompt.strip():
         raise AttnlensError("empty prompt", hint="pass a prompt with at least one word")
     if tokenizer is None:
-        from attnlens.tokenizer import clip_tokenizer
 
         tokenizer = clip_tokenizer()
     nlp = load_spacy(spacy_model)

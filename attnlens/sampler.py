@@ -31,6 +31,7 @@ import torch
 
 from .errors import AttnlensError
 from .methods import GuidanceMethod, LossOutput, get_method
+from .parse import parse_prompt
 from .recording import Recorder, RecordingConfig
 from .store import Run, open_run
 from .tokens import check_prompt
@@ -261,7 +262,6 @@ def sample(
     m = method if isinstance(method, GuidanceMethod) else get_method(method, **(method_options or {}))
     parse = None
     if m.name != "none" or bind:
-        from .parse import parse_prompt
 
         parse = parse_prompt(prompt_info.text, tokenizer=pipe.tokenizer, spacy_model=spacy_model, bind=bind,
                              include_entities=include_entities)

@@ -41,6 +41,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+
+import attnlens.analysis  # noqa: F401  (what `attnlens dashboard` preloads, imported before any timing)
+import attnlens.compare  # noqa: F401
+import attnlens.figures  # noqa: F401
+import zarr  # noqa: F401
+from dashboard.data import scan_root
+from dashboard.fixtures import benchmark_root, record_root
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -96,7 +104,6 @@ def _ms(xs):
 
 
 def build_root(args) -> Path:
-    from dashboard.fixtures import benchmark_root, record_root
 
     if args.root:
         return Path(args.root)
@@ -111,12 +118,8 @@ def build_root(args) -> Path:
 
 def server_side(root: Path, moves: int) -> dict:
     """AppTest timings of full script runs (cold first run, then slider moves)."""
-    import attnlens.analysis  # noqa: F401  (what `attnlens dashboard` preloads)
-    import attnlens.compare  # noqa: F401
-    import attnlens.figures  # noqa: F401
     import pandas  # noqa: F401
     import plotly.graph_objects  # noqa: F401
-    import zarr  # noqa: F401
     from streamlit.testing.v1 import AppTest
 
     os.environ["ATTNLENS_DASHBOARD_ROOT"] = str(root)
@@ -369,7 +372,6 @@ def main(argv=None) -> int:
 
 
 def _measure(args, root: Path) -> int:
-    from dashboard.data import scan_root
 
     t = time.perf_counter()
     n = len(scan_root(root))

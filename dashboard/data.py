@@ -8,22 +8,40 @@ This module chooses *what* to read for a view and never computes a metric itself
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
 import shlex
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
+from attnlens import analysis as A
+from attnlens import metrics as M
+from attnlens.analysis import (
+    COLUMNS,
+    SCALAR_PREFIX,
+    available_records,
+    layer_maps,
+    load_table,
+    run_parse,
+    select_tokens,
+    unit_maps,
+    variant_label,
+)
+from attnlens.compare import compare, wide_rows
 from attnlens.errors import AttnlensError
-from attnlens.store import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, Run, read_manifest
+from attnlens.figures import BOOKKEEPING, FigureSpec, figure_bytes, layer_order, short_layer
+from attnlens.store import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, Run
 from attnlens.store import open_run as store_open_run
-
+from attnlens.store import read_manifest
 
 #: a running run's cache entries expire after this many seconds (its chunks change without touching the manifest)
 RUNNING_REFRESH_S = 5.0
@@ -77,7 +95,6 @@ def run_key(path: str | os.PathLike, status: str | None = None) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _variant(method_json: str, label: str | None) -> str:
-    from attnlens.analysis import variant_label
 
     m = {"method": json.loads(method_json)}
     if label:
@@ -231,14 +248,12 @@ def known_parses(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
 
 def parse_of(run: Run, known: dict[str, Any] | None = None):
     """The run's parse (``attnlens.analysis.run_parse``: the manifest's, a known one, else spaCy)."""
-    from attnlens.analysis import run_parse
 
     return run_parse(run, 0, known)
 
 
 def parse_rows(parse) -> tuple[list[dict[str, Any]], list[str]]:
     """The parse as a table of word pieces (position, piece, word, role) and one line per SynGen set."""
-    from attnlens.analysis import select_tokens
 
     sel = select_tokens(parse)
     role_of: dict[int, tuple[str, str]] = {}
@@ -263,7 +278,6 @@ def parse_rows(parse) -> tuple[list[dict[str, Any]], list[str]]:
 def token_choices(parse) -> list[tuple[str, str]]:
     """``[(value, label)]``: the analysed words of the parse (modifiers and nouns, by label), then every word piece
     by position (``#3`` → ``#3 crown``), so any recorded token can be shown."""
-    from attnlens.analysis import select_tokens
 
     sel = select_tokens(parse)
     out = [(u.label, f"{u.label} ({u.role})") for u in sel.units]
@@ -273,7 +287,6 @@ def token_choices(parse) -> list[tuple[str, str]]:
 
 
 def default_tokens(parse, n: int = 4) -> list[str]:
-    from attnlens.analysis import select_tokens
 
     return [u.label for u in select_tokens(parse).units[:n]]
 
@@ -281,7 +294,6 @@ def default_tokens(parse, n: int = 4) -> list[str]:
 def records(run: Run) -> dict[str, dict[int, list[int]]]:
     """``{phase: {step: [iterations]}}`` with maps in every layer (``attnlens.analysis.available_records``: the
     manifest's index for a complete run; checked chunk by chunk and cut at the last complete step otherwise)."""
-    from attnlens.analysis import available_records
 
     if not run.layers:
         return {}
@@ -299,7 +311,6 @@ def records(run: Run) -> dict[str, dict[int, list[int]]]:
 def layer_choices(resolutions: dict[str, tuple[int, int]]) -> list[tuple[str, str]]:
     """``[(value, label)]``: ``all``, one ``res<h>`` aggregate per resolution (largest first), then every layer
     in UNet order with its short name and resolution (``down0.0 · 16×16``)."""
-    from attnlens.figures import layer_order, short_layer
 
     if not resolutions:
         return []
@@ -329,7 +340,6 @@ def read_maps(run: Run, layer: str, step: int, phase: str = "sample", iteration:
 
     ``head=None`` is the head mean (``attnlens.analysis.layer_maps``, which also forms the ``all``/``res<h>``
     aggregates); an int picks one head of a single layer. NaN where nothing was recorded."""
-    from attnlens.analysis import layer_maps
 
     if head is None:
         return layer_maps(run, layer, [int(step)], phase=phase, iteration=iteration, sample=sample)[0].numpy()
@@ -341,7 +351,6 @@ def read_stack(run: Run, layer: str, steps: Sequence[int], phase: str = "sample"
                head: int | None = None, sample: int = 0) -> np.ndarray:
     """:func:`read_maps` for several steps at once, ``(step, token, h, w)`` float32: one zarr read per layer (the
     chunks of all steps are fetched together), so that moving the step slider afterwards reads nothing."""
-    from attnlens.analysis import layer_maps
 
     steps = [int(s) for s in steps]
     if head is None:
@@ -361,8 +370,6 @@ class MapCache:
     """
 
     def __init__(self, max_stacks: int = 256):
-        import collections
-        from concurrent.futures import ThreadPoolExecutor
 
         self.max_stacks = max_stacks
         self._lock = threading.Lock()
@@ -450,9 +457,6 @@ class MapCache:
 def token_maps(maps: np.ndarray, parse, tokens: Sequence[str]) -> list[np.ndarray]:
     """The ``(h, w)`` map of each token: a word is the mean of its word pieces (``attnlens.analysis.unit_maps``),
     ``#i`` is the piece at position i."""
-    import torch
-
-    from attnlens.analysis import select_tokens, unit_maps
 
     sel = select_tokens(parse)
     words = [t for t in tokens if not t.startswith("#")]
@@ -476,10 +480,7 @@ def leakage_matrix(maps: np.ndarray, parse):
     the ``leak_in``/``leak_out`` metrics of ``attnlens analyze``. Returns ``(DataFrame, own)`` where ``own`` maps
     each modifier to its own noun; ``(None, {})`` when the prompt has no modifier or no entity."""
     import pandas as pd
-    import torch
 
-    from attnlens import metrics as M
-    from attnlens.analysis import select_tokens, unit_maps
 
     sel = select_tokens(parse)
     if not sel.modifiers or not sel.entities:
@@ -535,7 +536,6 @@ def metric_table(paths: Sequence[str | os.PathLike], *, phase: str = "sample", p
     run is broken, each run is analysed alone and the broken ones are reported in ``errors``."""
     import pandas as pd
 
-    from attnlens.analysis import COLUMNS, load_table
 
     notes: list[str] = []
     try:
@@ -560,7 +560,6 @@ def roles_for(metric: str) -> list[str]:
     """The roles a metric has rows for in ``attnlens analyze`` tables (``docs/analysis.md``): pair metrics →
     bound / unbound / entities, token metrics → modifier / noun, leakage → modifier, ``token_entropy`` → prompt,
     latent drift → latent."""
-    from attnlens import analysis as A
 
     if metric in A.PAIR_METRICS:
         return ["bound", "unbound", "entities"]
@@ -591,7 +590,6 @@ def curve_rows(df, metric: str, role: str | None, layer: str, phase: str, tokens
 def layer_step_matrix(df, metric: str, role: str | None, phase: str, group: str, by: str = "method"):
     """Mean of ``metric`` per (layer, step) for one group over the recorded layers in UNet order (aggregates left
     out), as the panels of ``attnlens.figures.layers_figure``. Returns (layers, steps, matrix)."""
-    from attnlens.figures import layer_order
 
     rows = df[(df["metric"] == metric) & (df["phase"] == phase)]
     if role:
@@ -609,8 +607,6 @@ def layer_step_matrix(df, metric: str, role: str | None, phase: str, group: str,
 def loss_rows(df, iteration: str = "first"):
     """``{term: rows}`` of the recorded guidance scalars (``scalar/<term>``) without the bookkeeping ones, at the
     step's first guidance iteration (as ``attnlens.figures.losses_figure`` with ``iteration="first"``)."""
-    from attnlens.analysis import SCALAR_PREFIX
-    from attnlens.figures import BOOKKEEPING
 
     if df is None or not len(df):
         return {}
@@ -629,7 +625,6 @@ def loss_rows(df, iteration: str = "first"):
 def comparison(df, *, metric: str, role: str | None, layer: str, phase: str, by: str = "method",
                n_boot: int = 2000, seed: int = 0):
     """``attnlens.compare.compare`` for one metric/role/layer/phase (as ``attnlens compare ROOT --metric ...``)."""
-    from attnlens.compare import compare
 
     return compare(df, by=by, metrics=[metric], roles=[role] if role else None, layers=[layer], phase=phase,
                    n_boot=n_boot, seed=seed)
@@ -639,7 +634,6 @@ def comparison_frame(c):
     """The paper layout of a comparison (``attnlens.compare.wide_rows``) as a DataFrame."""
     import pandas as pd
 
-    from attnlens.compare import wide_rows
 
     header, rows = wide_rows(c)
     return pd.DataFrame(rows, columns=header)
@@ -674,7 +668,6 @@ class ExportSpec:
     @property
     def figure(self):
         """The one figure spec: only the fields that matter for this kind are set (the rest keep the defaults)."""
-        from attnlens.figures import FigureSpec
 
         common = {"kind": self.kind, "sources": self.runs, "by": self.by,
                   "width": None if self.width == "auto" else self.width}
@@ -705,7 +698,6 @@ def export_figure(spec: ExportSpec) -> bytes:
     """The file's bytes, drawn by ``attnlens.figures.draw`` from the same :class:`~attnlens.figures.FigureSpec` as
     ``attnlens figure`` builds for :func:`export_command` (PDF/PNG are byte-for-byte deterministic, so they equal
     the CLI's file)."""
-    from attnlens.figures import figure_bytes
 
     if not spec.runs:
         raise AttnlensError("no complete run to draw", hint="select runs that finished recording")

@@ -13,6 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+import attnlens
+from attnlens.recording import RecordingConfig
+from attnlens.store import MANIFEST, data_path, find_runs, write_json_atomic
+
 PROMPT = "a red crown and a golden strawberry"
 _RECORDED: dict[tuple[str, tuple[str, ...], int, int], Path] = {}
 
@@ -22,8 +26,6 @@ def record_root(root: str | Path, pipe=None, *, prompt: str = PROMPT, methods: S
     """Record one tiny run per method under ``root/<prompt-slug>/<method>-seed<seed>`` (real recordings with the
     embedded model; ``heads="all"`` keeps every head so head selection can be exercised). Recorded once per
     process for the same arguments (later calls copy nothing and return the same root)."""
-    import attnlens
-    from attnlens.recording import RecordingConfig
 
     root = Path(root)
     key = (str(root), tuple(methods), seed, steps)
@@ -39,7 +41,6 @@ def record_root(root: str | Path, pipe=None, *, prompt: str = PROMPT, methods: S
 
 
 def _rewrite_manifest(run: Path, update) -> dict[str, Any]:
-    from attnlens.store import MANIFEST, data_path, write_json_atomic
 
     m = json.loads((run / MANIFEST).read_text())
     update(m)
@@ -87,7 +88,6 @@ def make_incomplete(run: str | Path, keep_steps: int = 1) -> Path:
     _rewrite_manifest(run, update)
     for img in run.glob("image*.png"):
         img.unlink()
-    from attnlens.store import data_path
 
     for chunk in (data_path(run) / "attention").glob("*/maps/c*"):  # flat keys c.<step>.<phase>...; nested c/<step>/...
         parts = chunk.name.split(".") if chunk.is_file() else None
@@ -108,7 +108,6 @@ def corrupt_run(run: str | Path, how: str = "manifest") -> Path:
         text = (run / "manifest.json").read_text()
         (run / "manifest.json").write_text(text[: len(text) // 2])
     elif how == "arrays":
-        from attnlens.store import data_path
 
         for meta in (data_path(run) / "attention").glob("*/maps/zarr.json"):
             meta.write_text("{not json")
@@ -129,7 +128,6 @@ def make_test_root(dst: str | Path, source: str | Path, *, seeds: Sequence[int] 
       same (prompt, seed 1) unit as the good runs;
     * ``broken/none-seed9``: a truncated manifest.
     """
-    from attnlens.store import find_runs
 
     dst, source = Path(dst), Path(source)
     runs = list(find_runs(source))
@@ -156,7 +154,6 @@ def make_test_root(dst: str | Path, source: str | Path, *, seeds: Sequence[int] 
 def benchmark_root(root: str | Path, source: str | Path, n_runs: int = 100) -> Path:
     """A root of ``n_runs`` runs made from the recorded runs under ``source`` (one (prompt, seed) unit of several
     methods), cloned under seeds 1000, 1001, ... until ``n_runs`` are there."""
-    from attnlens.store import find_runs
 
     root, source = Path(root), Path(source)
     src = list(find_runs(source))

@@ -13,10 +13,15 @@ page and in the exported PDF.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from attnlens.figures import group_style
 
 PLOTLY_CONFIG = {"displaylogo": False, "displayModeBar": False}  # exports go through "Export figure"
 CELL = 320  # pixels of the final image on the page (the browser fits it to the column width)
@@ -79,7 +84,6 @@ def heat_rgba(m: np.ndarray, vmin: float, vmax: float, *, cmap: str = "inferno",
 
 def png(image: np.ndarray) -> bytes:
     """PNG bytes of a uint8 image (grey, RGB or RGBA)."""
-    import io
 
     from PIL import Image
 
@@ -102,7 +106,6 @@ def under_image(image: np.ndarray | None, size: int = RENDER) -> np.ndarray:
 
 
 def data_uri(data: bytes, mime: str) -> str:
-    import base64
 
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -140,7 +143,6 @@ def step_frames(maps: Mapping[str, Mapping[int, Sequence[np.ndarray]]], steps: S
 
 def to_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     """JPEG bytes of an RGB uint8 image (what the page sends; encoded once, not on every redraw)."""
-    import io
 
     from PIL import Image
 
@@ -171,7 +173,6 @@ def colorbar(vmin: float, vmax: float, *, width: int = 256, height: int = 12, cm
 # ------------------------------------------------------------------------------------------------------ plotly
 def group_colors(groups: Sequence[str]) -> dict[str, dict[str, str]]:
     """``{group: {"color", "dash"}}`` in the figures' order (``none`` first, then alphabetical) and palette."""
-    from attnlens.figures import group_style
 
     order = sorted({str(g) for g in groups}, key=lambda g: (not g.startswith("none"), g))
     out = {}
@@ -216,7 +217,6 @@ def curves_plot(curves: Mapping[str, Mapping[str, np.ndarray]], *, ylabel: str, 
 
 def subplot_axes(fig: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``[(xref, yref)]`` of every subplot of a figure dict (``fig.to_dict()``): ``("x", "y")``, ``("x2", "y2")``..."""
-    import re
 
     layout = fig.get("layout", {})
     out = []

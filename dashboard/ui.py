@@ -27,17 +27,34 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import streamlit as st
 
+from attnlens import analysis as A
+from attnlens import figures as F
+from attnlens.analysis import METRIC_INFO, METRICS
+from attnlens.compare import caption, render
+from attnlens.figures import short_layer
+
 from . import data as D
 from . import plots as P
 from .paths import UnsafePath, relative_name, resolve_root, resolve_under
-from .state import (BY, EXPORT_FORMATS, EXPORT_KINDS, EXPORT_STEPS, EXPORT_WIDTHS, SCALES, VIEW_LABELS, VIEWS,
-                    ViewState, query_equal)
+from .state import (
+    BY,
+    EXPORT_FORMATS,
+    EXPORT_KINDS,
+    EXPORT_STEPS,
+    EXPORT_WIDTHS,
+    SCALES,
+    VIEW_LABELS,
+    VIEWS,
+    ViewState,
+    query_equal,
+)
 
 ROOT_ENV = "ATTNLENS_DASHBOARD_ROOT"
 _VS = "_attnlens_view"
@@ -120,7 +137,6 @@ def _run_all(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 
     if len(calls) <= 1:
         return {k: safe(fn) for k, fn in calls.items()}
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(8, len(calls)), thread_name_prefix="attnlens-dashboard-read") as pool:
         futures = {k: pool.submit(safe, fn) for k, fn in calls.items()}
@@ -582,7 +598,6 @@ def _keys(runs: Sequence[D.RunEntry]) -> tuple[tuple[str, str], ...]:
 
 
 def _metric_pickers(metrics: Sequence[str], roles_of: Callable[[str], list[str]], container: Any = None):
-    from attnlens.analysis import METRIC_INFO
 
     c1, c2 = (container or st).columns(2)
     metric = _widget(st.selectbox, "metric", "Metric", list(metrics), default="jsd" if "jsd" in metrics else None,
@@ -600,7 +615,6 @@ def _metric_figures(runs: tuple[tuple[str, str], ...], phase: str, metric: str, 
     only adds the step marker): curves, layer × step panels and loss terms, or None where there is no data."""
     import pandas as pd
 
-    from attnlens import figures as F
 
     frames = [r.df for r in (_table(runs, phase, True, (metric,)), _table(runs, phase, True, ("scalar/*",)))
               if r.df is not None and len(r.df)]
@@ -621,7 +635,6 @@ def _metric_figures(runs: tuple[tuple[str, str], ...], phase: str, metric: str, 
         if len(layers):
             panels[g] = (layers, steps, m)
     if panels:
-        from attnlens.figures import short_layer
 
         res_rows = df.drop_duplicates("layer")[["layer", "resolution"]]
         res_of = dict(zip(res_rows["layer"], res_rows["resolution"]))
@@ -641,7 +654,6 @@ def _metrics_view(ctx: _Ctx) -> None:
     """Metric curves, leakage, layer × step and loss terms of the unit's runs. Only the chosen metric is analysed
     (``attnlens.analysis.load_table`` with that metric, every layer; the loss terms separately), once per
     (runs, phase, metric)."""
-    from attnlens.analysis import METRICS
 
     runs = ctx.readable
     keys = _keys(runs)
@@ -764,8 +776,6 @@ def _leakage(ctx: _Ctx) -> None:
 
 # ------------------------------------------------------------------------------------------------------ across
 def _across_view(root: Path, filtered: list[D.RunEntry]) -> None:
-    from attnlens import analysis as A
-    from attnlens.compare import caption, render
 
     runs = [e for e in filtered if e.complete]
     st.markdown(f"**Across prompts**: paired comparison over the (prompt, seed) units of the {len(runs)} complete "
@@ -909,7 +919,6 @@ def _export_panel(ctx: _Ctx) -> None:
 
 
 def _all_metrics() -> tuple[str, ...]:
-    from attnlens.analysis import METRICS
 
     return METRICS
 

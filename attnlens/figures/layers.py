@@ -8,7 +8,9 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..analysis.layers import _RES_RE
 from ..errors import BadOption, EmptySelection
+from ..vocab import AGGREGATE_ALL
 from .style import HEATMAP_CMAP, _integer_steps, _metric_label, _new_figure, _panel, _styled, figure_width
 from .tables import _filter, _groups
 
@@ -38,8 +40,6 @@ def layers_figure(df, metric: str, *, role: str | None = None, by: str = "method
 
     Rows are the recorded layers in UNet order (down, mid, up) labelled ``down1.0 (32)`` (block.index and
     resolution); aggregates (``res*``, ``all``) are left out."""
-    from ..analysis.layers import _RES_RE
-    from ..vocab import AGGREGATE_ALL
 
     rows = _filter(df, metric, role, None, phase, tokens, any_layer=True)
     role = rows["role"].iloc[0]

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
+from ..analysis import SCALAR_PREFIX
 from ..errors import BadOption, EmptySelection, MetricNotFound
 from .style import BOOKKEEPING, _integer_steps, _legend, _new_figure, _panel, _styled, figure_width
 from .tables import _draw_curves, _groups, step_curves
@@ -20,7 +21,6 @@ def losses_figure(df, terms: Sequence[str] | None = None, *, by: str = "method",
     bootstrap band over (prompt, seed) units. ``iteration``: ``first`` (the loss of the step's first guidance
     forward, before refinement), ``last`` (after the last refinement pass) or ``mean``. Default terms: every
     recorded scalar except the bookkeeping ones (:data:`BOOKKEEPING`)."""
-    from ..analysis import SCALAR_PREFIX
 
     if df is None or not len(df):
         raise EmptySelection("the metrics table is empty", hint="analyse runs first: attnlens analyze runs/")

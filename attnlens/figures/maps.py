@@ -6,9 +6,13 @@ from typing import Any, Sequence
 
 import matplotlib
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
+from ..analysis import layer_maps, run_parse, select_tokens, unit_maps, variant_label
 from ..errors import BadOption, EmptySelection
+from ..maps import resample
+from ..store import Run, open_run
 from .style import OVERLAY_CMAP, _new_figure, _panel, _styled, figure_width
 
 
@@ -26,9 +30,7 @@ def _grey_image(run, sample: int, size: int) -> np.ndarray:
 
 
 def _upsample(m: np.ndarray, size: int) -> np.ndarray:
-    import torch
 
-    from ..maps import resample
 
     return resample(torch.from_numpy(m), size, mode="bilinear").numpy()
 
@@ -49,10 +51,6 @@ def maps_figure(runs: Sequence[Any], tokens: Sequence[str] | None = None, steps:
     ``["guidance", "sample"]`` shows its maps before and after each step's guidance update. ``labels``: one row
     label per run (default: variant and seed).
     """
-    import torch
-
-    from ..analysis import layer_maps, run_parse, select_tokens, unit_maps, variant_label
-    from ..store import Run, open_run
 
     runs = [r if isinstance(r, Run) else open_run(r) for r in runs]
     if not runs:

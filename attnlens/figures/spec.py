@@ -9,14 +9,22 @@ spec, so the dashboard can show it and a test can replay it.
 
 from __future__ import annotations
 
+import difflib
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 
+from ..analysis import HEADLINE, discover_runs, load_table
 from ..errors import BadOption, EmptySelection
-from .style import KINDS, figure_width
+from ..selection import step_filter
+from .curves import curves_figure
+from .layers import layers_figure
+from .losses import losses_figure
+from .maps import maps_figure
+from .style import FORMATS, KINDS, figure_width, save_figure
 
 #: the most runs a maps figure shows (one row per run and word)
 MAX_MAP_RUNS = 12
@@ -81,7 +89,6 @@ class FigureSpec:
     def check(self) -> FigureSpec:
         """Validate what can be checked before loading any data (raises :class:`BadOption`); returns self."""
         if self.kind not in KINDS:
-            import difflib
 
             close = difflib.get_close_matches(self.kind, KINDS, n=1)
             raise BadOption(f"unknown figure kind '{self.kind}'",
@@ -133,7 +140,6 @@ class FigureSpec:
 # ------------------------------------------------------------------------------------------------ drawing
 def headline_metrics(role: str | None = None, available: Sequence[str] | None = None) -> tuple[list[str], list]:
     """The headline (metric, role) pairs, optionally only those of ``role`` and of metrics in ``available``."""
-    from ..analysis import HEADLINE
 
     pairs = [(m, r) for m, r in HEADLINE if (role is None or r == role)
              and (available is None or m in available)]
@@ -145,7 +151,6 @@ def headline_metrics(role: str | None = None, available: Sequence[str] | None = 
 
 
 def _load(spec: FigureSpec, notes: list[str], **kwargs):
-    from ..analysis import load_table
 
     df = load_table(list(spec.sources), partial=spec.partial, notes=notes, **kwargs)
     if not len(df):
@@ -157,7 +162,6 @@ def select_steps(text: str | None, recorded: Sequence[int]) -> list[int] | None:
     """The recorded steps a selection keeps (None: no selection); a :class:`EmptySelection` if it keeps none."""
     if text is None:
         return None
-    from ..selection import step_filter
 
     ok = step_filter(text)
     chosen = [s for s in recorded if ok(s)]
@@ -175,8 +179,6 @@ def draw(spec: FigureSpec, notes: list[str] | None = None) -> Figure:
     w = spec.figure_width
     tokens = list(spec.tokens) or None
     if spec.kind == "maps":
-        from ..analysis import discover_runs
-        from .maps import maps_figure
 
         runs, found = discover_runs(list(spec.sources), partial=spec.partial)
         notes += found
@@ -186,7 +188,6 @@ def draw(spec: FigureSpec, notes: list[str] | None = None) -> Figure:
         steps = select_steps(spec.steps, runs[0].recorded_steps(phase=spec.phase))
         return maps_figure(runs, tokens=tokens, steps=steps, layer=spec.layer or "all", phase=spec.phase, width=w)
     if spec.kind == "curves":
-        from .curves import curves_figure
 
         if spec.metrics:
             metrics, roles = list(spec.metrics), spec.role
@@ -204,12 +205,10 @@ def draw(spec: FigureSpec, notes: list[str] | None = None) -> Figure:
         return curves_figure(df, metrics, role=roles, by=spec.by, layer=spec.layer, phase=spec.phase, tokens=tokens,
                              width=w, baseline=spec.baseline)
     if spec.kind == "layers":
-        from .layers import layers_figure
 
         df = _load(spec, notes, metrics=list(spec.metrics), steps=spec.steps, phases=[spec.phase])
         return layers_figure(df, spec.metrics[0], role=spec.role, by=spec.by, groups=list(spec.groups) or None,
                              phase=spec.phase, tokens=tokens, width=w)
-    from .losses import losses_figure
 
     wanted = ["scalar/" + t.removeprefix("scalar/") for t in spec.terms] or ["scalar/*"]
     df = _load(spec, notes, metrics=wanted, steps=spec.steps)
@@ -218,7 +217,6 @@ def draw(spec: FigureSpec, notes: list[str] | None = None) -> Figure:
 
 def render(spec: FigureSpec, out: str | Path, notes: list[str] | None = None) -> tuple[Path, Figure]:
     """``draw(spec)`` saved to ``out`` (PDF, SVG or PNG by suffix); returns (path, figure)."""
-    from .style import FORMATS, save_figure
 
     out = Path(out)
     if out.suffix.lower().lstrip(".") not in FORMATS:
@@ -230,7 +228,6 @@ def render(spec: FigureSpec, out: str | Path, notes: list[str] | None = None) ->
 
 def figure_bytes(spec: FigureSpec, fmt: str, notes: list[str] | None = None) -> bytes:
     """The file ``render(spec, "figure.<fmt>")`` writes, as bytes (PDF/SVG/PNG are byte-for-byte deterministic)."""
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="attnlens-figure-") as tmp:
         path, _ = render(spec, Path(tmp) / f"figure.{fmt}", notes)

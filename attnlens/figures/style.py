@@ -6,6 +6,7 @@ importing or drawing never changes matplotlib's global backend or pyplot state.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,6 @@ STYLE: dict[str, Any] = {
 def _styled(fn):
     """Build the whole figure inside ``rc_context(STYLE)``: fonts, line widths and legend settings are read when
     each artist is created, so the style must be active for the whole function, not just for saving."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

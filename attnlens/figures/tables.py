@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Sequence
 
 import numpy as np
 
+from ..analysis import AGGREGATE_ALL, SCALAR_PREFIX
+from ..compare import natural_key
 from ..errors import BadOption, EmptySelection, MetricNotFound
 from .style import group_style
 
@@ -14,13 +17,11 @@ def _filter(df, metric: str, role: str | None, layer: str | None, phase: str | N
             any_layer: bool = False):
     """Rows of one metric; ``role`` is required when the metric has several; ``layer`` defaults to ``all``
     (the drift has its own layer, scalars theirs); ``any_layer`` skips the layer filter."""
-    from ..analysis import AGGREGATE_ALL, SCALAR_PREFIX
 
     if df is None or not len(df):
         raise EmptySelection("the metrics table is empty", hint="analyse runs first: attnlens analyze runs/")
     rows = df[df["metric"] == metric]
     if not len(rows):
-        import difflib
 
         known = sorted(df["metric"].unique())
         close = difflib.get_close_matches(metric, known, n=3)
@@ -62,7 +63,6 @@ def _groups(rows, by: str) -> list[str]:
     order over the whole table, so a method keeps its colour in every figure drawn from the same table."""
     if by not in rows.columns:
         raise BadOption(f"cannot group by '{by}'", hint="use method or variant")
-    from ..compare import natural_key
 
     vals = [str(v) for v in rows[by].unique()]
     return sorted(vals, key=lambda g: (not g.startswith("none"), natural_key(g)))

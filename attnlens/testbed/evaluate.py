@@ -37,8 +37,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from .render import BACKGROUND, COLOURS, SHAPES, SIZE_WORDS, ObjectSpec, _shape_patch
+from .render import (
+    BACKGROUND,
+    COLOURS,
+    SHAPES,
+    SIZE_WORDS,
+    ObjectSpec,
+    _shape_patch,
+    alpha_mask,
+    compose,
+    render,
+    scene_at,
+    swap_colours,
+)
 
 UNKNOWN = "unknown"
 BIG_SMALL_THRESHOLD = 17  # px: a detected object with a larger box side is "big"
@@ -377,7 +391,6 @@ def validation_cases(scene, rng: np.random.Generator) -> list[tuple[str, np.ndar
     """
     from skimage.draw import ellipse
 
-    from .render import alpha_mask, compose, render, swap_colours
 
     base = dict(success=False, misbinding=False, swapped=False, leakage=False, neglect=False)
     cases = [("correct", render(scene), {**base, "success": True})]
@@ -435,7 +448,6 @@ def degrade(image: np.ndarray, blur: float = 0.0, noise: float = 0.0, rng: np.ra
 
 def vae_roundtrip(vae) -> Callable[[np.ndarray], np.ndarray]:
     """An image → image function that encodes and decodes with a diffusers ``AutoencoderKL`` (posterior mean)."""
-    import torch
 
     @torch.no_grad()
     def fn(image: np.ndarray) -> np.ndarray:
@@ -460,9 +472,6 @@ def validate(n: int = 1000, seed: int = 0, split: str = "any", progress: bool = 
     ``blur``/``noise`` degrade every image first (:func:`degrade`) to measure robustness; ``image_fn`` (e.g.
     :func:`vae_roundtrip`) transforms every image before that.
     """
-    from tqdm.auto import tqdm
-
-    from .render import render, scene_at
 
     report = ValidationReport()
     rng = np.random.default_rng([seed, 12345])
@@ -512,8 +521,6 @@ def generate_and_score(
 
     Returns the per-image results and the images ``(n, H, W, 3) uint8``.
     """
-    import torch
-    from tqdm.auto import tqdm
 
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
@@ -542,7 +549,6 @@ def evaluate_pipeline(
     Captions come from ``scene_at(seed, i, split)``; image *i* uses generator seed ``seed + i``. Returns the
     per-image results and the images ``(n, H, W, 3) uint8``.
     """
-    from .render import scene_at
 
     prompts = [scene_at(seed, i, split).caption for i in range(n)]
     return generate_and_score(pipe, prompts, [seed + i for i in range(n)], steps, guidance, batch, progress)
@@ -559,18 +565,8 @@ def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def main(argv: Sequence[str] | None = None) -> None:
-    """Validate the evaluator on rendered images, or score image files against a prompt: the same as
-    ``attnlens testbed evaluate`` (``--help`` lists the options).
-
-    ``python -m attnlens.testbed.evaluate --validate --n 1000 [--seed 0] [--blur S --noise S] [--vae DIR]``
-    ``python -m attnlens.testbed.evaluate --model PIPELINE_DIR --split test --n 64``
-    ``python -m attnlens.testbed.evaluate IMAGE.png [...] --prompt "a red circle and a blue square"``
-    """
-    from ..cli.testbed import run_module
-
-    run_module("evaluate", None if argv is None else list(argv))
-
-
+# ``python -m attnlens.testbed.evaluate ARGS`` is ``attnlens testbed evaluate ARGS`` (``--help`` lists the options)
 if __name__ == "__main__":
-    main()
+    from attnlens.cli.testbed import run_module
+
+    run_module("evaluate", None)

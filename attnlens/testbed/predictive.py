@@ -20,11 +20,12 @@ as independent samples, so read it as a lower bound on the uncertainty when seve
 from __future__ import annotations
 
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..errors import AttnlensError
+from ..figures import OKABE_ITO, _integer_steps, _new_figure, _panel, _styled, group_style
 
 GROUP = ("metric", "role", "layer", "phase", "step")
 
@@ -152,7 +153,6 @@ def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all
                height: float | None = None, title: str | None = None, label: str = "success"):
     """AUC against the step for each (metric, role) in ``pairs`` on one ``layer`` (default the ``all``
     aggregate; ``latent`` rows are used for trajectory metrics), with DeLong bands and the 0.5 chance line."""
-    from ..figures import OKABE_ITO, _integer_steps, _new_figure, _panel, _styled, group_style
 
     @_styled
     def build():

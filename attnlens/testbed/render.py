@@ -376,12 +376,8 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, split: str = "train") 
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m attnlens.testbed.render --out DIR [--n 16] [--seed 0] [--split train]``: write a sample dataset (the same as ``attnlens testbed render``)."""
-    from ..cli.testbed import run_module
-
-    run_module("render", None if argv is None else list(argv))
-
-
+# ``python -m attnlens.testbed.render ARGS`` is ``attnlens testbed render ARGS`` (``--help`` lists the options)
 if __name__ == "__main__":
-    main()
+    from attnlens.cli.testbed import run_module
+
+    run_module("render", None)

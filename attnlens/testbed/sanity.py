@@ -14,6 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attnlens
+
+from .evaluate import aggregate, generate_and_score, image_grid
+from .render import scene_at
+
 KINDS = {
     "single (train)": ("train", "single"),
     "single (held-out)": ("test", "single"),
@@ -26,10 +31,6 @@ def run_sanity(model: str | Any, n: int = 64, steps: int = 25, guidance_scale: f
                save: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Score ``n`` unguided images per kind; returns ``{"model", "steps", "guidance_scale", "n", "kinds": {kind:
     aggregate rates + both_present}}``. ``save``: a PNG path; one grid per kind is written beside it."""
-    import attnlens
-
-    from .evaluate import aggregate, generate_and_score, image_grid
-    from .render import scene_at
 
     pipe = attnlens.load_pipeline(model) if isinstance(model, str) else model
     pipe.set_progress_bar_config(disable=True)

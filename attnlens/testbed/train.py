@@ -28,15 +28,20 @@ import functools
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from attnlens.tokenizer import clip_tokenizer
+
+from .evaluate import aggregate, score, vae_roundtrip, validate
 from .render import render_batch
 
 PHASES = ("vae", "unet")
@@ -281,7 +286,6 @@ def _log(out: Path, record: dict[str, Any]) -> None:
 
 @functools.lru_cache(maxsize=65536)
 def _token_ids(caption: str) -> tuple[int, ...]:
-    from attnlens.tokenizer import clip_tokenizer
 
     tok = clip_tokenizer()
     return tuple(tok(caption, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids)
@@ -296,7 +300,6 @@ def _tokenize(captions: Sequence[str]) -> torch.Tensor:
 def _train_vae(cfg: TrainConfig, out: Path, vae, start: int, opt_state, progress: bool,
                timings: list[tuple[float, float]] | None = None, final_checkpoint: bool = True) -> float:
     """Phase 1; returns the latent scaling factor. ``timings`` receives (wall, CPU) seconds of every step."""
-    from tqdm.auto import tqdm
 
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0, foreach=True)
@@ -340,7 +343,6 @@ def _train_vae(cfg: TrainConfig, out: Path, vae, start: int, opt_state, progress
             _write_checkpoint(out, f"vae-{done:07d}", files, state, cfg.keep_checkpoints)
     vae.eval()
     if start < cfg.vae_steps and cfg.vae_check and final_checkpoint:
-        from .evaluate import vae_roundtrip, validate
 
         rep = validate(cfg.vae_check, seed=cfg.seed + 3, split=cfg.split, image_fn=vae_roundtrip(vae))
         _log(out, {"phase": "vae_check", "step": cfg.vae_steps, **rep.summary()})
@@ -362,7 +364,6 @@ def _train_unet(cfg: TrainConfig, out: Path, vae, scaling_factor: float, text_en
                 resume_files: dict[str, Any] | None, progress: bool,
                 timings: list[tuple[float, float]] | None = None, final_checkpoint: bool = True) -> EMA:
     """Phase 2; returns the EMA of UNet and text encoder. ``timings`` receives (wall, CPU) seconds per step."""
-    from tqdm.auto import tqdm
 
     sched = noise_schedule()
     alphas = sched.alphas_cumprod
@@ -438,7 +439,6 @@ def build_pipeline(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, u
     """A ``StableDiffusionPipeline`` of fresh copies of the components (EMA weights for UNet and text encoder)."""
     from diffusers import StableDiffusionPipeline
 
-    from attnlens.tokenizer import clip_tokenizer
 
     v, te, un = build_vae(cfg), build_text_encoder(cfg), build_unet(cfg)
     v.load_state_dict(vae.state_dict())
@@ -490,7 +490,6 @@ def write_samples(cfg: TrainConfig, out: Path, vae, scaling_factor: float, text_
     """Sample :data:`SAMPLE_PROMPTS` with the EMA weights, save ``OUT/samples/unet-<step>.png``, log scores."""
     from PIL import Image
 
-    from .evaluate import aggregate, score
 
     pipe = build_pipeline(cfg, vae, scaling_factor, text_encoder, unet, ema)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -573,7 +572,6 @@ def benchmark(cfg: TrainConfig, steps: int = 6, warmup: int = 2) -> dict[str, di
 
     Returns ``{"vae": {...}, "unet": {...}}``: median wall and CPU (process) seconds per step, batch, threads.
     """
-    import tempfile
 
     torch.set_num_threads(cfg.threads)
     n = warmup + steps
@@ -595,12 +593,8 @@ def benchmark(cfg: TrainConfig, steps: int = 6, warmup: int = 2) -> dict[str, di
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``python -m attnlens.testbed.train --out DIR [--unet-steps N] [--vae-steps N] [--resume] ...``, the same as ``attnlens testbed train``."""
-    from ..cli.testbed import run_module
-
-    run_module("train", None if argv is None else list(argv))
-
-
+# ``python -m attnlens.testbed.train ARGS`` is ``attnlens testbed train ARGS`` (``--help`` lists the options)
 if __name__ == "__main__":
-    main()
+    from attnlens.cli.testbed import run_module
+
+    run_module("train", None)

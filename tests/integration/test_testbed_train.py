@@ -89,8 +89,10 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = ["--out", out, "--preset", "tiny", "--vae-steps", "2", "--unet-steps", "2", "--threads", "1", "--quiet",
             "--no-export"]
-    T.main(args)
+    from attnlens.cli.testbed import run_module  # what ``python -m attnlens.testbed.train`` runs
+
+    run_module("train", args)
     with pytest.raises(SystemExit):
-        T.main(args)  # checkpoints exist and no --resume
-    T.main([*args, "--resume", "--unet-steps", "3"])
+        run_module("train", args)  # checkpoints exist and no --resume
+    run_module("train", [*args, "--resume", "--unet-steps", "3"])
     assert T.list_checkpoints(tmp_path / "cli")[-1].name == "unet-0000003"
