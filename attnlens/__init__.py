@@ -6,6 +6,22 @@ The whole workflow::
     pipe = attnlens.load_pipeline("CompVis/stable-diffusion-v1-4")      # or the embedded default
     run = attnlens.sample(pipe, "a red crown and a golden strawberry", method="syngen", seed=1, out="runs/x")
     run.maps(run.layers[0], step=10)                                     # (sample, head, token, y, x)
+
+Module map (dependencies point down: nothing imports the CLI, the store knows nothing of models)::
+
+    cli/            the command line (typer); the only place that imports the library lazily
+    dashboard/      (top-level package) the Streamlit page over a folder of runs
+    figures/        one FigureSpec, one draw(spec): used by `attnlens figure` and the dashboard export
+    sweep, demo     run paths and reuse; the first-run demo
+    testbed/        the shapes testbed: renderer, evaluator, training, the binding bench
+    analysis/       metric tables (tokens, layers, kernels, runs, table, parquet); compare, report
+    sampler         guided sampling (attnlens.sample); methods/ the guidance methods and their registry
+    recording/      the recorder: attention processors, writer thread, Recorder (attnlens.record)
+    models/         the embedded models and load_pipeline
+    store/          run stores: layout and the Manifest schema, fast chunk I/O, reader (Run), writer (RunWriter)
+    parse, tokens, tokenizer, maps, metrics, selection, vocab, errors     pure helpers at the bottom
+
+Words (phase, iteration, unit, role, pair, variant, aggregate, ...): ``docs/glossary.md``.
 """
 
 from __future__ import annotations
