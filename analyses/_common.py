@@ -37,10 +37,8 @@ def seeds_of(text: str) -> list[int]:
     return [int(s) for s in str(text).split(",") if s.strip()]
 
 
-def slug(text: str) -> str:
-    from attnlens.cli.record import slugify
-
-    return slugify(text, limit=40)
+#: the scripts' run folders name the prompt by its first 40 slug characters (``attnlens.sweep.run_path``)
+SLUG_LIMIT = 40
 
 
 class Recorder:
@@ -64,19 +62,14 @@ class Recorder:
     def run(self, prompt: str, seed: int, method: str = "none", options: dict[str, Any] | None = None,
             label: str | None = None) -> Path:
         import attnlens
-        from attnlens.store import is_run, read_manifest
+        from attnlens.sweep import reusable, run_name, run_path
 
         options = dict(options or {})
-        name = (label or method).replace(" ", "-").replace("/", "-")
-        path = self.root / slug(prompt) / f"{name}-seed{seed}"
-        if is_run(path) and not self.rerecord:
-            m = read_manifest(path)
-            same = (m.get("status") == "complete" and m.get("prompt") == prompt and m.get("seed") == seed
-                    and m.get("steps") == self.steps and (m.get("method") or {}).get("name") == method
-                    and m.get("analysis_options") == json.loads(json.dumps(options)) and m.get("label") == label)
-            if same:
-                self.reused += 1
-                return path
+        path = run_path(self.root, prompt, run_name(method, label=label), seed, slug_limit=SLUG_LIMIT)
+        if not self.rerecord and reusable(path, prompt=prompt, seed=seed, method=method, steps=self.steps,
+                                          settings={"analysis_options": options, "label": label}):
+            self.reused += 1
+            return path
         t = time.perf_counter()
         attnlens.sample(self.pipe, prompt, method=method, method_options=options, seed=seed, out=path,
                         num_inference_steps=self.steps, overwrite=True,

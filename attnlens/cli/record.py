@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ import typer
 
 from ..errors import BadOption
 from ..models import DEFAULT_MODEL
+from ..sweep import complete_run, run_name, sweep_paths
 from . import app
 from ._output import FORMAT, JSON, err_console, report, resolve_format, warn
 
@@ -32,11 +32,6 @@ Examples:
 Each run is written to OUT/<prompt-slug>/<method>-seed<N>; `attnlens ls OUT` lists them. --n-steps is how many
 denoising steps to run; --steps (as in analyze, compare and figure) selects which of them are recorded.
 """
-
-
-def slugify(text: str, limit: int = 60) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (slug[:limit].rstrip("-") or "prompt")
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -120,15 +115,11 @@ def record(
     from ..methods import get_method
 
     get_method(method, **options)  # validate before loading a model
-    targets = []
-    for p in prompts:
-        for s in seeds:
-            path = out / slugify(p) / f"{slugify(Path(method).stem if method.endswith('.py') or ':' in method else method)}-seed{s}"
-            targets.append((p, s, path))
-    from ..store import prepare_run_dir, is_run, read_manifest
+    targets = sweep_paths(out, prompts, seeds, run_name(method))
+    from ..store import prepare_run_dir
 
     for _, _, path in targets:  # refuse early, before any sampling, when an output is a complete run
-        if is_run(path) and not overwrite and read_manifest(path).get("status") == "complete":
+        if not overwrite and complete_run(path):
             prepare_run_dir(path, overwrite=False)
 
     with err_console.status(f"loading {model} ..."), quiet_model_loading():

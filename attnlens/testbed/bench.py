@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import AttnlensError
+from ..sweep import reusable, run_name, run_path
 
 METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
 #: the hyperparameter each method calls its step size (released default 20 for all four)
@@ -132,29 +133,18 @@ def score_run(path: str | Path) -> dict[str, Any]:
     }
 
 
-def _run_path(root: Path, variant: Variant, prompt: str, seed: int) -> Path:
-    from ..cli.record import slugify
-
-    name = variant.label.replace(" ", "_").replace("=", "-").replace("/", "-")
-    return root / slugify(prompt, limit=60) / f"{name}-seed{seed}"
-
-
 def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *, steps: int, guidance_scale: float,
                    model_id: str, rerecord: bool = False) -> tuple[Path, bool]:
-    """Record one (variant, prompt, seed) unless a complete run with the same settings exists.
+    """Record one (variant, prompt, seed) unless a complete run with the same settings exists (``attnlens.sweep``).
     Returns (path, recorded)."""
     import attnlens
-    from ..store import is_run, read_manifest
 
-    path = _run_path(root, variant, prompt, seed)
+    path = run_path(root, prompt, run_name(variant.method, label=variant.label), seed)
     options = json.loads(json.dumps(variant.options))
-    if is_run(path) and not rerecord:
-        m = read_manifest(path)
-        if (m.get("status") == "complete" and m.get("prompt") == prompt and m.get("seed") == seed
-                and m.get("steps") == steps and m.get("guidance_scale") == guidance_scale
-                and (m.get("method") or {}).get("name") == variant.method and m.get("bench_options") == options
-                and m.get("label") == variant.label):
-            return path, False
+    if not rerecord and reusable(path, prompt=prompt, seed=seed, method=variant.method, steps=steps,
+                                 settings={"guidance_scale": guidance_scale, "bench_options": options,
+                                           "label": variant.label}):
+        return path, False
     attnlens.sample(pipe, prompt, method=variant.method, method_options=variant.options, seed=seed, out=path,
                     num_inference_steps=steps, guidance_scale=guidance_scale, overwrite=True,
                     manifest={"label": variant.label, "bench_options": options, "model_id": model_id,

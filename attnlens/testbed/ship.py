@@ -5,8 +5,9 @@
 copies the weights and configs of ``PIPELINE`` (fp16 safetensors as ``attnlens.testbed.train`` exports them) into
 ``attnlens/assets/shapes/`` — without the tokenizer files, which are regenerated from the shipped CLIP BPE
 vocabulary when the model is first built into the cache — and writes ``attnlens/assets/shapes/attnlens_model.json``
-with the SHA-256 of every file. ``attnlens.models`` verifies those hashes before building, so a truncated or
-Git-LFS-pointer checkout fails with one clear line instead of loading garbage.
+with the SHA-256 of every file. ``attnlens.models.shapes`` (which owns the asset folder, the file list and the
+checksum) verifies those hashes before building, so a truncated or Git-LFS-pointer checkout fails with one clear
+line instead of loading garbage.
 """
 
 from __future__ import annotations
@@ -16,25 +17,9 @@ import json
 import shutil
 from pathlib import Path
 
-ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "shapes"
-FILES = (
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-)
+from ..models.shapes import ASSET_DIR, FILES, MANIFEST, sha256
 
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["ASSET_DIR", "FILES", "main", "sha256", "ship"]
 
 
 def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None = None) -> dict:
@@ -56,7 +41,7 @@ def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None =
         extra = json.loads(info.read_text())
     digest = hashlib.sha256("".join(v["sha256"] for v in files.values()).encode()).hexdigest()[:12]
     manifest = {"name": "attnlens-shapes", "version": digest, "files": files, "training": extra, **(note or {})}
-    (dest / "attnlens_model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -1,15 +1,7 @@
-"""Loading pipelines: hub ids, local diffusers folders, built pipelines, and the embedded default model.
+"""The embedded model registry and ``load_pipeline``: hub ids, local diffusers folders, built pipelines, embedded names.
 
-``load_pipeline`` is the one entry point. The embedded default (``attnlens-tiny``) is a small pipeline with Stable
-Diffusion's architecture, created deterministically on first use into a cache folder and then loaded through
-exactly the same ``DiffusionPipeline.from_pretrained`` call as ``CompVis/stable-diffusion-v1-4``.
-
-Examples::
-
-    >>> import attnlens
-    >>> pipe = attnlens.load_pipeline("attnlens-tiny")           # embedded default, CPU + fp32 here
-    >>> type(pipe).__name__
-    'StableDiffusionPipeline'
+An embedded model (:data:`EMBEDDED`) is written once into the cache folder (``$ATTNLENS_HOME/models``) by its
+builder and then loaded through exactly the same ``DiffusionPipeline.from_pretrained`` call as a hub id.
 """
 
 from __future__ import annotations
@@ -25,7 +17,9 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import AttnlensError
+from ..errors import AttnlensError
+from .shapes import build_shapes, shapes_version
+from .tiny import build_tiny
 
 # The embedded default: the trained shapes testbed model (attnlens-tiny, random weights, stays available by name).
 DEFAULT_MODEL = "attnlens-shapes"
@@ -33,141 +27,28 @@ DEFAULT_MODEL = "attnlens-shapes"
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model that attnlens can create offline: ``build(directory)`` writes a diffusers folder."""
+    """A model that attnlens can create offline: ``build(directory)`` writes a diffusers folder.
+
+    ``version`` (a string, or a function returning one) keys the cache folder: a new version builds anew."""
 
     name: str
     description: str
-    build: Callable[[Path], None]
-    version: str
-
-
-def _build_tiny(directory: Path) -> None:
-    """Write the deterministic ``attnlens-tiny`` diffusers folder into ``directory``.
-
-    Architecture (SD 1.x shaped, random weights, seeded before each component as in diffusers' dummy components):
-    64×64 images, AutoencoderKL with a 4× downsampling (latent 4×16×16), a UNet2DConditionModel with
-    cross-attention at 16×16, 8×8 and 4×4 (8 heads each), a 2-layer CLIPTextModel (width 64) with the real CLIP
-    BPE tokenizer, and SD's PNDM scheduler (``skip_prk_steps``: 51 timesteps for 50 steps).
-    """
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .tokenizer import clip_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            projection_dim=64,
-        )
-    )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(directory, safe_serialization=True)
-
-
-def shapes_manifest() -> dict[str, Any]:
-    """The manifest of the shipped shapes model (``attnlens/assets/shapes/attnlens_model.json``)."""
-    from .testbed.ship import ASSET_DIR
-
-    path = ASSET_DIR / "attnlens_model.json"
-    if not path.is_file():
-        raise AttnlensError(
-            "the trained shapes model is not in this installation (attnlens/assets/shapes is missing)",
-            hint="reinstall attnlens from a full checkout, or use --model attnlens-tiny",
-        )
-    return json.loads(path.read_text())
-
-
-def _build_shapes(directory: Path) -> None:
-    """Write ``attnlens-shapes`` — the trained testbed model shipped in ``attnlens/assets/shapes`` (see
-    docs/testbed.md) — into ``directory``: the shipped weights and configs, verified against their SHA-256, plus
-    tokenizer files generated from the shipped CLIP BPE vocabulary."""
-    from .testbed.ship import ASSET_DIR, sha256
-    from .tokenizer import clip_tokenizer
-
-    manifest = shapes_manifest()
-    for rel, info in manifest["files"].items():
-        src = ASSET_DIR / rel
-        if not src.is_file() or sha256(src) != info["sha256"]:
-            raise AttnlensError(
-                f"the shipped shapes model file '{rel}' is missing or damaged (checksum mismatch)",
-                hint="restore attnlens/assets/shapes from git (git lfs is not used; run: git checkout -- attnlens/assets)",
-            )
-        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, directory / rel)
-    clip_tokenizer().save_pretrained(directory / "tokenizer")
-
-
-def _shapes_version() -> str:
-    try:
-        return str(shapes_manifest()["version"])
-    except AttnlensError:
-        return "missing"
+    build: Callable[[Path], Any]
+    version: str | Callable[[], str]
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "attnlens-tiny": EmbeddedModel(
         name="attnlens-tiny",
         description="SD-1.x-shaped pipeline with random weights, 64x64, cross-attention at 16/8/4 (built offline)",
-        build=_build_tiny,
+        build=build_tiny,
         version="1",
     ),
     "attnlens-shapes": EmbeddedModel(
         name="attnlens-shapes",
         description="the trained shapes testbed model (64x64, coloured shapes; docs/testbed.md), shipped weights",
-        build=_build_shapes,
-        version="shipped",  # the weights' digest (from the asset manifest) keys the cache folder
+        build=build_shapes,
+        version=shapes_version,  # the shipped weights' digest (from the asset manifest)
     ),
 }
 
@@ -182,7 +63,7 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
     spec = EMBEDDED[name]
     import diffusers
 
-    version = _shapes_version() if spec.name == "attnlens-shapes" else spec.version
+    version = spec.version() if callable(spec.version) else spec.version
     key = hashlib.sha256(f"{spec.name}:{version}:{diffusers.__version__}".encode()).hexdigest()[:10]
     target = cache_dir() / "models" / f"{spec.name}-{key}"
     if (target / "model_index.json").exists():
@@ -240,7 +121,7 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
     """Load a text-to-image pipeline ready for recording.
 
     Args:
-        model (`str` or `DiffusionPipeline`, *optional*, defaults to `"attnlens-tiny"`):
+        model (`str` or `DiffusionPipeline`, *optional*, defaults to `DEFAULT_MODEL`, ``"attnlens-shapes"``):
             A hub id (``CompVis/stable-diffusion-v1-4``), a local diffusers folder, the name of an embedded model,
             or an already-built pipeline (moved to ``device``/``dtype`` and returned).
         device (`str`, *optional*): defaults to ``cuda`` when available, else ``cpu``.
