@@ -10,7 +10,8 @@ per model. ``compare`` opens every run with plain zarr (no attnlens import), so 
 the store would, and compares:
 
 * every array (maps, coordinates, latents, timesteps, per-step scalars): dtype, shape and raw bytes;
-* the manifest's numeric and configuration fields (timestamps, durations and library versions are left out);
+* the manifest's numeric and configuration fields (timestamps, durations, library versions and the store's schema
+  version are left out; a key one side writes as null or empty and the other omits counts as equal);
 * each image's pixels;
 * each ``analyze`` table, row for row (NaN equals NaN).
 
@@ -36,6 +37,7 @@ HEADS = ("mean", "all")
 STEPS = 6
 #: manifest keys that describe when and where a run was made, not what it computed
 VOLATILE = {"created", "finished", "updated", "duration_s", "elapsed_s", "versions", "environment", "host", "path",
+            "timings", "schema_version",
             "timing", "started", "wall_s", "sample_s"}
 
 
@@ -127,7 +129,8 @@ def compare(a: Path, b: Path, limit: int = 20) -> list[str]:
                 diffs.append(f"{rel}/{key}: values differ")
         ma, mb = _manifest(ra), _manifest(rb)
         for k in sorted(set(ma) | set(mb)):
-            if ma.get(k) != mb.get(k):
+            # a key one schema writes as null/empty and the other leaves out is the same information
+            if ma.get(k) != mb.get(k) and not (ma.get(k) in (None, {}, []) and mb.get(k) in (None, {}, [])):
                 diffs.append(f"{rel}/manifest.{k}: {ma.get(k)!r} vs {mb.get(k)!r}")
         for png in sorted(p.name for p in ra.rglob("*.png")):
             pa = next(ra.rglob(png))
@@ -140,7 +143,8 @@ def compare(a: Path, b: Path, limit: int = 20) -> list[str]:
         ta, tb = pd.read_parquet(a / table), pd.read_parquet(b / table)
         for t in (ta, tb):  # run paths differ between the two roots
             for col in [c for c in t.columns if c in ("run", "path", "run_path")]:
-                t[col] = t[col].astype(str).str.replace(str(a), "").str.replace(str(b), "")
+                t[col] = (t[col].astype(str).str.replace(str(a.resolve()), "").str.replace(str(b.resolve()), "")
+                          .str.replace(str(a), "").str.replace(str(b), ""))
         try:
             pd.testing.assert_frame_equal(ta, tb, check_exact=True)
         except AssertionError as exc:

@@ -27,6 +27,7 @@ from .registry import (
     embedded_model_path,
     load_pipeline,
     model_family,
+    model_info,
     resolve_model,
 )
 from .shapes import ASSET_DIR, build_shapes, sha256, shapes_manifest, shapes_version
@@ -34,6 +35,6 @@ from .tiny import build_sd2, build_sdxl, build_tiny
 
 __all__ = [
     "ASSET_DIR", "DEFAULT_MODEL", "EMBEDDED", "EmbeddedModel", "build_sd2", "build_sdxl", "build_shapes", "build_tiny",
-    "cache_dir", "default_device_dtype", "embedded_model_path", "load_pipeline", "model_family", "resolve_model",
+    "cache_dir", "default_device_dtype", "embedded_model_path", "load_pipeline", "model_family", "model_info", "resolve_model",
     "sha256", "shapes_manifest", "shapes_version",
 ]

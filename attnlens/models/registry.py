@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -143,7 +144,6 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
 
     from diffusers import DiffusionPipeline
 
-    _quiet_loading()
     kind, location = resolve_model(str(model))
     kwargs: dict[str, Any] = {"dtype": dtype}
     index = Path(location) / "model_index.json"
@@ -164,20 +164,23 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
             hint="attnlens records UNet-based text-to-image pipelines (SD 1.x, SD 2.x, SDXL)",
         )
     pipe = pipe.to(device)
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    pipe._attnlens_model_id = str(model)
-    pipe._attnlens_model_location = location
+    _LOADED[pipe] = {"id": str(model), "location": location}
     return pipe
 
 
-def _quiet_loading() -> None:
-    """No per-component progress bars while loading ("Loading pipeline components…"); errors still surface."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
+#: what ``load_pipeline`` knows about the pipelines it built (the name it was given and the folder it loaded), kept
+#: beside the pipeline object rather than as attributes on it; entries go when the pipeline is garbage-collected
+_LOADED: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
 
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
+
+def model_info(pipe) -> dict[str, Any]:
+    """``{"id", "location"}`` of a pipeline: the model name ``load_pipeline`` was given and the folder it loaded
+    (an embedded model's cache folder, a local folder, a hub id), else the pipeline's own ``name_or_path``."""
+    known = _LOADED.get(pipe)
+    if known is not None:
+        return dict(known)
+    name = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    return {"id": name or type(pipe).__name__, "location": name if name and Path(name).exists() else None}
 
 
 def model_family(pipe) -> str:

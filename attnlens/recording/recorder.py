@@ -32,6 +32,7 @@ import torch
 from .._version import __version__
 from ..environment import library_versions
 from ..errors import AttnlensError
+from ..models import model_info
 from ..selection import select_layers, step_predicate
 from ..store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
 from .processor import RecordingProcessor
@@ -239,8 +240,7 @@ class Recorder:
             "attnlens_version": __version__,
             "recording": self.config.to_dict(),
             "model": {
-                "id": getattr(pipe, "_attnlens_model_id", getattr(pipe, "name_or_path", None) or type(pipe).__name__),
-                "location": getattr(pipe, "_attnlens_model_location", None),
+                **model_info(pipe),
                 "pipeline": type(pipe).__name__,
                 "scheduler": {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)},
             },

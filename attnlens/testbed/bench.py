@@ -28,9 +28,20 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..analysis import read_table, variant_label, write_parquet
+from ..compare import compare, fmt, latex_escape, to_csv, to_latex, to_markdown
 from ..errors import AttnlensError
+from ..figures import save_figure
+from ..methods import available_methods, get_method
+from ..models import load_pipeline
+from ..sampler import sample
+from ..store import open_run
 from ..sweep import reusable, run_name, run_path
+from .evaluate import parse_caption, score
+from .predictive import auc_figure, best_predictors, fixed_point, metric_auc
+from .render import scene_at
 
 METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
 #: the hyperparameter each method calls its step size (released default 20 for all four)
@@ -59,7 +70,6 @@ class Variant:
 def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000) -> list[str]:
     """The first ``n`` distinct two-object captions (``and`` / ``next to``) of the renderer's ``test`` split
     (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …); without size words unless ``sizes``."""
-    from .render import scene_at
 
     out: list[str] = []
     seen: set[str] = set()
@@ -87,7 +97,6 @@ def bench_variants(methods: Sequence[str] = METHODS, sweep: Sequence[float] = (0
 
     ``overrides`` (method → options) applies to every variant of that method (e.g. a refinement cap).
     Labels: ``syngen`` (defaults), ``syngen step_size=5`` (sweep)."""
-    from ..methods import available_methods, get_method
 
     known = set(available_methods())
     bad = [m for m in methods if m not in known]
@@ -111,9 +120,6 @@ def bench_variants(methods: Sequence[str] = METHODS, sweep: Sequence[float] = (0
 def score_run(path: str | Path) -> dict[str, Any]:
     """Score a recorded run's image against its prompt: one outcome row (run, method, variant, prompt, seed, the
     evaluator's flags, object accuracy and per-object statuses)."""
-    from ..analysis import variant_label
-    from ..store import open_run
-    from .evaluate import score
 
     run = open_run(path)
     m = run.manifest
@@ -137,7 +143,6 @@ def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *
                    model_id: str, rerecord: bool = False) -> tuple[Path, bool]:
     """Record one (variant, prompt, seed) unless a complete run with the same settings exists (``attnlens.sweep``).
     Returns (path, recorded)."""
-    import attnlens
 
     path = run_path(root, prompt, run_name(variant.method, label=variant.label), seed)
     options = json.loads(json.dumps(variant.options))
@@ -145,7 +150,7 @@ def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *
                                  settings={"guidance_scale": guidance_scale, "bench_options": options,
                                            "label": variant.label}):
         return path, False
-    attnlens.sample(pipe, prompt, method=variant.method, method_options=variant.options, seed=seed, out=path,
+    sample(pipe, prompt, method=variant.method, method_options=variant.options, seed=seed, out=path,
                     num_inference_steps=steps, guidance_scale=guidance_scale, overwrite=True,
                     manifest={"label": variant.label, "bench_options": options, "model_id": model_id,
                               "bench": "binding"})
@@ -186,7 +191,6 @@ def outcome_rows(outcomes):
 def binding_comparison(outcomes, n_boot: int = 2000, ci: float = 0.95, baseline: str = "none"):
     """Mean and ``ci`` bootstrap interval of every outcome per variant, and the paired difference to ``baseline``,
     over (prompt, seed) units (``attnlens.compare.compare``)."""
-    from ..compare import compare
 
     df = outcome_rows(outcomes)
     base = baseline if baseline in set(df["variant"]) else None
@@ -205,7 +209,6 @@ def _order_table(c, variants: Sequence[Variant]):
 
 
 def _auc_tables(best, out: Path, name: str = "auc") -> list[Path]:
-    from ..compare import fmt, latex_escape
 
     cols = ["metric", "role", "layer", "step", "AUC [95% CI]", "direction", "AUC all, last step", "n+ / n−"]
     lines = []
@@ -232,7 +235,6 @@ def _fixed_tables(tables: Sequence[tuple[str, Any, Any]], out: Path) -> list[Pat
     be None)."""
     import pandas as pd
 
-    from ..compare import fmt
 
     def ci(r) -> str:
         return f"{fmt(r['auc'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
@@ -287,12 +289,7 @@ def run_binding_bench(
     released defaults on many prompts and a step-size sweep on a subset).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
-    import attnlens
-    from ..compare import to_csv, to_latex, to_markdown
-    from ..figures import save_figure
-    from .evaluate import parse_caption
 
     t0 = time.perf_counter()
     log = log or (lambda s: print(s, file=sys.stderr))
@@ -310,7 +307,7 @@ def run_binding_bench(
         raise AttnlensError("nothing to run: no prompts or no seeds")
     variants = bench_variants(methods, sweep, overrides)
     model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "pipe")
-    pipe = attnlens.load_pipeline(model) if isinstance(model, str) else model
+    pipe = load_pipeline(model) if isinstance(model, str) else model
     jobs = [(v, p, s) for p in prompt_list for s in seeds for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({
@@ -334,8 +331,6 @@ def run_binding_bench(
         files[-1].write_text(text)
     result = BenchResult(out=out, outcomes=outcomes, comparison=c, recorded=recorded, reused=reused)
     if analyse:
-        from ..analysis import read_table, write_parquet
-        from .predictive import auc_figure, best_predictors, fixed_point, metric_auc
 
         log("analysing the runs ...")
         runs = sorted({r["run"] for r in rows})

@@ -525,11 +525,17 @@ def generate_and_score(
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
     images = []
-    for s in tqdm(range(0, len(prompts), batch), disable=not progress, desc=desc):
-        gens = [torch.Generator().manual_seed(int(x)) for x in seeds[s : s + batch]]
-        out = pipe(list(prompts[s : s + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                   output_type="np").images
-        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+    # one bar over the batches, not the pipeline's own per-call bar too; the caller's pipeline is left as it was
+    saved = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    pipe.set_progress_bar_config(**{**saved, "disable": True})
+    try:
+        for s in tqdm(range(0, len(prompts), batch), disable=not progress, desc=desc):
+            gens = [torch.Generator().manual_seed(int(x)) for x in seeds[s : s + batch]]
+            out = pipe(list(prompts[s : s + batch]), num_inference_steps=steps, guidance_scale=guidance,
+                       generator=gens, output_type="np").images
+            images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+    finally:
+        pipe._progress_bar_config = saved
     images_arr = np.concatenate(images)
     return [score(img, p) for img, p in zip(images_arr, prompts)], images_arr
 

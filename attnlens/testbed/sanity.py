@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import attnlens
-
+from ..models import load_pipeline
 from .evaluate import aggregate, generate_and_score, image_grid
 from .render import scene_at
 
@@ -32,7 +31,7 @@ def run_sanity(model: str | Any, n: int = 64, steps: int = 25, guidance_scale: f
     """Score ``n`` unguided images per kind; returns ``{"model", "steps", "guidance_scale", "n", "kinds": {kind:
     aggregate rates + both_present}}``. ``save``: a PNG path; one grid per kind is written beside it."""
 
-    pipe = attnlens.load_pipeline(model) if isinstance(model, str) else model
+    pipe = load_pipeline(model) if isinstance(model, str) else model
     pipe.set_progress_bar_config(disable=True)
     report: dict[str, Any] = {"model": str(model if isinstance(model, str) else "pipeline"), "steps": steps,
                               "guidance_scale": guidance_scale, "n": n, "seed": seed, "kinds": {}}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..models.shapes import ASSET_DIR, FILES, MANIFEST, sha256
 
-__all__ = ["ASSET_DIR", "FILES", "main", "sha256", "ship"]
+__all__ = ["ASSET_DIR", "FILES", "sha256", "ship"]
 
 
 def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None = None) -> dict:
@@ -45,12 +45,8 @@ def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None =
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m attnlens.testbed.ship PIPELINE [--dest DIR]``, the same as ``attnlens testbed ship``."""
-    from ..cli.testbed import run_module
-
-    run_module("ship", None if argv is None else list(argv))
-
-
+# ``python -m attnlens.testbed.ship PIPELINE [--dest DIR]`` is ``attnlens testbed ship`` (``--help`` lists the options)
 if __name__ == "__main__":
-    main()
+    from attnlens.cli.testbed import run_module
+
+    run_module("ship", None)

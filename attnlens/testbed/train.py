@@ -492,6 +492,7 @@ def write_samples(cfg: TrainConfig, out: Path, vae, scaling_factor: float, text_
 
 
     pipe = build_pipeline(cfg, vae, scaling_factor, text_encoder, unet, ema)
+    pipe.set_progress_bar_config(disable=True)  # this pipeline is ours (training previews): no per-step bar
     g = torch.Generator().manual_seed(cfg.seed)
     images = pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=g,
                   output_type="np").images

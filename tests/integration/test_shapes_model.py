@@ -25,7 +25,9 @@ def shapes_pipe():
 
 def test_default_model_is_the_shipped_shapes_model(shapes_pipe):
     assert attnlens.DEFAULT_MODEL == "attnlens-shapes"
-    folder = Path(shapes_pipe._attnlens_model_location)
+    folder = Path(attnlens.models.model_info(shapes_pipe)["location"])
+    assert attnlens.models.model_info(shapes_pipe)["id"] == "attnlens-shapes"
+    assert not [a for a in vars(shapes_pipe) if a.startswith("_attnlens")]  # nothing stashed on the pipeline
     assert (folder / "model_index.json").is_file() and (folder / "tokenizer" / "tokenizer.json").is_file()
     assert type(shapes_pipe).__name__ == "StableDiffusionPipeline"
     # SD's layout at small scale: cross-attention at 16x16 and 8x8 of the 16x16 latent, 64x64 images
@@ -59,15 +61,15 @@ def test_it_draws_what_it_is_asked(shapes_pipe):
 
 
 def test_damaged_weights_are_refused_with_one_line(tmp_path, monkeypatch):
-    from attnlens.testbed import ship
+    from attnlens.models import shapes
 
     copy = tmp_path / "shapes"
-    shutil.copytree(ship.ASSET_DIR, copy)
+    shutil.copytree(shapes.ASSET_DIR, copy)
     unet = copy / "unet" / "diffusion_pytorch_model.safetensors"
     data = bytearray(unet.read_bytes())
     data[-1] ^= 0xFF
     unet.write_bytes(bytes(data))
-    monkeypatch.setattr(ship, "ASSET_DIR", copy)
+    monkeypatch.setattr(shapes, "ASSET_DIR", copy)
     monkeypatch.setenv("ATTNLENS_HOME", str(tmp_path / "home"))
     (copy / "attnlens_model.json").write_text((copy / "attnlens_model.json").read_text().replace(
         '"version": "', '"version": "x'))  # a new cache key, so the model is built (and checked) again
