@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .analysis import AGGREGATE_ALL, HEADLINE, METRIC_INFO, SCALAR_PREFIX
-from .errors import AttnlensError
+from .errors import BadOption, EmptySelection, MetricNotFound, NotFoundError
 from .report import fmt
 from .selection import step_filter
 
@@ -72,7 +72,7 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
     (scalars are always phase ``guidance``); ``steps`` takes the ``analyze`` syntax (``0:25``, ``0,10,20``)."""
 
     if df is None or not len(df):
-        raise AttnlensError("the metrics table is empty", hint="analyse some runs first: attnlens analyze runs/")
+        raise EmptySelection("the metrics table is empty", hint="analyse some runs first: attnlens analyze runs/")
     known_metrics = set(df["metric"].unique())
     if metrics is None:
         pairs = [(m, r) for m, r in HEADLINE if m in known_metrics]
@@ -88,14 +88,14 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
         if missing:
 
             close = difflib.get_close_matches(missing[0], sorted(known_metrics), n=3)
-            raise AttnlensError(f"metric '{missing[0]}' is not in the table",
+            raise MetricNotFound(f"metric '{missing[0]}' is not in the table",
                                 hint=(f"did you mean {', '.join(close)}? " if close else "")
                                 + f"the table has: {', '.join(sorted(known_metrics))}")
         out = df[df["metric"].isin(names)]
     if roles:
         bad = [r for r in roles if r not in set(out["role"].unique())]
         if bad:
-            raise AttnlensError(f"role '{bad[0]}' has no rows for the selected metrics",
+            raise EmptySelection(f"role '{bad[0]}' has no rows for the selected metrics",
                                 hint=f"roles present: {', '.join(sorted(out['role'].unique()))}")
         out = out[out["role"].isin(list(roles))]
     map_rows = ~out["layer"].isin(NON_MAP_LAYERS)
@@ -104,7 +104,7 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
         present = set(out.loc[map_rows, "layer"].unique())
         bad = [x for x in lay if x not in present]
         if bad and map_rows.any():
-            raise AttnlensError(f"layer '{bad[0]}' is not in the table",
+            raise NotFoundError(f"layer '{bad[0]}' is not in the table",
                                 hint=f"layers present: {', '.join(sorted(present))}")
     keep = ~map_rows | out["layer"].isin(lay)
     if phase is not None:
@@ -116,7 +116,7 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
     if tokens:
         out = out[out["token"].isin(list(tokens))]
     if not len(out):
-        raise AttnlensError("no rows left after the selection",
+        raise EmptySelection("no rows left after the selection",
                             hint="check --metric/--role/--layers/--phase/--steps against 'attnlens analyze' output")
     return out
 
@@ -124,9 +124,9 @@ def select_rows(df, *, metrics: Sequence[str] | None = None, roles: Sequence[str
 def unit_values(df, by: str = "method"):
     """One value per (group, prompt, seed, metric, role): the mean of the selected rows of that unit."""
     if by not in df.columns:
-        raise AttnlensError(f"cannot group by '{by}'", hint="use a column of the table, e.g. method or variant")
+        raise BadOption(f"cannot group by '{by}'", hint="use a column of the table, e.g. method or variant")
     if by in UNIT:
-        raise AttnlensError(f"cannot group by '{by}': runs are paired on (prompt, seed)",
+        raise BadOption(f"cannot group by '{by}': runs are paired on (prompt, seed)",
                             hint="group by method or variant")
     g = df.groupby([by, *UNIT, "metric", "role"], observed=True, sort=True)["value"].mean()
     out = g.reset_index().rename(columns={by: "group"})
@@ -175,7 +175,7 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
 
 
     if not 0.0 < ci < 1.0:
-        raise AttnlensError(f"--ci must be between 0 and 1, got {ci}")
+        raise BadOption(f"--ci must be between 0 and 1, got {ci}")
     rows = select_rows(df, metrics=metrics, roles=roles, layers=layers, phase=phase, steps=steps, tokens=tokens)
     units = unit_values(rows, by=by)
     groups = sorted(units["group"].unique(), key=natural_key)
@@ -184,7 +184,7 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
     elif baseline not in groups:
 
         close = difflib.get_close_matches(baseline, groups, n=3)
-        raise AttnlensError(f"baseline '{baseline}' is not a {by} in the table",
+        raise NotFoundError(f"baseline '{baseline}' is not a {by} in the table",
                             hint=f"{by} values: {', '.join(groups)}"
                             + (f" (did you mean {close[0]}?)" if close else ""))
     notes: list[str] = []
@@ -348,7 +348,7 @@ def render(c: Comparison, fmt_name: str) -> str:
         with console.capture() as cap:
             console.print(to_rich(c))
         return cap.get()
-    raise AttnlensError(f"unknown format '{fmt_name}'", hint=f"choose one of: {', '.join(FORMATS)}")
+    raise BadOption(f"unknown format '{fmt_name}'", hint=f"choose one of: {', '.join(FORMATS)}")
 
 
 __all__ = ["Comparison", "FORMATS", "bootstrap_means", "caption", "compare", "fmt", "latex_escape", "render",

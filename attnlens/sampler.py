@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import AttnlensError
+from .errors import AttnlensError, ConfigError, EmptySelection
 from .methods import GuidanceMethod, LossOutput, get_method
 from .parse import parse_prompt
 from .recording import Recorder, RecordingConfig
@@ -97,13 +97,13 @@ def guided_sample(
         latents: (1, C, H/f, W/f).
     """
     if getattr(pipe, "text_encoder_2", None) is not None:
-        raise AttnlensError("guided sampling supports SD 1.x/2.x pipelines; SDXL runs can be recorded with attnlens.record(pipe)")
+        raise ConfigError("guided sampling supports SD 1.x/2.x pipelines; SDXL runs can be recorded with attnlens.record(pipe)")
     device = pipe.unet.device
     dtype = pipe.unet.dtype
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     if height % pipe.vae_scale_factor or width % pipe.vae_scale_factor:
-        raise AttnlensError(f"height and width must be multiples of {pipe.vae_scale_factor}, got {height}×{width}")
+        raise ConfigError(f"height and width must be multiples of {pipe.vae_scale_factor}, got {height}×{width}")
     generator = torch.Generator(device=device.type if device.type != "mps" else "cpu")
     generator = generator.manual_seed(seed) if seed is not None else generator
     do_cfg = guidance_scale > 1.0
@@ -127,10 +127,10 @@ def guided_sample(
             recorder.need_live = set(method.layers(recorder.resolutions()))
             if not recorder.need_live:
                 res = sorted({r[0] for r in recorder.resolutions().values()})
-                raise AttnlensError(f"method '{method.name}' found no cross-attention layers it can use",
+                raise EmptySelection(f"method '{method.name}' found no cross-attention layers it can use",
                                     hint=f"this model has maps at resolutions {res}; set the method's resolution option")
     elif guided:
-        raise AttnlensError("guided sampling needs a recorder (use attnlens.sample or attnlens.record(pipe, None))")
+        raise ConfigError("guided sampling needs a recorder (use attnlens.sample or attnlens.record(pipe, None))")
 
     log: list[dict[str, Any]] = []
     warned = False

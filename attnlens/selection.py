@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 from typing import Any, Callable, Iterable
 
-from .errors import AttnlensError
+from .errors import BadOption, ConfigError, EmptySelection, NotFoundError
 
 LayerFilter = None | str | int | Iterable[str | int] | Callable[[str], bool]
 StepFilter = None | int | range | slice | Iterable[int] | Callable[[int], bool]
@@ -28,20 +28,20 @@ def select_layers(names: list[str], spec: LayerFilter, resolutions: dict[str, tu
     for item in items:
         if isinstance(item, int):
             if resolutions is None:
-                raise AttnlensError("selecting layers by resolution needs the latent size")
+                raise ConfigError("selecting layers by resolution needs the latent size")
             hits = [n for n in names if resolutions[n][0] == item]
             if not hits:
                 valid = sorted({r[0] for r in resolutions.values()})
-                raise AttnlensError(f"no cross-attention layer at resolution {item}", hint=f"available: {valid}")
+                raise EmptySelection(f"no cross-attention layer at resolution {item}", hint=f"available: {valid}")
         elif any(c in item for c in "*?["):
             hits = fnmatch.filter(names, item)
             if not hits:
-                raise AttnlensError(f"layer pattern '{item}' matches no cross-attention layer",
+                raise EmptySelection(f"layer pattern '{item}' matches no cross-attention layer",
                                     hint=f"layers look like {names[0]}")
         else:
             if item not in names:
                 close = difflib.get_close_matches(item, names, n=3, cutoff=0.4)
-                raise AttnlensError(f"unknown layer '{item}'", hint=f"closest: {', '.join(close) or names[0]}")
+                raise NotFoundError(f"unknown layer '{item}'", hint=f"closest: {', '.join(close) or names[0]}")
             hits = [item]
         chosen.update(hits)
     return [n for n in names if n in chosen]
@@ -74,7 +74,7 @@ def parse_steps(text: str | None) -> StepFilter:
             return [int(p) for p in text.split(",")]
         return int(text)
     except ValueError:
-        raise AttnlensError(f"cannot read step selection '{text}'", hint="use START:STOP[:STRIDE], a list 0,10,20 or one index") from None
+        raise BadOption(f"cannot read step selection '{text}'", hint="use START:STOP[:STRIDE], a list 0,10,20 or one index") from None
 
 
 def step_filter(steps: Any) -> Callable[[int], bool]:

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import AttnlensError
+from .errors import AttnlensError, BadOption
 from .store import STATUS_COMPLETE, is_run, read_manifest
 
 #: how many characters of the prompt's slug name its folder
@@ -72,7 +72,7 @@ def sweep_paths(root: str | Path, prompts: Sequence[str], seeds: Sequence[int], 
                 first, _ = owner[path]
                 what = (f"prompt '{prompt}' with seed {seed} is given twice" if first == prompt else
                         f"prompts '{first}' and '{prompt}' would share the run folder '{path.parent}'")
-                raise AttnlensError(what, hint="give each prompt and seed once; a prompt's folder keeps only its "
+                raise BadOption(what, hint="give each prompt and seed once; a prompt's folder keeps only its "
                                                f"ASCII letters and digits, first {slug_limit} characters")
             owner[path] = (prompt, seed)
             targets.append((prompt, seed, path))

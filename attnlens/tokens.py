@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import AttnlensError
+from .errors import BadOption
 
 MAX_PIECES = 75  # 77 positions minus <sot> and <eot>
 
@@ -29,7 +29,7 @@ class PromptInfo:
 def check_prompt(prompt: str, tokenizer) -> PromptInfo:
     """Validate ``prompt``: refuse an empty one; name the words dropped when it is over 75 word pieces."""
     if prompt is None or not prompt.strip():
-        raise AttnlensError("empty prompt", hint='give a prompt, e.g. attnlens record "a red crown and a golden strawberry"')
+        raise BadOption("empty prompt", hint='give a prompt, e.g. attnlens record "a red crown and a golden strawberry"')
     ids = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
     pieces = tokenizer.convert_ids_to_tokens(ids)
     if len(pieces) <= MAX_PIECES:

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .. import metrics as M
-from ..errors import AttnlensError
+from ..errors import EmptySelection
 from ..selection import select_layers
 from ..store import PHASES, Run
 from ..vocab import AGGREGATE_ALL
@@ -60,7 +60,7 @@ def plan_layers(resolutions: dict[str, tuple[int, int]], specs: Sequence[str | i
             elif m:
                 hw = (int(m.group(1)), int(m.group(2) or m.group(1)))
                 if hw not in by_res:
-                    raise AttnlensError(f"no layers at {hw[0]}×{hw[1]} for aggregate '{text}'",
+                    raise EmptySelection(f"no layers at {hw[0]}×{hw[1]} for aggregate '{text}'",
                                         hint=f"resolutions: {', '.join(_res_name(r) for r in sorted(by_res))}")
                 aggs[text] = (tuple(by_res[hw]), hw)
             else:

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import AttnlensError
+from ..errors import NotFoundError, StoreError
 from ..selection import step_filter
 from ..store import is_run
 from ..vocab import SCALAR_PREFIX
@@ -73,18 +73,18 @@ def read_table(path: str | Path, *, metrics: Sequence[str] | None = None, layers
 
     path = Path(path)
     if not path.is_file():
-        raise AttnlensError(f"'{path}' does not exist",
+        raise NotFoundError(f"'{path}' does not exist",
                             hint="write one with: attnlens analyze runs/ --out metrics.parquet")
     filters = [("metric", "in", list(metrics))] if metrics else None
     try:
         table = pq.read_table(path, filters=filters, columns=list(columns) if columns else None)
     except Exception as exc:  # noqa: BLE001  (not a parquet file, wrong schema)
-        raise AttnlensError(f"cannot read '{path}' as a metrics table ({type(exc).__name__})",
+        raise StoreError(f"cannot read '{path}' as a metrics table ({type(exc).__name__})",
                             hint="pass a file written by attnlens analyze, or a folder of runs") from exc
     df = table.to_pandas()
     missing = [c for c in ("metric", "layer", "phase", "value") if c not in df.columns]
     if missing and columns is None:
-        raise AttnlensError(f"'{path}' is not a metrics table (no column '{missing[0]}')",
+        raise StoreError(f"'{path}' is not a metrics table (no column '{missing[0]}')",
                             hint="pass a file written by attnlens analyze")
     special = df["layer"].isin(["latent", "-"]) if "layer" in df.columns else None
     if layers and special is not None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import AttnlensError
+from ..errors import AttnlensError, BadOption, EmptySelection, RunNotFound
 from ..methods import available_methods, get_method
 from ..store import Run, find_runs, open_run
 
@@ -61,15 +61,15 @@ def discover_runs(paths: Sequence[str | Path] | str | Path, partial: bool = Fals
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
-        raise AttnlensError("no run or root given", hint="attnlens analyze runs/")
+        raise BadOption("no run or root given", hint="attnlens analyze runs/")
     found: list[Path] = []
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise AttnlensError(f"'{p}' does not exist", hint="pass a run folder or a folder holding runs")
+            raise RunNotFound(f"'{p}' does not exist", hint="pass a run folder or a folder holding runs")
         hits = list(find_runs(p))
         if not hits:
-            raise AttnlensError(f"no runs under '{p}'", hint=f"record one: attnlens record \"a red apple\" --out {p}")
+            raise RunNotFound(f"no runs under '{p}'", hint=f"record one: attnlens record \"a red apple\" --out {p}")
         found += hits
     runs, notes, seen = [], [], set()
     for path in found:
@@ -91,6 +91,6 @@ def discover_runs(paths: Sequence[str | Path] | str | Path, partial: bool = Fals
             continue
         runs.append(run)
     if not runs:
-        raise AttnlensError("no complete run to analyse" + (f" ({len(notes)} skipped)" if notes else ""),
+        raise EmptySelection("no complete run to analyse" + (f" ({len(notes)} skipped)" if notes else ""),
                             hint="pass --partial to analyse incomplete runs" if notes else None)
     return runs, notes

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from .. import metrics as M
-from ..errors import AttnlensError
+from ..errors import AttnlensError, BadOption, MetricNotFound
 from ..selection import step_filter
 from ..store import PHASES, Run
 from ..vocab import AGGREGATE_ALL, COLUMNS, HEADLINE, MAP_METRICS, METRICS, SCALAR_PREFIX, TRAJECTORY_METRICS
@@ -49,7 +49,7 @@ def resolve_metrics(metrics: Sequence[str] | None) -> tuple[set[str], list[str] 
                 hits = [name] if name in METRICS else []
             if not hits:
                 close = difflib.get_close_matches(name, list(METRICS) + ["scalar/loss"], n=3)
-                raise AttnlensError(f"unknown metric '{name}'",
+                raise MetricNotFound(f"unknown metric '{name}'",
                                     hint=(f"did you mean {', '.join(close)}? " if close else "")
                                     + f"known: {', '.join(METRICS)}, scalar/<name>")
             chosen.update(hits)
@@ -199,7 +199,7 @@ class Analysis:
         if self.phases is not None:
             bad = [p for p in self.phases if p not in PHASES]
             if bad:
-                raise AttnlensError(f"unknown phase '{bad[0]}'", hint=f"phases: {', '.join(PHASES)}")
+                raise BadOption(f"unknown phase '{bad[0]}'", hint=f"phases: {', '.join(PHASES)}")
         self._step_ok = step_filter(self.steps)
         self.runs, self.notes = discover_runs(self.paths, self.partial)
         self._summary = _Summary()

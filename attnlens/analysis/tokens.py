@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import AttnlensError
+from ..errors import NotFoundError
 from ..parse import Parse, parse_prompt
 from ..store import Run
 from .runs import _sample_info
@@ -52,7 +52,7 @@ class Selection:
         for i, u in enumerate(self.units):
             if u.label == label or u.label.split("@")[0] == label:
                 return i
-        raise AttnlensError(f"'{label}' is not an analysed word of the prompt",
+        raise NotFoundError(f"'{label}' is not an analysed word of the prompt",
                             hint=f"words: {', '.join(u.label for u in self.units) or '(none)'}")
 
 

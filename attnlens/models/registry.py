@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import AttnlensError
+from ..errors import AttnlensError, ConfigError, ModelNotFound
 from .shapes import build_shapes, shapes_version
 from .tiny import build_tiny
 
@@ -104,14 +104,14 @@ def resolve_model(model: str) -> tuple[str, str]:
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").exists():
-            raise AttnlensError(
+            raise ModelNotFound(
                 f"'{model}' is a folder but not a diffusers pipeline (no model_index.json)",
                 hint="pass the folder that pipe.save_pretrained(...) wrote, or a hub id",
             )
         return "local", str(path.resolve())
     looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]
     if looks_like_path or model.count("/") != 1:
-        raise AttnlensError(
+        raise ModelNotFound(
             f"model '{model}' not found: no such folder, and it is not a hub id (owner/name)",
             hint=f"pass a local diffusers folder, a hub id like CompVis/stable-diffusion-v1-4, or '{DEFAULT_MODEL}'",
         )
@@ -136,7 +136,7 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
     device, dtype = default_device_dtype(device, dtype)
     if not isinstance(model, (str, os.PathLike)):
         if not hasattr(model, "unet"):
-            raise AttnlensError(
+            raise ConfigError(
                 f"expected a diffusers pipeline with a UNet, got {type(model).__name__}",
                 hint="pass a StableDiffusionPipeline / StableDiffusionXLPipeline, a hub id or a local folder",
             )
@@ -153,13 +153,13 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
         pipe = DiffusionPipeline.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
         if kind == "hub":
-            raise AttnlensError(
+            raise ModelNotFound(
                 f"weights for '{model}' are not available (no network or not in the Hugging Face cache)",
                 hint="download it once with network access, or pass a local folder: --model /path/to/saved/pipeline",
             ) from exc
-        raise AttnlensError(f"could not load the pipeline in '{location}': {str(exc).splitlines()[0]}") from exc
+        raise ModelNotFound(f"could not load the pipeline in '{location}': {str(exc).splitlines()[0]}") from exc
     if not hasattr(pipe, "unet"):
-        raise AttnlensError(
+        raise ConfigError(
             f"'{model}' is a {type(pipe).__name__}, which has no UNet",
             hint="attnlens records UNet-based text-to-image pipelines (SD 1.x, SD 2.x, SDXL)",
         )

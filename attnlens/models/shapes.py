@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnlensError
+from ..errors import AttnlensError, ModelNotFound
 from ..tokenizer import clip_tokenizer
 
 #: the package's shipped shapes model (``attnlens/assets/shapes``)
@@ -47,7 +47,7 @@ def shapes_manifest(asset_dir: Path | None = None) -> dict[str, Any]:
     """The manifest of the shipped shapes model (``attnlens/assets/shapes/attnlens_model.json``)."""
     path = Path(asset_dir or ASSET_DIR) / MANIFEST
     if not path.is_file():
-        raise AttnlensError(
+        raise ModelNotFound(
             "the trained shapes model is not in this installation (attnlens/assets/shapes is missing)",
             hint="reinstall attnlens from a full checkout, or use --model attnlens-tiny",
         )
@@ -70,7 +70,7 @@ def build_shapes(directory: Path, asset_dir: Path | None = None) -> None:
     for rel, info in manifest["files"].items():
         src = source / rel
         if not src.is_file() or sha256(src) != info["sha256"]:
-            raise AttnlensError(
+            raise ModelNotFound(
                 f"the shipped shapes model file '{rel}' is missing or damaged (checksum mismatch)",
                 hint="restore attnlens/assets/shapes from git (git lfs is not used; run: git checkout -- attnlens/assets)",
             )

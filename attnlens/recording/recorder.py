@@ -31,7 +31,7 @@ import torch
 
 from .._version import __version__
 from ..environment import library_versions
-from ..errors import AttnlensError
+from ..errors import AttnlensError, BadOption, ConfigError, StoreError
 from ..models import model_info
 from ..selection import select_layers, step_predicate
 from ..store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
@@ -51,7 +51,7 @@ def spatial_shape(query_len: int, latent_hw: tuple[int, int]) -> tuple[int, int]
     factor = math.sqrt(H * W / query_len)
     f = int(round(factor))
     if f < 1 or H % f or W % f or (H // f) * (W // f) != query_len:
-        raise AttnlensError(f"cannot derive the spatial shape of a layer with {query_len} queries from a {H}×{W} latent")
+        raise ConfigError(f"cannot derive the spatial shape of a layer with {query_len} queries from a {H}×{W} latent")
     return H // f, W // f
 
 
@@ -81,7 +81,7 @@ class RecordingConfig:
         for field, value, valid in (("heads", self.heads, ("mean", "all")), ("tokens", self.tokens, ("prompt", "all")),
                                     ("dtype", self.dtype, ("fp16", "fp32"))):
             if value not in valid:
-                raise AttnlensError(f"unknown {field} option '{value}'", hint=f"choose one of: {', '.join(valid)}")
+                raise BadOption(f"unknown {field} option '{value}'", hint=f"choose one of: {', '.join(valid)}")
 
     def to_dict(self) -> dict[str, Any]:
         def plain(v):
@@ -119,7 +119,7 @@ class Recorder:
         self.seeds = list(seeds) if seeds is not None else None
         self.attn2 = cross_attention_layers(self.unet)
         if not self.attn2:
-            raise AttnlensError(f"{type(self.unet).__name__} has no cross-attention (attn2) modules to record")
+            raise ConfigError(f"{type(self.unet).__name__} has no cross-attention (attn2) modules to record")
         self._entered = False
         self._originals: dict[str, Any] = {}
         self._hooks: list[Any] = []
@@ -152,11 +152,11 @@ class Recorder:
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def __enter__(self) -> "Recorder":
         if self._entered:
-            raise AttnlensError("this recorder is already active; one `with attnlens.record(...)` records one run")
+            raise ConfigError("this recorder is already active; one `with attnlens.record(...)` records one run")
         self._entered = True
         for name, module in self.attn2.items():
             if isinstance(module.processor, RecordingProcessor):
-                raise AttnlensError(f"{name} is already being recorded by another recorder; nested recording is not supported")
+                raise ConfigError(f"{name} is already being recorded by another recorder; nested recording is not supported")
         try:
             self._open_store()
             for name, module in self.attn2.items():
@@ -195,7 +195,7 @@ class Recorder:
             if err is None and exc_type is None and self.store.manifest.status != STATUS_COMPLETE:
                 err = OSError(self.store.manifest.error or "the final flush failed")
             if err is not None and exc_type is None:
-                raise AttnlensError(f"writing the run store failed: {getattr(err, 'strerror', None) or err}",
+                raise StoreError(f"writing the run store failed: {getattr(err, 'strerror', None) or err}",
                                     hint="free disk space or choose another --out; the run is marked failed") from err
 
     def _restore(self) -> None:
@@ -270,7 +270,7 @@ class Recorder:
         tok = self.pipe.tokenizer
         if self.token_ids is None:
             if self.prompts is None:
-                raise AttnlensError("the recorder does not know the prompt tokens",
+                raise ConfigError("the recorder does not know the prompt tokens",
                                     hint="pass prompts=[...] to attnlens.record when calling the pipeline with prompt_embeds")
             self.token_ids = [tok(p, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
                               for p in self.prompts]
@@ -319,10 +319,10 @@ class Recorder:
             schedule = getattr(self.pipe.scheduler, "timesteps", None)
             if schedule is not None and len(schedule):
                 if self.step >= len(schedule):
-                    raise AttnlensError("more UNet calls than scheduler steps: one recorder context records one pipeline call",
+                    raise ConfigError("more UNet calls than scheduler steps: one recorder context records one pipeline call",
                                         hint="open a new `with attnlens.record(...)` for each call")
                 if float(schedule[self.step]) != t:
-                    raise AttnlensError(f"UNet call {self.step} has timestep {t}, the schedule says {float(schedule[self.step])}",
+                    raise ConfigError(f"UNet call {self.step} has timestep {t}, the schedule says {float(schedule[self.step])}",
                                         hint="use attnlens.sample / rec.context(...) to tag extra UNet calls")
             self.timestep = t
         if self.phase == "sample":
@@ -347,7 +347,7 @@ class Recorder:
     def resolutions(self) -> dict[str, tuple[int, int]]:
         """``{layer: (h, w)}`` for the current latent size (from each module's position in the UNet)."""
         if self.latent_hw is None:
-            raise AttnlensError("layer resolutions are known once the latent size is (after the first UNet call)")
+            raise ConfigError("layer resolutions are known once the latent size is (after the first UNet call)")
         H, W = self.latent_hw
         out = {}
         for name in self.attn2:
@@ -415,7 +415,7 @@ class Recorder:
         """Queue ``fn(*args, x.numpy())`` for the writer; ``fresh``: ``x`` is a copy nobody else holds (no clone)."""
         writer = self._writer
         if writer.error is not None:
-            raise AttnlensError(f"writing the run store failed: {getattr(writer.error, 'strerror', None) or writer.error}",
+            raise StoreError(f"writing the run store failed: {getattr(writer.error, 'strerror', None) or writer.error}",
                                 hint="free disk space or choose another --out; the run is marked failed")
         if x is not None and x.device.type == "cuda":
             buf = self._pool.take(x.shape, x.dtype)

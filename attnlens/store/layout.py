@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnlensError
+from ..errors import StoreError
 from ..vocab import MAP_DIMS, PHASES
 
 SCHEMA_VERSION = 2
@@ -159,7 +159,7 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
         """Read a manifest of any schema version (unknown keys go to ``extra``; odd values are kept as they are)."""
         if not isinstance(data, dict):
-            raise AttnlensError("the manifest is not a JSON object", hint="the run is damaged; record it again")
+            raise StoreError("the manifest is not a JSON object", hint="the run is damaged; record it again")
         names = {f.name for f in fields(cls)} - {"extra", "samples"}
         kwargs = {k: v for k, v in data.items() if k in names and v is not None}
         extra = {k: v for k, v in data.items() if k not in names and k != "samples" and k != "extra"}

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from ..errors import AttnlensError
+from ..errors import AttnlensError, NotFoundError, RunNotFound, StoreError
 from ._fastzarr import ChunkReader
 from .layout import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, data_path, layer_sort_key
 
@@ -24,11 +24,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     f = path / MANIFEST
     if not f.is_file():
-        raise AttnlensError(f"'{path}' is not an attnlens run (no {MANIFEST})", hint="run 'attnlens ls ROOT' to list runs")
+        raise RunNotFound(f"'{path}' is not an attnlens run (no {MANIFEST})", hint="run 'attnlens ls ROOT' to list runs")
     try:
         return json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AttnlensError(f"'{path}/{MANIFEST}' is corrupted ({exc.__class__.__name__})") from exc
+        raise StoreError(f"'{path}/{MANIFEST}' is corrupted ({exc.__class__.__name__})") from exc
 
 
 def is_run(path: str | Path) -> bool:
@@ -98,7 +98,7 @@ class Run:
             arr = self.group[f"attention/{layer}/maps"]
         except KeyError:
             close = difflib.get_close_matches(layer, self.layers, n=3)
-            raise AttnlensError(f"no layer '{layer}' in {self.path}", hint=f"closest: {', '.join(close) or 'none'}")
+            raise NotFoundError(f"no layer '{layer}' in {self.path}", hint=f"closest: {', '.join(close) or 'none'}")
         self._arrays[layer] = arr
         return arr
 
@@ -125,7 +125,7 @@ class Run:
         arr = self.array(layer)
         it = iteration if iteration < arr.shape[2] else None
         if it is None:
-            raise AttnlensError(f"iteration {iteration} was not recorded (max {arr.shape[2] - 1})")
+            raise NotFoundError(f"iteration {iteration} was not recorded (max {arr.shape[2] - 1})")
         return np.asarray(arr[step, PHASES.index(phase), it, sample]).astype(np.float32)
 
     def read(self, layer: str, steps: Sequence[int], phase: str | int = "sample", iteration: int = 0,
@@ -210,7 +210,7 @@ class Run:
                     return list(range(start, end + 1))
                 if not target.startswith(acc):
                     break
-        raise AttnlensError(f"'{word}' is not a word of the prompt", hint=f"tokens: {' '.join(pieces)}")
+        raise NotFoundError(f"'{word}' is not a word of the prompt", hint=f"tokens: {' '.join(pieces)}")
 
     def timesteps(self) -> np.ndarray:
         layer = self.layers[0]
@@ -288,7 +288,7 @@ def find_runs(root: str | Path) -> Iterator[Path]:
     """Every run folder under ``root`` (``root`` itself if it is a run), sorted."""
     root = Path(root)
     if not root.exists():
-        raise AttnlensError(f"'{root}' does not exist")
+        raise RunNotFound(f"'{root}' does not exist")
     if is_run(root):
         yield root
         return

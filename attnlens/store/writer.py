@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from ..errors import AttnlensError
+from ..errors import AttnlensError, ConfigError, RunExists, StoreError
 from ._fastzarr import FLAT_CHUNK_KEYS, ChunkFiles, _LayerTemplate
 from .layout import (DATA, MANIFEST, MAP_DIMS, PHASES, STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, Manifest,
                      Sample, image_name, write_json_atomic)
@@ -86,19 +86,19 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists():
         if not path.is_dir():
-            raise AttnlensError(f"output path '{path}' exists and is not a folder", hint="choose another --out")
+            raise StoreError(f"output path '{path}' exists and is not a folder", hint="choose another --out")
         if is_run(path):
             try:
                 status = read_manifest(path).get("status")
             except AttnlensError:
                 status = "corrupted"
             if status == STATUS_COMPLETE and not overwrite:
-                raise AttnlensError(
+                raise RunExists(
                     f"'{path}' already holds a complete run", hint="pass --overwrite to replace it, or choose another --out"
                 )
             shutil.rmtree(path)
         elif any(path.iterdir()):
-            raise AttnlensError(
+            raise StoreError(
                 f"output folder '{path}' exists, is not empty and is not an attnlens run",
                 hint="choose a new or empty folder",
             )
@@ -108,7 +108,7 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise AttnlensError(f"cannot write to '{path}': {exc.strerror or exc}", hint="choose a writable --out") from exc
+        raise StoreError(f"cannot write to '{path}': {exc.strerror or exc}", hint="choose a writable --out") from exc
     return path
 
 
@@ -170,7 +170,7 @@ class RunWriter:
             elif key in names:
                 setattr(m, key, value)
             elif key in ("samples", "status", "schema_version"):
-                raise AttnlensError(f"the manifest's '{key}' is set by the store itself, not through annotate")
+                raise ConfigError(f"the manifest's '{key}' is set by the store itself, not through annotate")
             else:
                 m.extra[key] = value
         if write:
