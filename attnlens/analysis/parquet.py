@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from ..errors import NotFoundError, StoreError
 from ..selection import step_filter
 from ..store import is_run
+from ..store.layout import default_file_mode
 from ..vocab import SCALAR_PREFIX
 from .table import Analysis, _schema, resolve_metrics
 
@@ -45,6 +46,7 @@ def write_parquet(source: Analysis | Sequence[str | Path] | str | Path, path: st
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.fchmod(fd, default_file_mode())  # shared like any other file, not mkstemp's 0600
     os.close(fd)
     schema = _schema()
     buf: list[Any] = []

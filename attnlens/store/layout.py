@@ -19,6 +19,7 @@ it values through the writer, never by editing a dict. Readers go through ``Mani
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..vocab import MAP_DIMS, PHASES
+from ..vocab import MAP_DIMS, PHASES  # noqa: F401  (the store's words, re-exported by attnlens.store)
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -186,11 +187,27 @@ def _int_or_none(v: Any) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def default_file_mode() -> int:
+    """The mode a newly created file gets under the process's umask (0644 under the usual 022). Read from
+    ``/proc/self/status`` where it exists; elsewhere by setting and restoring the umask, once per process."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to ``path`` via a temporary file and ``os.replace`` (readers never see a partial file)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; the file gets the mode any other file would
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=str)
             f.flush()

@@ -26,9 +26,13 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not f.is_file():
         raise RunNotFound(f"'{path}' is not an attnlens run (no {MANIFEST})", hint="run 'attnlens ls ROOT' to list runs")
     try:
-        return json.loads(f.read_text())
+        data = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"'{path}/{MANIFEST}' is corrupted ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict):
+        raise StoreError(f"'{path}/{MANIFEST}' is not a JSON object (it holds a {type(data).__name__})",
+                         hint="the run is damaged; record it again")
+    return data
 
 
 def is_run(path: str | Path) -> bool:
@@ -231,8 +235,8 @@ class Run:
 
     def image(self, sample: int = 0):
         name = self.manifest.get("images", {}).get(str(sample))
-        if name is None:
-            return None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+            return None  # no image, or a manifest naming a file outside the run folder: never followed
         with Image.open(self.path / name) as image:
             image.load()  # read now: no file handle stays open
         return image

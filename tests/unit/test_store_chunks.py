@@ -116,3 +116,38 @@ def test_layers_from_the_template_match_zarr(tmp_path, monkeypatch):
     assert m["token_text"][0].tolist() == toks_b[0]
     assert m["phase"][:].tolist() == ["sample", "guidance", "sample_uncond"]
     assert m["maps"].metadata.dimension_names == ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
+
+
+def test_manifest_files_get_the_umask_mode_and_image_names_stay_inside_the_run(tmp_path):
+    import json
+    import os
+    import stat
+
+    import attnlens
+    from attnlens.store.layout import default_file_mode
+
+    w = RunWriter(tmp_path / "run", {"prompt": "p"})
+    w.finish()
+    mode = stat.S_IMODE(os.stat(tmp_path / "run" / "manifest.json").st_mode)
+    assert mode == default_file_mode() and mode & 0o044 == 0o044 & default_file_mode()
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    outside = tmp_path / "secret.png"
+    from PIL import Image
+
+    Image.new("RGB", (2, 2)).save(outside)
+    for name in (str(outside), "../secret.png"):
+        m["images"] = {"0": name}
+        (tmp_path / "run" / "manifest.json").write_text(json.dumps(m))
+        assert attnlens.open_run(tmp_path / "run").image(0) is None
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"a string"', "null"])
+def test_a_manifest_of_the_wrong_shape_is_a_store_error(tmp_path, text):
+    import attnlens
+    from attnlens.errors import StoreError
+
+    RunWriter(tmp_path / "run", {"prompt": "p"}).finish()
+    (tmp_path / "run" / "manifest.json").write_text(text)
+    with pytest.raises(StoreError, match="not a JSON object"):
+        attnlens.open_run(tmp_path / "run")
+    assert attnlens.store.listing(tmp_path / "run")["status"] == "corrupted"
