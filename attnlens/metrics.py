@@ -144,6 +144,10 @@ def symmetric_kl(P: ArrayLike, Q: ArrayLike, eps: float = 1e-8) -> ArrayLike:
     with p = (P/ΣP + eps) / (1 + h·w·eps) (and likewise q): the ``eps`` smoothing keeps the value finite on
     disjoint supports; ``eps=0`` is exactly SynGen's distance (inf when the supports differ).
 
+    Loss counterpart: ``attnlens.methods._shared.released_symmetric_kl`` (SynGen's guidance distance, the released
+    numerics: no renormalisation, no eps, logs of probabilities clamped to [ε, 1 − ε] as
+    ``torch.distributions.Categorical``).
+
     Normalisation: spatial. Range: [0, ∞); 0 iff p = q. Zero map: NaN.
     Shapes: ``(..., h, w)`` × ``(..., h, w)`` → ``(...)`` (broadcast).
     """
@@ -158,6 +162,10 @@ def jensen_shannon(P: ArrayLike, Q: ArrayLike, eps: float = 0.0) -> ArrayLike:
 
     JSD(p, q) = ½ KL(p‖m) + ½ KL(q‖m),  m = ½(p + q),  with 0·ln 0 = 0, so no eps is needed (default 0);
     ``eps > 0`` smooths p and q as in :func:`symmetric_kl`.
+
+    Loss counterpart: ``attnlens.methods._shared.released_jensen_shannon`` (Divide & Bind's binding term, SynGen's
+    ``distance="jensen_shannon"``): the same formula on the inputs as given, not renormalised, logs clamped at the
+    smallest normal float.
 
     Normalisation: spatial. Range: [0, ln 2]; 0 for identical maps, ln 2 for disjoint supports. Zero map: NaN.
     Shapes: ``(..., h, w)`` × ``(..., h, w)`` → ``(...)`` (broadcast).
@@ -251,6 +259,9 @@ def spatial_entropy(maps: ArrayLike, normalized: bool = False) -> ArrayLike:
 
     H = −Σ_ij p_ij ln p_ij (0·ln 0 = 0); ``normalized=True`` gives H / ln(h·w).
 
+    Loss counterpart: ``attnlens.methods._shared.clamped_entropy`` (SynGen + entropy): the same formula on maps
+    already normalised by the caller, with the log clamped at the smallest normal float (finite gradients at 0).
+
     Normalisation: spatial. Range: [0, ln(h·w)] (normalised: [0, 1]); 0 for a one-hot map, the maximum for a
     uniform map. Zero map: NaN; a 1×1 map normalised: NaN.
     Shapes: ``(..., h, w)`` → ``(...)``.
@@ -298,6 +309,9 @@ def tv_paper(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
 
     TV(A) = Σ_{i<h−1, j} |A[i+1, j] − A[i, j]| + Σ_{i, j<w−1} |A[i, j+1] − A[i, j]|.
 
+    Divide & Bind's loss with ``tv="paper"`` calls this with ``spatial=False``
+    (``attnlens.methods.divide_bind.total_variation``): one implementation for the loss and the analysis.
+
     Normalisation: spatial by default (A = the map's spatial distribution); ``spatial=False`` uses the map as given.
     Range: [0, 4] on spatial distributions (each pixel's mass enters at most 4 differences); 0 for a constant map.
     Zero map: NaN (spatial) or 0 (``spatial=False``).
@@ -306,9 +320,10 @@ def tv_paper(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
     (x,), as_numpy = _prepare(maps)
     _check_spatial(x)
     a = _spatial(x) if spatial else x
-    dv = (a[..., 1:, :] - a[..., :-1, :]).abs().sum(dim=_SPATIAL)
+    # horizontal first: the operation order (and so the gradient) of the Divide & Bind loss, which calls this
     dh = (a[..., :, 1:] - a[..., :, :-1]).abs().sum(dim=_SPATIAL)
-    return _out(dv + dh, as_numpy)
+    dv = (a[..., 1:, :] - a[..., :-1, :]).abs().sum(dim=_SPATIAL)
+    return _out(dh + dv, as_numpy)
 
 
 def tv_released(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
@@ -316,8 +331,9 @@ def tv_released(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
 
     TV_rel(A) = mean_{i, j<w−1} |A[i, j+1] − A[i, j]|  +  mean_{1≤i≤h−1, j} |A[h−1, j] − A[i, j]|
     (the second mean runs over (h−1)·w entries and includes the zero row i = h−1, as ``L1Loss(A[-1:], A[1:])``).
-    The released loss applies it to the ×100 token-softmaxed, Gaussian-smoothed map; pass such a map with
-    ``spatial=False`` to reproduce that term.
+    The released loss applies it to the ×100 token-softmaxed, Gaussian-smoothed map: Divide & Bind's loss calls
+    this with ``spatial=False`` (``attnlens.methods.divide_bind.total_variation``), one implementation for the loss
+    and the analysis.
 
     Normalisation: spatial by default; ``spatial=False`` uses the map as given. Range: [0, ∞) (≤ 2·max A);
     0 for a constant map. Needs h, w ≥ 2 (NaN otherwise).
@@ -326,12 +342,13 @@ def tv_released(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
     (x,), as_numpy = _prepare(maps)
     _check_spatial(x)
     a = _spatial(x) if spatial else x
-    dh = (a[..., :, :-1] - a[..., :, 1:]).abs().mean(dim=_SPATIAL)
+    # the operation order (and so the gradient) of the Divide & Bind loss, which calls this
+    dh = (a[..., :, 1:] - a[..., :, :-1]).abs().mean(dim=_SPATIAL)
     dv = (a[..., -1:, :] - a[..., 1:, :]).abs().mean(dim=_SPATIAL)
     return _out(dh + dv, as_numpy)
 
 
-# ----------------------------------------------------------------------------------------------- leakage
+# ----------------------------------------------------------------------------------------------- Otsu
 def _regions(x: torch.Tensor, rule: str, q: float) -> torch.Tensor:
     """Boolean masks ``p > threshold(p)`` of the spatial distributions p of ``x`` (``(..., h, w)``)."""
     p = _spatial(x)
