@@ -23,7 +23,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from skimage.filters import threshold_otsu
 
 from attnlens.maps import resample, spatial_normalize
 
@@ -144,6 +143,10 @@ def symmetric_kl(P: ArrayLike, Q: ArrayLike, eps: float = 1e-8) -> ArrayLike:
     with p = (P/ΣP + eps) / (1 + h·w·eps) (and likewise q): the ``eps`` smoothing keeps the value finite on
     disjoint supports; ``eps=0`` is exactly SynGen's distance (inf when the supports differ).
 
+    Loss counterpart: ``attnlens.methods._shared.released_symmetric_kl`` (SynGen's guidance distance, the released
+    numerics: no renormalisation, no eps, logs of probabilities clamped to [ε, 1 − ε] as
+    ``torch.distributions.Categorical``).
+
     Normalisation: spatial. Range: [0, ∞); 0 iff p = q. Zero map: NaN.
     Shapes: ``(..., h, w)`` × ``(..., h, w)`` → ``(...)`` (broadcast).
     """
@@ -158,6 +161,10 @@ def jensen_shannon(P: ArrayLike, Q: ArrayLike, eps: float = 0.0) -> ArrayLike:
 
     JSD(p, q) = ½ KL(p‖m) + ½ KL(q‖m),  m = ½(p + q),  with 0·ln 0 = 0, so no eps is needed (default 0);
     ``eps > 0`` smooths p and q as in :func:`symmetric_kl`.
+
+    Loss counterpart: ``attnlens.methods._shared.released_jensen_shannon`` (Divide & Bind's binding term, SynGen's
+    ``distance="jensen_shannon"``): the same formula on the inputs as given, not renormalised, logs clamped at the
+    smallest normal float.
 
     Normalisation: spatial. Range: [0, ln 2]; 0 for identical maps, ln 2 for disjoint supports. Zero map: NaN.
     Shapes: ``(..., h, w)`` × ``(..., h, w)`` → ``(...)`` (broadcast).
@@ -209,8 +216,9 @@ def soft_iou(P: ArrayLike, Q: ArrayLike) -> ArrayLike:
 def otsu_iou(P: ArrayLike, Q: ArrayLike) -> ArrayLike:
     """IoU of the Otsu masks: |M_P ∩ M_Q| / |M_P ∪ M_Q|, M = {ij : p_ij > threshold_otsu(p)} per map.
 
-    Each map gets its own threshold (``skimage.filters.threshold_otsu``, 256 bins). A constant map (zero maps
-    included) has no Otsu split and an empty mask; the IoU is NaN when both masks are empty, 0 when one is.
+    Each map gets its own threshold (:func:`otsu_thresholds`, = ``skimage.filters.threshold_otsu``, 256 bins). A
+    constant map (zero maps included) has no Otsu split and an empty mask; the IoU is NaN when both masks are
+    empty, 0 when one is.
 
     Normalisation: spatial (Otsu is scale-equivariant, so raw maps give the same masks).
     Range: [0, 1]. Shapes: ``(..., h, w)`` × ``(..., h, w)`` → ``(...)`` (broadcast).
@@ -250,6 +258,9 @@ def spatial_entropy(maps: ArrayLike, normalized: bool = False) -> ArrayLike:
     """Shannon entropy (natural log) of each map's spatial distribution.
 
     H = −Σ_ij p_ij ln p_ij (0·ln 0 = 0); ``normalized=True`` gives H / ln(h·w).
+
+    Loss counterpart: ``attnlens.methods._shared.clamped_entropy`` (SynGen + entropy): the same formula on maps
+    already normalised by the caller, with the log clamped at the smallest normal float (finite gradients at 0).
 
     Normalisation: spatial. Range: [0, ln(h·w)] (normalised: [0, 1]); 0 for a one-hot map, the maximum for a
     uniform map. Zero map: NaN; a 1×1 map normalised: NaN.
@@ -298,6 +309,9 @@ def tv_paper(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
 
     TV(A) = Σ_{i<h−1, j} |A[i+1, j] − A[i, j]| + Σ_{i, j<w−1} |A[i, j+1] − A[i, j]|.
 
+    Divide & Bind's loss with ``tv="paper"`` calls this with ``spatial=False``
+    (``attnlens.methods.divide_bind.total_variation``): one implementation for the loss and the analysis.
+
     Normalisation: spatial by default (A = the map's spatial distribution); ``spatial=False`` uses the map as given.
     Range: [0, 4] on spatial distributions (each pixel's mass enters at most 4 differences); 0 for a constant map.
     Zero map: NaN (spatial) or 0 (``spatial=False``).
@@ -306,9 +320,10 @@ def tv_paper(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
     (x,), as_numpy = _prepare(maps)
     _check_spatial(x)
     a = _spatial(x) if spatial else x
-    dv = (a[..., 1:, :] - a[..., :-1, :]).abs().sum(dim=_SPATIAL)
+    # horizontal first: the operation order (and so the gradient) of the Divide & Bind loss, which calls this
     dh = (a[..., :, 1:] - a[..., :, :-1]).abs().sum(dim=_SPATIAL)
-    return _out(dv + dh, as_numpy)
+    dv = (a[..., 1:, :] - a[..., :-1, :]).abs().sum(dim=_SPATIAL)
+    return _out(dh + dv, as_numpy)
 
 
 def tv_released(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
@@ -316,8 +331,9 @@ def tv_released(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
 
     TV_rel(A) = mean_{i, j<w−1} |A[i, j+1] − A[i, j]|  +  mean_{1≤i≤h−1, j} |A[h−1, j] − A[i, j]|
     (the second mean runs over (h−1)·w entries and includes the zero row i = h−1, as ``L1Loss(A[-1:], A[1:])``).
-    The released loss applies it to the ×100 token-softmaxed, Gaussian-smoothed map; pass such a map with
-    ``spatial=False`` to reproduce that term.
+    The released loss applies it to the ×100 token-softmaxed, Gaussian-smoothed map: Divide & Bind's loss calls
+    this with ``spatial=False`` (``attnlens.methods.divide_bind.total_variation``), one implementation for the loss
+    and the analysis.
 
     Normalisation: spatial by default; ``spatial=False`` uses the map as given. Range: [0, ∞) (≤ 2·max A);
     0 for a constant map. Needs h, w ≥ 2 (NaN otherwise).
@@ -326,9 +342,64 @@ def tv_released(maps: ArrayLike, spatial: bool = True) -> ArrayLike:
     (x,), as_numpy = _prepare(maps)
     _check_spatial(x)
     a = _spatial(x) if spatial else x
-    dh = (a[..., :, :-1] - a[..., :, 1:]).abs().mean(dim=_SPATIAL)
+    # the operation order (and so the gradient) of the Divide & Bind loss, which calls this
+    dh = (a[..., :, 1:] - a[..., :, :-1]).abs().mean(dim=_SPATIAL)
     dv = (a[..., -1:, :] - a[..., 1:, :]).abs().mean(dim=_SPATIAL)
     return _out(dh + dv, as_numpy)
+
+
+# ----------------------------------------------------------------------------------------------- Otsu
+def otsu_thresholds(maps: ArrayLike, nbins: int = 256) -> torch.Tensor:
+    """Otsu threshold of every ``(h, w)`` map, all maps at once: ``(..., h, w)`` → ``(...)`` float64 tensor (CPU).
+
+    The value of ``skimage.filters.threshold_otsu(map)`` on the map's float64 values, bit for bit (the unit tests
+    compare them): ``nbins`` equal bins over [min, max] binned as ``np.histogram`` bins them (its ±1 index
+    corrections at bin edges included), bin centres as candidate thresholds, the first one that maximises the
+    between-class variance w₁(t) w₂(t) (μ₁(t) − μ₂(t))². A map that is constant or holds a non-finite value has no
+    split and gets ``+inf`` (so ``map > threshold`` is empty). The region rule ``"otsu"`` (:func:`entity_regions`,
+    :func:`otsu_iou`, the leakage metrics) uses it, one batched computation instead of a per-map skimage loop.
+    """
+    x = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+    lead = x.shape[:-2]
+    a = x.detach().cpu().reshape(-1, x.shape[-2] * x.shape[-1]).to(torch.float64)
+    n = a.shape[0]
+    if n == 0:
+        return torch.empty(lead, dtype=torch.float64)
+    lo, hi = a.aminmax(dim=1)  # a NaN anywhere makes both NaN
+    valid = torch.isfinite(lo) & torch.isfinite(hi) & (hi > lo)
+    lo = torch.where(valid, lo, 0.0)
+    hi = torch.where(valid, hi, 1.0)
+    span = (hi - lo)[:, None]
+    f = (a - lo[:, None]).div_(span).mul_(nbins)  # np.histogram's ((a − first edge) / span) · nbins
+    if not bool(valid.all()):
+        f = torch.where(valid[:, None], f, 0.0)
+    idx = f.to(torch.int64)
+    # np.histogram then moves an index by one where the value lies on the wrong side of its linspace edge; that can
+    # only happen within rounding of an edge, so only pixels whose fractional bin position is that close are checked
+    frac = f.sub_(idx)
+    near = (frac < 1e-6) | (frac > 1 - 1e-6)
+    idx.clamp_(max=nbins - 1)
+    r, c = near.nonzero(as_tuple=True)
+    if r.numel():
+        width = span[:, 0] / nbins
+        v, k = a[r, c], idx[r, c]
+        k = k - (v < k.to(torch.float64) * width[r] + lo[r]).to(torch.int64)
+        upper = torch.where(k + 1 == nbins, hi[r], (k + 1).to(torch.float64) * width[r] + lo[r])
+        k = k + ((v >= upper) & (k != nbins - 1)).to(torch.int64)
+        idx[r, c] = k
+    idx += (torch.arange(n) * nbins)[:, None]
+    counts = torch.bincount(idx.reshape(-1), minlength=n * nbins).reshape(n, nbins).to(torch.float64)
+    edges = torch.arange(nbins + 1, dtype=torch.float64)[None, :] * (span / nbins) + lo[:, None]  # np.linspace
+    edges[:, -1] = hi
+    centers = (edges[:, :-1] + edges[:, 1:]) / 2.0
+    w1 = counts.cumsum(dim=1)
+    w2 = counts.flip(1).cumsum(dim=1).flip(1)
+    weighted = counts * centers
+    m1 = weighted.cumsum(dim=1) / w1
+    m2 = weighted.flip(1).cumsum(dim=1).flip(1) / w2
+    between = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
+    thr = torch.gather(centers, 1, between.argmax(dim=1)[:, None])[:, 0]
+    return torch.where(valid, thr, math.inf).reshape(lead)
 
 
 # ----------------------------------------------------------------------------------------------- leakage
@@ -337,12 +408,7 @@ def _regions(x: torch.Tensor, rule: str, q: float) -> torch.Tensor:
     p = _spatial(x)
     flat = p.reshape(-1, p.shape[-2] * p.shape[-1])
     if rule == "otsu":
-        rows = flat.detach().cpu().double().numpy()
-        thr = np.full(len(rows), np.inf)
-        for n, row in enumerate(rows):
-            if np.isfinite(row).all() and row.max() > row.min():
-                thr[n] = threshold_otsu(row)
-        thr_t = torch.from_numpy(thr).to(device=p.device, dtype=p.dtype)
+        thr_t = otsu_thresholds(p).reshape(-1).to(device=p.device, dtype=p.dtype)
     elif rule == "mean":
         thr_t = flat.mean(dim=-1)
     elif rule == "quantile":
@@ -357,9 +423,10 @@ def _regions(x: torch.Tensor, rule: str, q: float) -> torch.Tensor:
 def entity_regions(noun_maps: ArrayLike, rule: str = "otsu", q: float = 0.8) -> ArrayLike:
     """Boolean entity regions: pixels where a noun's spatial distribution p exceeds a per-map threshold.
 
-    mask_ij = p_ij > t(p), with t = ``threshold_otsu(p)`` (``rule="otsu"``, default), mean(p) = 1/(h·w)
-    (``"mean"``) or the q-quantile of p's pixel values (``"quantile"``, default q = 0.8: roughly the top 20 %).
-    The strict ``>`` makes a constant map (zero maps included) an empty region; a NaN map too.
+    mask_ij = p_ij > t(p), with t = :func:`otsu_thresholds` (= ``skimage.filters.threshold_otsu``; ``rule="otsu"``,
+    default), mean(p) = 1/(h·w) (``"mean"``) or the q-quantile of p's pixel values (``"quantile"``, default
+    q = 0.8: roughly the top 20 %). The strict ``>`` makes a constant map (zero maps included) an empty region; a
+    NaN map too.
 
     Normalisation: spatial (all three rules are scale-equivariant, so raw maps give the same masks).
     Shapes: ``(..., h, w)`` → bool ``(..., h, w)``.
@@ -555,7 +622,7 @@ METRIC_INFO: dict[str, dict[str, str]] = {
 __all__ = [
     "METRIC_INFO", "NORMALIZATIONS", "OVERLAP_METRICS", "REGION_RULES", "Drift", "Neglect", "TokenEntropy",
     "cosine_similarity", "entity_regions", "histogram_intersection", "jensen_shannon", "latent_drift",
-    "leak_in_prompt", "leak_out_of_prompt", "match_resolution", "neglect", "normalize", "otsu_iou", "overlap",
-    "resample_maps", "soft_iou", "spatial_entropy", "symmetric_kl", "token_allocation_entropy", "tv_paper",
-    "tv_released",
+    "leak_in_prompt", "leak_out_of_prompt", "match_resolution", "neglect", "normalize", "otsu_iou", "otsu_thresholds",
+    "overlap", "resample_maps", "soft_iou", "spatial_entropy", "symmetric_kl", "token_allocation_entropy",
+    "tv_paper", "tv_released",
 ]

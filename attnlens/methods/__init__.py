@@ -1,5 +1,18 @@
-"""Guidance methods: one module per method, all registered by name (see ``registry``)."""
+"""Guidance methods: one module per method, all registered by name (see ``registry``).
 
+Module map (imports point down the list; a method module imports ``_shared``, ``_config``, ``base`` and
+``registry``, never another method module):
+
+* ``base`` — the contract with the sampler (``GuidanceMethod``, ``StepPlan``, ``LossOutput``);
+* ``registry`` — name → method, user losses from ``path/to/file.py:function``;
+* ``_shared`` — what several methods compute alike: the released divergences (``released_symmetric_kl``,
+  ``released_jensen_shannon``), smoothing and token softmax, subject selection, step schedules;
+* ``_config`` — the config checkers;
+* ``none``, ``syngen``, ``syngen_entropy``, ``attend_excite``, ``divide_bind`` — one method each, registered on
+  import below.
+"""
+
+from . import attend_excite, divide_bind, none, syngen, syngen_entropy  # noqa: F401  (registers the built-ins)
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import available_methods, get_method, register_method
 

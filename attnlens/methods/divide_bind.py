@@ -12,26 +12,35 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..maps import aggregate, layers_at_resolution, subsample_nearest, to_token_first
-from .attend_excite import check_kernel_size, check_subjects, resolve_subjects, smooth, step_size, token_softmax
-from .base import GuidanceMethod, LossOutput, StepPlan
-from .registry import register_method
-from .syngen import (
+from ..metrics import tv_paper, tv_released
+from ._config import (
     check_bool,
     check_choice,
     check_float,
     check_int,
+    check_kernel_size,
     check_pair,
     check_step_map,
-    full_precision,
-    jensen_shannon,
-    layers_of,
+    check_subjects,
+    set_field,
 )
+from ._shared import (
+    full_precision,
+    layers_of,
+    released_jensen_shannon,
+    resolve_subjects,
+    smooth,
+    step_size,
+    token_softmax,
+)
+from .base import GuidanceMethod, LossOutput, StepPlan
+from .registry import register_method
 
 TV_VARIANTS = ("released", "paper")
 
 
 def total_variation(maps: torch.Tensor, variant: str = "released") -> torch.Tensor:
-    r"""Total variation of each ``(h, w)`` map (Divide & Bind's attendance measure).
+    r"""Total variation of each ``(h, w)`` map as given (Divide & Bind's attendance measure).
 
     ``"paper"``:    TV(A) = Σ_ij |A[i+1, j] − A[i, j]| + Σ_ij |A[i, j+1] − A[i, j]|
     ``"released"``: TV(A) = mean_{i, j<w−1} |A[i, j+1] − A[i, j]| + mean_{1≤i<h, j} |A[h−1, j] − A[i, j]|
@@ -40,16 +49,17 @@ def total_variation(maps: torch.Tensor, variant: str = "released") -> torch.Tens
     the *last row* with every row i ≥ 1 (an ``L1Loss`` of ``A[-1:, :]`` against ``A[1:, :]``, broadcast): a bug we
     reproduce by default. A constant map has TV 0 in both variants.
 
+    One implementation serves the loss and the analysis: this is :func:`attnlens.metrics.tv_released` /
+    :func:`attnlens.metrics.tv_paper` with ``spatial=False`` (the loss applies it to re-softmaxed, smoothed maps,
+    not to spatial distributions), the same values and gradients.
+
     Shapes:
         maps: ``(..., h, w)`` → ``(...)``.
     """
-    dx = (maps[..., :, 1:] - maps[..., :, :-1]).abs()
-    if variant == "paper":
-        dy = (maps[..., 1:, :] - maps[..., :-1, :]).abs()
-        return dx.sum(dim=(-2, -1)) + dy.sum(dim=(-2, -1))
     if variant == "released":
-        dy = (maps[..., -1:, :] - maps[..., 1:, :]).abs()
-        return dx.mean(dim=(-2, -1)) + dy.mean(dim=(-2, -1))
+        return tv_released(maps, spatial=False)
+    if variant == "paper":
+        return tv_paper(maps, spatial=False)
     raise ValueError(f"unknown TV variant {variant!r}; valid choices: {list(TV_VARIANTS)}")
 
 
@@ -69,7 +79,7 @@ def bind_jsd(
         p = softmax(vec A_obj),  q = softmax(vec Â)             (over the h·w pixels, temperature 1)
         τ = q_tv · max(p),  q_tv = ``quantile_low_tv`` if TV < ``low_tv`` else ``quantile``
         p' = ReLU(p − τ) + ε,  q' = ReLU(q − τ) + ε             (same τ for both; no renormalisation)
-        JSD = ½ KL(p'‖m) + ½ KL(q'‖m),  m = ½ (p' + q')
+        JSD = ½ KL(p'‖m) + ½ KL(q'‖m),  m = ½ (p' + q')      (``_shared.released_jensen_shannon``)
 
     Args:
         object_map, attribute_map (`torch.Tensor`): re-softmaxed, smoothed maps.
@@ -90,7 +100,7 @@ def bind_jsd(
     thresh = qt * p.max()
     p = torch.relu(p - thresh) + eps
     q = torch.relu(q - thresh) + eps
-    return jensen_shannon(p.reshape(h, w), q.reshape(h, w))
+    return released_jensen_shannon(p.reshape(h, w), q.reshape(h, w))
 
 
 def divide_bind_loss(
@@ -258,7 +268,7 @@ class DivideBind(GuidanceMethod):
                 if not ok:
                     raise ValueError("attribute_resolutions must be null or a non-empty list of map sides that are "
                                      f"multiples of resolution={self.resolution}; got {ar!r}")
-                object.__setattr__(self, "attribute_resolutions", tuple(ar))
+                set_field(self, "attribute_resolutions", tuple(ar))
             check_step_map(self, "thresholds", low=0.0)
             check_int(self, "max_refinement_steps")
             check_int(self, "max_refinement_steps_init_step")

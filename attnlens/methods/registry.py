@@ -17,6 +17,7 @@ SynGen's default schedule (16×16 layers, α = 20, steps i < 25, no refinement) 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import sys
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import AttnlensError
-from ..maps import layers_at_resolution
-from .base import GuidanceMethod, LossOutput, StepPlan
+from ._shared import FixedStepMethod
+from .base import GuidanceMethod, LossOutput
 
 _REGISTRY: dict[str, type[GuidanceMethod]] = {}
 
@@ -56,17 +57,9 @@ def function_method(fn: Callable[..., Any], name: str) -> type[GuidanceMethod]:
         intervention_steps: int = 25
         resolution: int = 16
 
-    class FunctionMethod(GuidanceMethod):
+    class FunctionMethod(FixedStepMethod):  # layers() and plan(): SynGen's schedule
         __doc__ = fn.__doc__
         source = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-
-        def layers(self, resolutions):
-            return layers_at_resolution(resolutions, self.config.resolution)
-
-        def plan(self, i, num_timesteps):
-            if i < self.config.intervention_steps:
-                return StepPlan(step_size=self.config.step_size)
-            return None
 
         def loss(self, maps: Mapping[str, Any], parse: Any, i: int) -> LossOutput:
             result = fn(maps, parse, i)
@@ -85,12 +78,8 @@ def function_method(fn: Callable[..., Any], name: str) -> type[GuidanceMethod]:
     return FunctionMethod
 
 
-def _load_builtins() -> None:
-    from . import attend_excite, divide_bind, none, syngen, syngen_entropy  # noqa: F401  (registration)
-
-
 def available_methods() -> list[str]:
-    _load_builtins()
+    """Names of the registered methods (the built-ins register when ``attnlens.methods`` is imported)."""
     return sorted(_REGISTRY)
 
 
@@ -122,14 +111,11 @@ def _load_from_file(spec: str) -> type[GuidanceMethod]:
 
 def get_method(name: str, **options: Any) -> GuidanceMethod:
     """Instantiate a method by registered name or ``path/to/file.py:attr``, with hyperparameter overrides."""
-    _load_builtins()
     if name in _REGISTRY:
         cls = _REGISTRY[name]
     elif ":" in name and name.rsplit(":", 1)[0].endswith(".py"):
         cls = _load_from_file(name)
     else:
-        import difflib
-
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(sorted(_REGISTRY))}"
         raise AttnlensError(f"unknown method '{name}'", hint=hint + " (or pass path/to/file.py:function)")

@@ -1,7 +1,7 @@
 """``syngen-entropy``: SynGen with Shannon-entropy terms (a December 2024 report extending SynGen; no public code).
 
-Reuses SynGen's distances (``attnlens.methods.syngen``). With ``lambda_entropy = gamma_entropy = 0`` the loss equals
-SynGen's exactly.
+Shares SynGen's distances, unit distances and schedule (``attnlens.methods._shared``); the entropy is
+``_shared.clamped_entropy``. With ``lambda_entropy = gamma_entropy = 0`` the loss equals SynGen's exactly.
 """
 
 from __future__ import annotations
@@ -11,21 +11,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from ..maps import aggregate, layers_at_resolution
-from .base import GuidanceMethod, LossOutput, StepPlan
-from .registry import register_method
-from .syngen import (
-    SynGen,
-    check_syngen_config,
-    DISTANCE_ALIASES,
-    DISTANCES,
+from ..maps import aggregate
+from ._config import check_float, check_syngen_config
+from ._shared import (
     Distance,
-    flatten_pixels,
-    safe_log,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
+    FixedStepMethod,
+    clamped_entropy,
     distances_to,
     full_precision,
     get_distance,
@@ -33,18 +24,8 @@ from .syngen import (
     token_distributions,
     unit_distance,
 )
-
-
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    r"""Shannon entropy of spatial distributions, H(P) = −Σ_ij P_ij log P_ij (natural log; 0 log 0 = 0).
-
-    0 for a one-hot map, log(h·w) for a uniform one.
-
-    Shapes:
-        p: ``(..., h, w)`` → ``(...)``.
-    """
-    p = flatten_pixels(p)
-    return -(p * safe_log(p)).sum(-1)
+from .base import LossOutput
+from .registry import register_method
 
 
 def syngen_entropy_loss(
@@ -60,9 +41,9 @@ def syngen_entropy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""SynGen + entropy, the report's formula on an aggregated map.
 
-    With spatially normalised maps A, the unit distance D (max over word pieces, as SynGen), entropy H (of a
-    multi-piece unit: the max over its pieces), the star pairs (m, n) of each set S and U(S) = O(S), every prompt
-    position 1..T outside S:
+    With spatially normalised maps A, the unit distance D (max over word pieces, as SynGen), entropy H
+    (``_shared.clamped_entropy``; of a multi-piece unit: the max over its pieces), the star pairs (m, n) of each
+    set S and U(S) = O(S), every prompt position 1..T outside S:
 
         L_pos = Σ_S Σ_(m,n) [ D(A_m, A_n) + λ (H(A_m) + H(A_n)) ]
         L_neg = −Σ_S (1/|U(S)|) Σ_(m,n) Σ_{u∈U(S)} ½ [ D(A_m, A_u) + D(A_u, A_n) − γ H(A_u) ]
@@ -81,7 +62,7 @@ def syngen_entropy_loss(
         prompt_length (`int`): T.
         lambda_entropy (`float`, *optional*, defaults to 0.1): λ.
         gamma_entropy (`float`, *optional*, defaults to 0.1): γ (see the sign note).
-        distance (`str` or callable, *optional*, defaults to `"symmetric_kl"`): see ``syngen.DISTANCES``.
+        distance (`str` or callable, *optional*, defaults to `"symmetric_kl"`): see ``_shared.DISTANCES``.
         positive, negative (`bool`, *optional*, default to `True`): include L_pos / L_neg.
 
     Returns:
@@ -94,7 +75,7 @@ def syngen_entropy_loss(
     """
     fn = get_distance(distance) if isinstance(distance, str) else distance
     maps = token_distributions(agg)
-    h_all = entropy(maps)  # (P,)
+    h_all = clamped_entropy(maps)  # (P,)
     prompt = range(1, int(prompt_length) + 1)
     zero = agg.sum() * 0.0
 
@@ -132,7 +113,7 @@ def syngen_entropy_loss(
 
 
 @register_method("syngen-entropy")
-class SynGenEntropy(SynGen):
+class SynGenEntropy(FixedStepMethod):
     r"""SynGen + entropy: SynGen's loss plus Shannon-entropy terms, from a December 2024 report extending SynGen
     (UCLA CS163 project "Linguistic Binding in Diffusion Models",
     https://ucladeepvision.github.io/CS163-Projects-2024Fall/2024/12/12/team49-Linguistic-Binding-in-Diffusion-Models.html;
@@ -175,7 +156,7 @@ class SynGenEntropy(SynGen):
             check_float(self, "lambda_entropy")
             check_float(self, "gamma_entropy")
 
-    # layers() and plan() are SynGen's (same resolution selection and schedule)
+    # layers() and plan(): FixedStepMethod, SynGen's schedule (the resolution² layers, α for i < intervention_steps)
 
     def loss(self, maps: Mapping[str, torch.Tensor], parse: Any, i: int) -> LossOutput:
         c = self.config

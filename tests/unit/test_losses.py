@@ -9,27 +9,25 @@ import math
 import pytest
 import torch
 
+from attnlens import metrics as M
 from attnlens.errors import AttnlensError
 from attnlens.methods import LossOutput, get_method
-from attnlens.methods.attend_excite import (
-    AttendExcite,
-    attend_excite_loss,
+from attnlens.methods._shared import (
+    clamped_entropy,
     released_gaussian_kernel,
+    released_jensen_shannon,
+    released_symmetric_kl,
     resolve_subjects,
     smooth,
     step_size,
-    token_softmax,
-)
-from attnlens.methods.divide_bind import DivideBind, attribute_sizes, bind_jsd, divide_bind_loss, total_variation
-from attnlens.methods.syngen import (
-    SynGen,
-    jensen_shannon,
-    symmetric_kl,
-    syngen_loss,
     token_distributions,
+    token_softmax,
     unit_distance,
 )
-from attnlens.methods.syngen_entropy import SynGenEntropy, entropy, syngen_entropy_loss
+from attnlens.methods.attend_excite import AttendExcite, attend_excite_loss
+from attnlens.methods.divide_bind import DivideBind, attribute_sizes, bind_jsd, divide_bind_loss, total_variation
+from attnlens.methods.syngen import SynGen, syngen_loss
+from attnlens.methods.syngen_entropy import SynGenEntropy, syngen_entropy_loss
 from attnlens.parse import BindingSet, Parse, Unit
 
 LN3 = math.log(3)
@@ -72,15 +70,15 @@ def live_maps(sizes: dict[str, int], heads: int = 2, seed: int = 0) -> tuple[dic
 # --------------------------------------------------------------------------------------------------- distances
 
 
-def test_symmetric_kl_two_pixels():
+def test_released_symmetric_kl_two_pixels():
     p, q = torch.tensor([U], dtype=torch.float64), torch.tensor([A], dtype=torch.float64)
     # ½[KL(p‖q) + KL(q‖p)] = ½ Σ (p − q) ln(p/q) = ½ [.25 ln 2 − .25 ln(2/3)] = ln 3 / 8
-    assert symmetric_kl(p, q).item() == pytest.approx(K, abs=1e-12)
-    assert symmetric_kl(torch.tensor([A]), torch.tensor([B])).item() == pytest.approx(4 * K, abs=1e-6)
-    assert symmetric_kl(p, p).item() == 0.0
+    assert released_symmetric_kl(p, q).item() == pytest.approx(K, abs=1e-12)
+    assert released_symmetric_kl(torch.tensor([A]), torch.tensor([B])).item() == pytest.approx(4 * K, abs=1e-6)
+    assert released_symmetric_kl(p, p).item() == 0.0
 
 
-def test_symmetric_kl_matches_torch_categorical():
+def test_released_symmetric_kl_matches_torch_categorical():
     g = torch.Generator().manual_seed(1)
     p = torch.rand(5, 4, 4, generator=g)
     q = torch.rand(5, 4, 4, generator=g)
@@ -88,17 +86,39 @@ def test_symmetric_kl_matches_torch_categorical():
     cp = torch.distributions.Categorical(probs=p.reshape(5, -1))
     cq = torch.distributions.Categorical(probs=q.reshape(5, -1))
     ref = (torch.distributions.kl_divergence(cp, cq) + torch.distributions.kl_divergence(cq, cp)) / 2
-    assert torch.allclose(symmetric_kl(p, q), ref, rtol=1e-6, atol=0)
+    assert torch.allclose(released_symmetric_kl(p, q), ref, rtol=1e-6, atol=0)
     # a zero where the other map has mass: +inf, as Categorical
-    assert symmetric_kl(torch.tensor([[1.0, 0.0]]), torch.tensor([U])).item() == math.inf
+    assert released_symmetric_kl(torch.tensor([[1.0, 0.0]]), torch.tensor([U])).item() == math.inf
 
 
-def test_jensen_shannon_four_pixels():
+def test_released_jensen_shannon_four_pixels():
     p = torch.tensor([[0.5, 0.5], [0.0, 0.0]])
-    assert jensen_shannon(p, torch.tensor([[0.0, 0.0], [0.5, 0.5]])).item() == pytest.approx(math.log(2))
+    assert released_jensen_shannon(p, torch.tensor([[0.0, 0.0], [0.5, 0.5]])).item() == pytest.approx(math.log(2))
     # m = [.5, .25, .25, 0]: KL(p‖m) = KL(q‖m) = ½ ln 2
-    assert jensen_shannon(p, torch.tensor([[0.5, 0.0], [0.5, 0.0]])).item() == pytest.approx(0.5 * math.log(2))
-    assert jensen_shannon(p, p).item() == pytest.approx(0.0, abs=1e-7)
+    q = torch.tensor([[0.5, 0.0], [0.5, 0.0]])
+    assert released_jensen_shannon(p, q).item() == pytest.approx(0.5 * math.log(2))
+    assert released_jensen_shannon(p, p).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_released_twins_differ_from_the_metrics_only_where_documented():
+    """The loss divergences and their ``attnlens.metrics`` counterparts: equal on strictly positive distributions,
+    different where the released numerics differ (no renormalisation, no eps smoothing)."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.rand(4, 5, 5, generator=g, dtype=torch.float64) + 0.1
+    q = torch.rand(4, 5, 5, generator=g, dtype=torch.float64) + 0.1
+    p, q = p / p.sum((-2, -1), keepdim=True), q / q.sum((-2, -1), keepdim=True)
+    assert torch.allclose(released_symmetric_kl(p, q), M.symmetric_kl(p, q, eps=0.0), rtol=1e-12, atol=0)
+    assert torch.allclose(released_jensen_shannon(p, q), M.jensen_shannon(p, q), rtol=1e-12, atol=0)
+    assert torch.allclose(clamped_entropy(p), M.spatial_entropy(p), rtol=1e-12, atol=0)
+    # Divide & Bind's JSD takes thresholded maps as they are; the metric renormalises them first
+    # JSD(2p, p) as given: m = 1.5 p, ½ Σ 2p ln(2/1.5) + ½ Σ p ln(1/1.5) = ln(4/3) − ½ ln(3/2); renormalised: 0
+    expected = math.log(4 / 3) - 0.5 * math.log(1.5)
+    assert released_jensen_shannon(2 * p, p).tolist() == pytest.approx([expected] * 4, abs=1e-12)
+    assert M.jensen_shannon(2 * p, p).tolist() == pytest.approx([0.0] * 4, abs=1e-12)
+    # the metric's eps keeps disjoint supports finite; SynGen's released distance is infinite there
+    one, other = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 1.0]]])
+    assert released_symmetric_kl(one, other).item() == math.inf
+    assert math.isfinite(M.symmetric_kl(one, other).item())
 
 
 def test_unit_distance_is_max_over_pieces():
@@ -106,7 +126,7 @@ def test_unit_distance_is_max_over_pieces():
     assert unit_distance(maps, (1, 3), (2,)).item() == pytest.approx(K)  # max(d(U,U)=0, d(A,U)=K)
     assert unit_distance(maps, (2,), (1, 4)).item() == pytest.approx(0.0)
     assert unit_distance(maps, (1, 3), (2, 4), "jensen_shannon").item() == pytest.approx(
-        jensen_shannon(torch.tensor([A]), torch.tensor([U])).item())
+        released_jensen_shannon(torch.tensor([A]), torch.tensor([U])).item())
 
 
 # ------------------------------------------------------------------------------------------------------ SynGen
@@ -155,9 +175,9 @@ def test_syngen_multi_piece_units_and_empty_outside():
 # ------------------------------------------------------------------------------------------- SynGen + entropy
 
 
-def test_entropy_values():
-    assert entropy(torch.tensor([U])).item() == pytest.approx(math.log(2))
-    assert entropy(torch.tensor([[1.0, 0.0]])).item() == 0.0
+def test_clamped_entropy_values():
+    assert clamped_entropy(torch.tensor([U])).item() == pytest.approx(math.log(2))
+    assert clamped_entropy(torch.tensor([[1.0, 0.0]])).item() == 0.0
 
 
 def test_syngen_entropy_reduces_to_syngen_and_term_signs():
@@ -435,3 +455,48 @@ def test_registered_defaults():
     db = get_method("divide-bind", tv="paper").config
     assert db.tv == "paper" and db.thresholds == {0: 0.05, 10: 0.2, 20: 0.3}
     assert get_method("syngen", positive=False).config.positive is False
+
+
+# ---------------------------------------------------------------------------------------------- package layout
+
+METHOD_MODULES = {"none", "syngen", "syngen_entropy", "attend_excite", "divide_bind"}
+
+
+def _methods_imports() -> tuple[dict[str, set[str]], list[str]]:
+    """``{module: modules of attnlens.methods it imports}`` and the imports found inside functions."""
+    import ast
+    from pathlib import Path
+
+    import attnlens.methods
+
+    graph, local = {}, []
+    for path in sorted(Path(attnlens.methods.__file__).parent.glob("*.py")):
+        name = "__init__" if path.stem == "__init__" else path.stem
+        tree = ast.parse(path.read_text())
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[name] = deps
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                local += [f"{path.name}:{n.lineno}" for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return graph, local
+
+
+def test_methods_package_layout_has_no_cross_method_import_and_no_cycle():
+    graph, local = _methods_imports()
+    assert METHOD_MODULES | {"_shared", "_config", "base", "registry"} <= set(graph)
+    for mod in METHOD_MODULES:
+        assert not graph[mod] & METHOD_MODULES, f"{mod} imports another method module: {graph[mod] & METHOD_MODULES}"
+    assert local == [], f"function-local imports: {local}"
+
+    def visit(mod: str, stack: tuple[str, ...]) -> None:
+        assert mod not in stack, f"import cycle: {' -> '.join(stack + (mod,))}"
+        for dep in graph.get(mod, ()):
+            visit(dep, stack + (mod,))
+
+    for mod in graph:
+        if mod != "__init__":  # the package imports its modules; they never import the package itself
+            visit(mod, ())
+    assert all("__init__" not in deps for deps in graph.values())

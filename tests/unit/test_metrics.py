@@ -132,6 +132,45 @@ def test_tv_constant_is_zero() -> None:
         assert fn(np.full((5, 7), 0.2), spatial=False) == 0.0
 
 
+# ----------------------------------------------------------------------------------------------- Otsu
+def test_otsu_thresholds_equal_skimage_bit_for_bit() -> None:
+    """The one Otsu of attnlens against its reference, ``skimage.filters.threshold_otsu``, map by map."""
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((80, 16, 16)) ** 3
+    maps[::7] = np.round(maps[::7] * 64) / 64  # ties and values exactly on bin edges
+    maps[1::9] = np.round(maps[1::9] * 255) / 255
+    maps[3] = 0.25  # constant: no split
+    maps[5, 0, 0] = np.nan  # non-finite
+    maps[6, 2, 2] = np.inf
+    maps[8] = np.where(maps[8] > 0.5, 1.0, 0.0)  # two values
+    for m in (maps.astype(np.float16).astype(np.float64), maps, maps.astype(np.float32)):
+        got = M.otsu_thresholds(m)
+        assert got.dtype == torch.float64 and got.shape == (80,)
+        for row, g in zip(m.astype(np.float64), got.tolist()):
+            if not np.isfinite(row).all() or row.max() == row.min():
+                assert g == math.inf
+            else:
+                assert g == threshold_otsu(row)
+    # pixels on np.histogram's own bin edges (where its ±1 index corrections decide the bin) over odd ranges
+    edges = []
+    for _ in range(60):
+        lo, hi = np.sort(rng.random(2) * rng.choice([1e-3, 1.0, 7.3]))
+        row = np.linspace(lo, hi, 257)[rng.integers(0, 257, 256)]
+        row[:2] = lo, hi
+        edges.append(row.reshape(16, 16))
+    for row, g in zip(edges, M.otsu_thresholds(np.stack(edges)).tolist()):
+        assert g == threshold_otsu(row)
+    assert M.otsu_thresholds(maps.reshape(8, 10, 16, 16)).shape == (8, 10)
+    assert M.otsu_thresholds(np.zeros((0, 4, 4))).shape == (0,)
+    # entity regions are p > threshold of each map's spatial distribution, as a skimage loop would mark them
+    p = maps[10:20] / maps[10:20].sum(axis=(-2, -1), keepdims=True)
+    expected = np.stack([row > threshold_otsu(row) for row in p])
+    np.testing.assert_array_equal(M.entity_regions(maps[10:20]), expected)
+    np.testing.assert_array_equal(M.entity_regions(torch.from_numpy(maps[10:20])).numpy(), expected)
+
+
 # ----------------------------------------------------------------------------------------------- leakage
 def _two_entities() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     noun_a = blob(rows=slice(0, 4), cols=slice(0, 4), value=0.6) + 0.01  # top-left
