@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Iterable
 
@@ -14,72 +15,19 @@ from ..vocab import MAP_METRICS, MODIFIER_METRICS, PAIR_METRICS
 from .tokens import Selection, unit_maps
 
 
-def otsu_thresholds(maps: torch.Tensor | np.ndarray, nbins: int = 256) -> torch.Tensor:
-    """Otsu threshold of every ``(h, w)`` map, vectorised: ``(..., h, w)`` → ``(...)`` float64.
-
-    Reproduces ``skimage.filters.threshold_otsu(map)`` bit for bit on float64 maps (``np.histogram`` with ``nbins``
-    equal bins over [min, max] including its ±1 bin corrections at the edges, bin centres, the between-class
-    variance, first argmax) in one batched torch computation, so that ``map > threshold`` equals the per-map
-    skimage loop of :func:`attnlens.metrics.entity_regions`. A constant map or one with a non-finite value gets
-    ``+inf`` (an empty mask), as in ``attnlens.metrics``.
-    """
-    x = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
-    lead = x.shape[:-2]
-    a = x.detach().reshape(-1, x.shape[-2] * x.shape[-1]).to(torch.float64)
-    n = a.shape[0]
-    if n == 0:
-        return torch.empty(lead, dtype=torch.float64)
-    lo, hi = a.aminmax(dim=1)  # a NaN anywhere makes both NaN
-    valid = torch.isfinite(lo) & torch.isfinite(hi) & (hi > lo)
-    lo = torch.where(valid, lo, 0.0)
-    hi = torch.where(valid, hi, 1.0)
-    denom = (hi - lo)[:, None]
-    lo_ = lo[:, None]
-    f = (a - lo_).div_(denom).mul_(nbins)  # np.histogram: ((a - first_edge) / norm_denom) * n_bins
-    if not bool(valid.all()):
-        f = torch.where(valid[:, None], f, 0.0)
-    idx = f.to(torch.int64)
-    # np.histogram then corrects indices within ~1 ULP of an edge against the linspace edges; only such pixels
-    # (fractional part within 1e-6 of a bin edge, a generous margin) can move, so only they are re-checked.
-    frac = f.sub_(idx)
-    near = (frac < 1e-6) | (frac > 1 - 1e-6)
-    idx.clamp_(max=nbins - 1)
-    r, c = near.nonzero(as_tuple=True)
-    if r.numel():
-        step = denom[:, 0] / nbins
-        v, k = a[r, c], idx[r, c]
-        k = k - (v < k.to(torch.float64) * step[r] + lo[r]).to(torch.int64)
-        k1 = k + 1
-        e_hi = torch.where(k1 == nbins, hi[r], k1.to(torch.float64) * step[r] + lo[r])
-        k = k + ((v >= e_hi) & (k != nbins - 1)).to(torch.int64)
-        idx[r, c] = k
-    idx += (torch.arange(n) * nbins)[:, None]
-    counts = torch.bincount(idx.reshape(-1), minlength=n * nbins).reshape(n, nbins).to(torch.float64)
-    edges = torch.arange(nbins + 1, dtype=torch.float64)[None, :] * (denom / nbins) + lo_  # np.linspace
-    edges[:, -1] = hi
-    centers = (edges[:, :-1] + edges[:, 1:]) / 2.0
-    w1 = counts.cumsum(dim=1)
-    w2 = counts.flip(1).cumsum(dim=1).flip(1)
-    cb = counts * centers
-    m1 = cb.cumsum(dim=1) / w1
-    m2 = cb.flip(1).cumsum(dim=1).flip(1) / w2
-    var = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
-    thr = torch.gather(centers, 1, var.argmax(dim=1)[:, None])[:, 0]
-    return torch.where(valid, thr, math.inf).reshape(lead)
+otsu_thresholds = M.otsu_thresholds  # one batched Otsu (skimage-exact), defined beside the metrics it serves
 
 
 def otsu_masks(maps: torch.Tensor) -> torch.Tensor:
-    """Otsu regions ``p > otsu(p)`` of the spatial distributions p of ``maps`` (``(..., h, w)`` → bool), exactly
-    ``attnlens.metrics.entity_regions(maps, "otsu")`` for float64 input, vectorised."""
-    p = maps / maps.sum(dim=(-2, -1), keepdim=True)
-    thr = otsu_thresholds(p).to(p.dtype)
-    return p > thr[..., None, None]
+    """Otsu regions ``p > otsu(p)`` of the spatial distributions p of ``maps`` (``(..., h, w)`` → bool): the same as
+    ``attnlens.metrics.entity_regions(maps, "otsu")``."""
+    return M.entity_regions(maps, "otsu")
 
 
 MetricBlock = tuple[np.ndarray, list[str], list[str]]  # values (S, n), token labels (n,), roles (n,)
 
 
-SYM_KL_EPS = 1e-8  # the default smoothing of attnlens.metrics.symmetric_kl
+SYM_KL_EPS = inspect.signature(M.symmetric_kl).parameters["eps"].default  # metrics.symmetric_kl's smoothing
 
 
 _TINY = torch.finfo(torch.float64).tiny
