@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import BadOption, EmptySelection
-from . import app
+from ._app import app
 from ._output import FORMAT, JSON, console, err_console, note, report, resolve_format
 
 ANALYZE_EXAMPLES = """

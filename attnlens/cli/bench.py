@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import BadOption
-from . import app
+from ._app import app
 from ._output import FORMAT, JSON, console, err_console, report, resolve_format
 
 bench_app = typer.Typer(
@@ -115,7 +115,7 @@ def binding(
         overrides = {"attend-excite": {"max_refinement_steps": refinement},
                      "divide-bind": {"max_refinement_steps": refinement,
                                      "max_refinement_steps_init_step": refinement}}
-    from . import quiet_model_loading
+    from ._app import quiet_model_loading
 
     with quiet_model_loading():
         res = run_binding_bench(model or _model_default(), out, prompts=prompts, seeds=_ints(seeds),
@@ -157,7 +157,7 @@ def sanity(
         raise BadOption("--n must be at least 1", hint="e.g. --n 64")
     if n_steps < 1:
         raise BadOption("--n-steps must be at least 1", hint="e.g. --n-steps 25")
-    from . import quiet_model_loading
+    from ._app import quiet_model_loading
 
     with quiet_model_loading():
         result = run_sanity(model or _model_default(), n=n, steps=n_steps, guidance_scale=guidance, seed=seed,

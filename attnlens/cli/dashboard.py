@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import BadOption, NotFoundError
-from . import app
+from ._app import app
 from ._output import err_console
 
 DASHBOARD_EXAMPLES = """

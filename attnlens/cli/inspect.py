@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._output import FORMAT, JSON, human_bytes, report, resolve_format
 
 

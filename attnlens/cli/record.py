@@ -11,7 +11,7 @@ import typer
 from ..errors import BadOption
 from ..models import DEFAULT_MODEL
 from ..sweep import complete_run, run_name, sweep_paths
-from . import app
+from ._app import app
 from ._output import FORMAT, JSON, err_console, report, resolve_format, warn
 
 EXAMPLES = """
@@ -98,7 +98,7 @@ def record(
     from ..selection import parse_steps
     from ..sampler import sample
     from ..tokens import check_prompt
-    from . import quiet_model_loading
+    from ._app import quiet_model_loading
 
     fmt = resolve_format(fmt, as_json)
     prompts = read_prompts(prompt or [], prompts_file)

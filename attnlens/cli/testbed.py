@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from ..errors import BadOption, ConfigError, ModelNotFound
-from . import app
+from ._app import app
 from ._output import FORMAT, JSON, err_console, report, resolve_format
 
 testbed_app = typer.Typer(
@@ -150,7 +150,7 @@ def evaluate_cmd(
         import torch
         from diffusers import StableDiffusionPipeline
 
-        from . import quiet_model_loading
+        from ._app import quiet_model_loading
 
         torch.set_num_threads(2)
         with quiet_model_loading():
@@ -294,15 +294,3 @@ def ship_cmd(
     total = sum(v["bytes"] for v in m["files"].values()) / 1e6
     report(fmt, {"pipeline": str(pipeline), "dest": str(target), "version": m["version"], "mb": total}, None)
     err_console.print(f"shipped {pipeline} -> {target}: {total:.1f} MB, version {m['version']}", markup=False)
-
-
-def run_module(command: str, argv: list[str] | None) -> None:
-    """``python -m attnlens.testbed.<command> ARGS`` = ``attnlens testbed <command> ARGS``: exits non-zero on
-    error (as the command does), returns on success."""
-    import sys
-
-    from . import main
-
-    code = main(["testbed", command, *(sys.argv[1:] if argv is None else list(argv))])
-    if code:
-        raise SystemExit(code)

@@ -573,6 +573,6 @@ def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ CLI
 # ``python -m attnlens.testbed.evaluate ARGS`` is ``attnlens testbed evaluate ARGS`` (``--help`` lists the options)
 if __name__ == "__main__":
-    from attnlens.cli.testbed import run_module
+    from attnlens.cli import run_module
 
     run_module("evaluate", None)

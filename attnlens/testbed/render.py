@@ -378,6 +378,6 @@ def write_dataset(out: str | Path, n: int, seed: int = 0, split: str = "train") 
 
 # ``python -m attnlens.testbed.render ARGS`` is ``attnlens testbed render ARGS`` (``--help`` lists the options)
 if __name__ == "__main__":
-    from attnlens.cli.testbed import run_module
+    from attnlens.cli import run_module
 
     run_module("render", None)

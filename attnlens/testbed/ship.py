@@ -47,6 +47,6 @@ def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None =
 
 # ``python -m attnlens.testbed.ship PIPELINE [--dest DIR]`` is ``attnlens testbed ship`` (``--help`` lists the options)
 if __name__ == "__main__":
-    from attnlens.cli.testbed import run_module
+    from attnlens.cli import run_module
 
     run_module("ship", None)

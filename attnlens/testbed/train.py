@@ -596,6 +596,6 @@ def benchmark(cfg: TrainConfig, steps: int = 6, warmup: int = 2) -> dict[str, di
 
 # ``python -m attnlens.testbed.train ARGS`` is ``attnlens testbed train ARGS`` (``--help`` lists the options)
 if __name__ == "__main__":
-    from attnlens.cli.testbed import run_module
+    from attnlens.cli import run_module
 
     run_module("train", None)

@@ -89,7 +89,7 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = ["--out", out, "--preset", "tiny", "--vae-steps", "2", "--unet-steps", "2", "--threads", "1", "--quiet",
             "--no-export"]
-    from attnlens.cli.testbed import run_module  # what ``python -m attnlens.testbed.train`` runs
+    from attnlens.cli import run_module  # what ``python -m attnlens.testbed.train`` runs
 
     run_module("train", args)
     with pytest.raises(SystemExit):

@@ -63,7 +63,10 @@ def _targets(mod: str, node: ast.Import | ast.ImportFrom) -> list[str]:
             prefix = ".".join(base + ([node.module] if node.module else []))
         else:
             prefix = node.module or ""
-        names = [prefix] + [f"{prefix}.{a.name}" for a in node.names]
+        subs = [f"{prefix}.{a.name}" for a in node.names]
+        # ``from pkg import sub`` loads the submodule; it reads pkg's own namespace (a real edge to pkg, which may
+        # still be initialising when pkg is an ancestor) only for names that are not submodules
+        names = ([prefix] if any(s not in MODULES for s in subs) else []) + subs
     out = []
     for name in names:
         while name and name not in MODULES:  # `import attnlens.store.reader` loads attnlens.store.reader
