@@ -7,7 +7,7 @@ exactly the same ``DiffusionPipeline.from_pretrained`` call as ``CompVis/stable-
 Examples::
 
     >>> import attnlens
-    >>> pipe = attnlens.load_pipeline("attnlens-tiny")           # embedded default, CPU + fp32 here
+    >>> pipe = attnlens.load_pipeline("attnlens-tiny")           # embedded (random weights), CPU + fp32 here
     >>> type(pipe).__name__
     'StableDiffusionPipeline'
 """

@@ -582,10 +582,18 @@ class Run:
 
     Examples::
 
-        >>> run = attnlens.open_run("runs/red-crown")                       # doctest: +SKIP
-        >>> run.layers                                                      # module paths
+        >>> import attnlens
+        >>> pipe = attnlens.load_pipeline("attnlens-tiny")
+        >>> _ = attnlens.sample(pipe, "a red crown and a golden strawberry", out="runs/red-crown",
+        ...                     num_inference_steps=12)
+        >>> run = attnlens.open_run("runs/red-crown")
+        >>> run.layers[0]                                                   # module paths
+        'down_blocks.0.attentions.0.transformer_blocks.0.attn2'
         >>> m = run.maps(run.layers[0], step=10)        # (sample, head, token, y, x) numpy
+        >>> m.shape, m.dtype
+        ((1, 1, 9, 16, 16), dtype('float32'))
         >>> run.token_positions("strawberry")
+        [7]
     """
 
     path: Path
