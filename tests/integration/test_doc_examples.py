@@ -9,8 +9,6 @@
 * **``::`` literal blocks** without ``>>>`` that compile as Python run with ``exec`` in a copy of their module's
   namespace plus ``attnlens`` (the name every example assumes imported). Blocks that do not compile are layouts and
   shell commands; blocks that compile but are pseudo-code are listed in :data:`PSEUDOCODE` with the reason.
-
-Examples that load a model (``attnlens-tiny`` or the embedded default) and the README are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -171,12 +169,12 @@ def test_literal_block_extraction():
 
 # ------------------------------------------------------------------------------------------------------- running
 def params(items: list[tuple]) -> list:
-    """One test per docstring (or literal block); ``slow`` where the example loads a model."""
+    """One test per docstring (or literal block), named after its owner."""
     out = []
     for item in items:
         doc, code = item[0], item[-1] if len(item) > 1 else item[0].text
         name = doc.id if len(item) == 1 else f"{doc.id}:{code.splitlines()[0][:40]}"
-        out.append(pytest.param(*item, id=name, marks=[pytest.mark.slow] if "load_pipeline" in code else []))
+        out.append(pytest.param(*item, id=name))
     return out
 
 
@@ -216,7 +214,6 @@ def test_literal_claims_parsing():
     assert literal_claims(code) == {"layer": "down.attn2", "g": [6]}
 
 
-@pytest.mark.slow
 def test_readme_python_snippet(tmp_path, monkeypatch, registry_restored):
     monkeypatch.chdir(tmp_path)
     blocks = readme_blocks()
