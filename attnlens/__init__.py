@@ -3,7 +3,7 @@
 The whole workflow::
 
     import attnlens
-    pipe = attnlens.load_pipeline("CompVis/stable-diffusion-v1-4")      # or the embedded default
+    pipe = attnlens.load_pipeline()                  # the embedded default, or "CompVis/stable-diffusion-v1-4"
     run = attnlens.sample(pipe, "a red crown and a golden strawberry", method="syngen", seed=1, out="runs/x")
     run.maps(run.layers[0], step=10)                                     # (sample, head, token, y, x)
 

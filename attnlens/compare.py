@@ -167,9 +167,20 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
 
     Examples::
 
-        >>> from attnlens.analysis import load_table                                         # doctest: +SKIP
-        >>> c = compare(load_table("runs/"), by="method", metrics=["jsd"], roles=["bound"])  # doctest: +SKIP
-        >>> print(to_markdown(c))                                                             # doctest: +SKIP
+        >>> import attnlens
+        >>> from attnlens.analysis import load_table
+        >>> pipe = attnlens.load_pipeline("attnlens-tiny")
+        >>> for method in ("none", "syngen"):
+        ...     _ = attnlens.sample(pipe, "a red crown", method=method, out=f"runs/{method}", num_inference_steps=4)
+        >>> c = compare(load_table("runs/"), by="method", metrics=["jsd"], roles=["bound"])
+        >>> print(to_markdown(c))                                                             # doctest: +ELLIPSIS
+        | method | jsd [bound] |
+        |---|---:|
+        | none (baseline) | ... |
+        | syngen | ... |
+        | Δ syngen − none | ... |
+        <BLANKLINE>
+        Mean and 95% paired bootstrap interval, n = 1 (prompt, seed) units ...
     """
     import pandas as pd
 

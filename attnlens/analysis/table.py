@@ -458,8 +458,16 @@ def analyze_runs(paths: Sequence[str | Path] | str | Path, partial: bool = False
 
     Examples::
 
-        >>> df = analyze_runs("runs/", metrics=["jsd", "leak_in"], layers=["all"])      # doctest: +SKIP
-        >>> df.query("role == 'bound'").groupby(["variant", "step"]).value.mean()       # doctest: +SKIP
+        >>> import attnlens
+        >>> pipe = attnlens.load_pipeline("attnlens-tiny")
+        >>> for method in ("none", "syngen"):
+        ...     _ = attnlens.sample(pipe, "a red crown", method=method, out=f"runs/{method}", num_inference_steps=4)
+        >>> df = analyze_runs("runs/", metrics=["jsd", "leak_in"], layers=["all"])
+        >>> df.query("role == 'bound'").groupby(["variant", "step"]).value.mean()       # doctest: +ELLIPSIS
+        variant  step
+        none     0       ...
+        syngen   0       ...
+        Name: value, dtype: float64
     """
 
     a = Analysis(paths, partial=partial, metrics=metrics, layers=layers, steps=steps, phases=phases)

@@ -2,6 +2,13 @@
 
 An embedded model (:data:`EMBEDDED`) is written once into the cache folder (``$ATTNLENS_HOME/models``) by its
 builder and then loaded through exactly the same ``DiffusionPipeline.from_pretrained`` call as a hub id.
+
+Examples::
+
+    >>> import attnlens
+    >>> pipe = attnlens.load_pipeline("attnlens-tiny")           # embedded (random weights), CPU + fp32 here
+    >>> type(pipe).__name__
+    'StableDiffusionPipeline'
 """
 
 from __future__ import annotations

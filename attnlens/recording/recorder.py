@@ -2,8 +2,8 @@
 
     >>> import attnlens, torch
     >>> pipe = attnlens.load_pipeline()                                  # embedded default
-    >>> with attnlens.record(pipe, "runs/demo", prompts=["a red crown"], seeds=[0]) as rec:   # doctest: +SKIP
-    ...     out = pipe("a red crown", num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+    >>> with attnlens.record(pipe, "runs/demo", prompts=["a red crown"], seeds=[0]) as rec:
+    ...     out = pipe("a red crown", num_inference_steps=10, generator=torch.Generator().manual_seed(0))
     ...     rec.save_images(out.images)
 
 Only the cross-attention (``attn2``) processors are replaced, per module, with ``RecordingProcessor``; the originals

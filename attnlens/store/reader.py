@@ -46,12 +46,20 @@ class Run:
 
     Examples::
 
-        >>> run = attnlens.open_run(path)                   # a run folder (``attnlens.sample(..., out=path)``)
-        >>> name = run.layers[0]                            # module paths, in UNet order
-        >>> run.maps(name, step=2).shape                    # (sample, head, token, y, x) float32
-        (1, 1, 9, 8, 8)
-        >>> run.token_positions("strawberry")               # positions of the word's pieces
+        >>> import attnlens
+        >>> pipe = attnlens.load_pipeline("attnlens-tiny")
+        >>> _ = attnlens.sample(pipe, "a red crown and a golden strawberry", out="runs/red-crown",
+        ...                     num_inference_steps=12)
+        >>> run = attnlens.open_run("runs/red-crown")
+        >>> run.layers[0]                                                   # module paths, in UNet order
+        'down_blocks.0.attentions.0.transformer_blocks.0.attn2'
+        >>> m = run.maps(run.layers[0], step=10)        # (sample, head, token, y, x) numpy
+        >>> m.shape, m.dtype
+        ((1, 1, 9, 16, 16), dtype('float32'))
+        >>> run.token_positions("strawberry")
         [7]
+        >>> run.info.prompt, run.info.seed, run.info.method_name
+        ('a red crown and a golden strawberry', 0, 'none')
     """
 
     path: Path

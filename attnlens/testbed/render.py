@@ -34,6 +34,7 @@ Examples::
     >>> scene = scene_at(seed=0, index=3, split="train")
     >>> image = render(scene)                       # (64, 64, 3) uint8
     >>> scene.caption, [o.bbox for o in scene.objects]
+    ('a yellow cross, a blue square and a purple square', [(11, 4, 26, 19), (38, 8, 58, 28), (40, 39, 60, 59)])
 """
 
 from __future__ import annotations

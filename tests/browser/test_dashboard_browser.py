@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 from dashboard import fixtures as FX  # noqa: E402
 from dashboard.benchmark import stop_process  # noqa: E402
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -1,8 +1,8 @@
 """attnlens analyze / compare / figure on tiny recorded runs, checked against direct computation from the stores.
 
 One module-scoped fixture records, with the embedded model at 32×32 (maps at 8, 4 and 2) and 2 inference steps:
-``none`` seeds 0 and 1 and, when available, ``syngen`` seed 0 on "a red apple and a green banana", plus a ``none``
-run interrupted after 2 steps (status ``failed``).
+``none`` seeds 0 and 1 and ``syngen`` seed 0 on "a red apple and a green banana", plus a ``none`` run interrupted
+after 2 steps (status ``failed``). Any error while recording fails every test that uses the fixture.
 """
 
 from __future__ import annotations
@@ -42,12 +42,9 @@ def record_runs(base: Path) -> None:
     pipe = attnlens.load_pipeline("attnlens-tiny")
     for seed in (0, 1):
         attnlens.sample(pipe, PROMPT, method="none", seed=seed, out=base / "runs" / f"none-seed{seed}", **KW)
-    if "syngen" in attnlens.available_methods():
-        try:
-            attnlens.sample(pipe, PROMPT, method="syngen", method_options={"resolution": 8}, seed=0,
-                            out=base / "runs" / "syngen-seed0", **KW)
-        except Exception:  # noqa: BLE001  (guided methods are optional for these tests)
-            shutil.rmtree(base / "runs" / "syngen-seed0", ignore_errors=True)
+    guided = attnlens.sample(pipe, PROMPT, method="syngen", method_options={"resolution": 8}, seed=0,
+                             out=base / "runs" / "syngen-seed0", **KW)
+    assert guided.complete and guided.manifest["method"]["name"] == "syngen"
 
     def stop(i: int, n: int) -> None:
         if i == 2:
@@ -61,10 +58,6 @@ def record_runs(base: Path) -> None:
 @pytest.fixture(scope="module")
 def table(root) -> pd.DataFrame:
     return analyze_runs(root / "runs")
-
-
-def has_syngen(root: Path) -> bool:
-    return (root / "runs" / "syngen-seed0" / "manifest.json").is_file()
 
 
 def unit_stack(x: np.ndarray, sel) -> np.ndarray:
@@ -82,8 +75,8 @@ def rows(df: pd.DataFrame, **eq) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------------ the table
 def test_table_columns_and_coverage(root, table):
     assert list(table.columns) == COLUMNS
-    n_runs = 3 if has_syngen(root) else 2
-    assert table["run"].nunique() == n_runs
+    assert table["run"].nunique() == 3
+    assert set(table["method"]) == {"none", "syngen"}
     run = attnlens.open_run(root / "runs" / "none-seed0")
     sel = select_tokens(run_parse(run))
     labels = {u.label for u in sel.units}
@@ -183,8 +176,6 @@ def test_otsu_vectorised_equals_skimage():
 
 
 def test_trajectory_and_scalars(root, table):
-    if not has_syngen(root):
-        pytest.skip("syngen is not available")
     guided = attnlens.open_run(root / "runs" / "syngen-seed0")
     plain = attnlens.open_run(root / "runs" / "none-seed0")
     a, b = guided.latents()[:, 0].astype(np.float64), plain.latents()[:, 0].astype(np.float64)
@@ -230,7 +221,7 @@ def test_filters(root):
 def test_partial_runs(root, tmp_path):
     a = Analysis([root / "runs", root / "failed"])
     assert any("incomplete" in n and "--partial" in n for n in a.notes)
-    assert len(a.runs) == (3 if has_syngen(root) else 2)
+    assert len(a.runs) == 3
     failed = tmp_path / "failed-copy"
     shutil.copytree(root / "failed" / "none-seed2", failed)
     run = attnlens.open_run(failed)
@@ -269,14 +260,11 @@ def test_compare_on_runs(root, table):
     c = compare(df, by="method", metrics=["jsd"], roles=["bound"])
     assert c.baseline == "none"
     t = c.table.set_index("group")
-    if has_syngen(root):
-        assert t.loc["none", "n"] == 1 and t.loc["none", "dropped"] == 1  # seed 1 has no syngen partner
-        direct = rows(table, layer="all", phase="sample", metric="jsd", role="bound", seed=0)
-        for g in ("none", "syngen"):
-            assert t.loc[g, "mean"] == pytest.approx(rows(direct, method=g)["value"].mean(), rel=1e-12)
-        assert t.loc["syngen", "diff"] == pytest.approx(t.loc["syngen", "mean"] - t.loc["none", "mean"], rel=1e-9)
-    else:  # one group: both seeds are units
-        assert t.loc["none", "n"] == 2
+    assert t.loc["none", "n"] == 1 and t.loc["none", "dropped"] == 1  # seed 1 has no syngen partner
+    direct = rows(table, layer="all", phase="sample", metric="jsd", role="bound", seed=0)
+    for g in ("none", "syngen"):
+        assert t.loc[g, "mean"] == pytest.approx(rows(direct, method=g)["value"].mean(), rel=1e-12)
+    assert t.loc["syngen", "diff"] == pytest.approx(t.loc["syngen", "mean"] - t.loc["none", "mean"], rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import attnlens
@@ -117,10 +118,39 @@ def test_complete_run_refused_without_overwrite(recorded_root, run_cli):
     assert "Traceback" not in err and digest(target) == before
 
 
+def run_files(run: Path) -> dict[str, bytes]:
+    """Every file of a run by relative path, except the manifest and the root attributes (they hold timings)."""
+    return {f.relative_to(run).as_posix(): f.read_bytes() for f in sorted(run.rglob("*"))
+            if f.is_file() and f.name != "manifest.json" and f.relative_to(run).as_posix() != "zarr.json"}
+
+
 def test_overwrite_replaces(tmp_path, run_cli):
-    for extra in ((), ("--overwrite",)):
-        code, _, err = run_cli("record", "a cat", "--steps", "2", "--out", str(tmp_path), *extra)
-        assert code == 0, err
+    """--overwrite leaves exactly what a fresh record of the new command writes: new manifest, new arrays, and no
+    file of the replaced run (here: the layers the new command does not record)."""
+    old_args = ("--steps", "3")
+    new_args = ("--steps", "2", "--guidance-scale", "5", "--layers", "8")
+    code, _, err = run_cli("record", "a cat", *old_args, "--out", str(tmp_path / "replaced"))
+    assert code == 0, err
+    target = tmp_path / "replaced" / "a-cat" / "none-seed0"
+    old = attnlens.open_run(target)
+    old_manifest, old_layers, old_latents, old_files = old.manifest, old.layers, old.latents(), run_files(target)
+    code, _, err = run_cli("record", "a cat", *new_args, "--overwrite", "--out", str(tmp_path / "replaced"))
+    assert code == 0, err
+    code, _, err = run_cli("record", "a cat", *new_args, "--out", str(tmp_path / "fresh"))
+    assert code == 0, err
+    new, fresh = attnlens.open_run(target), attnlens.open_run(tmp_path / "fresh" / "a-cat" / "none-seed0")
+    assert new.complete
+    assert (old_manifest["steps"], old_manifest["guidance_scale"]) == (3, 7.5)
+    assert (new.manifest["steps"], new.manifest["guidance_scale"]) == (2, 5.0)
+    assert set(new.layers) == set(fresh.layers) and set(new.layers) < set(old_layers)
+    # the replacement's arrays differ from the old run's, and it holds exactly the files of a fresh record
+    assert new.latents().shape[0] < old_latents.shape[0]
+    assert not np.array_equal(old_latents[1], new.latents()[1])
+    stale = set(old_files) - set(run_files(fresh.path))
+    assert stale, "the two commands must write different files, else 'no stale file' is not tested"
+    new_files, fresh_files = run_files(new.path), run_files(fresh.path)
+    assert sorted(new_files.keys() - fresh_files.keys()) == [] and new_files.keys() == fresh_files.keys()
+    assert [name for name in new_files if new_files[name] != fresh_files[name]] == []
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ def test_repeated_updates_at_a_fixed_step_lower_the_loss(tiny_pipe, parse, name)
     assert losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow
 def test_guided_run_records_every_step_phase_and_scalar(tiny_pipe, tmp_path):
     run = attnlens.sample(tiny_pipe, PROMPT, method="attend-excite", seed=3, num_inference_steps=12,
                           out=tmp_path / "ae", method_options={"max_iter_to_alter": 11, "thresholds": {"0": 0.99, "10": 0.99}})
@@ -100,6 +101,7 @@ def test_manifest_round_trips_every_hyperparameter(tiny_pipe, tmp_path):
         assert attnlens.get_method(name, **hp).hyperparameters() == hp
 
 
+@pytest.mark.slow
 def test_multi_seed_multi_prompt_cli(tiny_pipe, tmp_path, monkeypatch, capsys):
     from attnlens.cli import main
 

@@ -96,6 +96,7 @@ def test_recorded_maps_equal_explicit_attention(tiny_pipe, tmp_path, monkeypatch
     np.testing.assert_allclose(stored, cond[:, :n_tokens], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bit_identical_latents_with_and_without_recording(tiny_pipe, tmp_path):
     plain = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=_gen(7), output_type="latent").images
     with attnlens.record(tiny_pipe, tmp_path / "r", heads="all", tokens="all", uncond=True):
@@ -217,6 +218,7 @@ def _map_chunks(run_dir) -> int:
     return sum(1 for f in att.rglob("c.*") if f.is_file()) if att.exists() else 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [STEPS, 60])
 def test_cpu_writer_holds_maps_until_sampling_ends(tiny_pipe, tmp_path, steps):
     """On a CPU the writer stays off the cores while the pipeline samples (lazy mode): no map is on disk before the
@@ -232,6 +234,7 @@ def test_cpu_writer_holds_maps_until_sampling_ends(tiny_pipe, tmp_path, steps):
     assert run.complete and _map_chunks(tmp_path / "r") == len(run.layers) * (steps + 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", ["bytes", "queue"])
 def test_cpu_writer_writes_when_its_limit_is_reached(tiny_pipe, tmp_path, monkeypatch, limit):
     """The lazy writer starts once it holds HOLD_BYTES or its queue is three-quarters full (never a deadlock on a

@@ -37,6 +37,7 @@ def test_default_model_is_the_shipped_shapes_model(shapes_pipe):
     assert all(rel.endswith(".json") or rel.endswith(".safetensors") for rel in manifest["files"])
 
 
+@pytest.mark.slow
 def test_fixed_seed_reproduces_the_stored_latent(shapes_pipe):
     from safetensors import safe_open
 

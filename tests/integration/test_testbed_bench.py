@@ -48,6 +48,7 @@ def bench(tiny_pipe, tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow
 def test_every_run_is_recorded_and_scored_from_its_own_image(bench, tiny_pipe):
     out, res = bench
     o = res.outcomes
@@ -68,6 +69,7 @@ def test_every_run_is_recorded_and_scored_from_its_own_image(bench, tiny_pipe):
     assert len(saved) == 6 and (out / "binding.md").read_text().count("syngen step_size=80") >= 1
 
 
+@pytest.mark.slow
 def test_binding_table_means_equal_the_outcome_means(bench):
     _, res = bench
     t = res.comparison.table
@@ -79,6 +81,7 @@ def test_binding_table_means_equal_the_outcome_means(bench):
     assert (t[t.metric == "neglect"]["higher_is"] == "worse").all()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_complete_runs(bench, tiny_pipe):
     out, _ = bench
     again = run_binding_bench(tiny_pipe, out, prompts=["a red circle and a blue square"], seeds=[0, 1],
@@ -87,6 +90,7 @@ def test_rerun_reuses_complete_runs(bench, tiny_pipe):
     assert again.recorded == 0 and again.reused == 6
 
 
+@pytest.mark.slow
 def test_auc_of_the_recorded_maps(bench):
     from attnlens.analysis import read_table
     from attnlens.testbed.predictive import metric_auc

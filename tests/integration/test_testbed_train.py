@@ -6,12 +6,9 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("skimage")
-
-from attnlens.testbed import train as T  # noqa: E402
+from attnlens.testbed import train as T
 
 
 def tiny(**kw) -> T.TrainConfig:

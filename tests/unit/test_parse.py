@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-spacy = pytest.importorskip("spacy")
-from spacy.tokens import Doc  # noqa: E402
+from spacy.tokens import Doc
 
-from attnlens.errors import AttnlensError  # noqa: E402
-from attnlens.parse import (  # noqa: E402
+from attnlens.errors import AttnlensError
+from attnlens.parse import (
     NO_MODIFIER,
     NO_MODIFIER_NEG,
     NO_NOUN,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage")
-
-from attnlens.testbed.evaluate import (  # noqa: E402
+from attnlens.testbed.evaluate import (
     UNKNOWN,
     aggregate,
     classify_shape,
@@ -17,7 +15,7 @@ from attnlens.testbed.evaluate import (  # noqa: E402
     score,
     validate,
 )
-from attnlens.testbed.render import (  # noqa: E402
+from attnlens.testbed.render import (
     BACKGROUND,
     COLOURS,
     SHAPES,

@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage")
-
-from attnlens.testbed.evaluate import parse_caption  # noqa: E402
-from attnlens.testbed.render import (  # noqa: E402
+from attnlens.testbed.evaluate import parse_caption
+from attnlens.testbed.render import (
     BACKGROUND,
     COLOURS,
     GAP,
