@@ -83,6 +83,15 @@ def _clean(value):
     return value
 
 
+def _relative_run(path: str) -> str:
+    """A run path from an ``analyze`` table, from its model folder on (``attnlens-tiny/heads-mean/...``): the roots
+    of two recordings differ, and one may be spelled relative and the other absolute."""
+    for model in MODELS:
+        if f"{model}/" in path:
+            return path[path.index(f"{model}/"):]
+    return path
+
+
 def _run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent.relative_to(root) for p in root.rglob("manifest.json"))
 
@@ -143,8 +152,7 @@ def compare(a: Path, b: Path, limit: int = 20) -> list[str]:
         ta, tb = pd.read_parquet(a / table), pd.read_parquet(b / table)
         for t in (ta, tb):  # run paths differ between the two roots
             for col in [c for c in t.columns if c in ("run", "path", "run_path")]:
-                t[col] = (t[col].astype(str).str.replace(str(a.resolve()), "").str.replace(str(b.resolve()), "")
-                          .str.replace(str(a), "").str.replace(str(b), ""))
+                t[col] = t[col].astype(str).map(_relative_run)
         try:
             pd.testing.assert_frame_equal(ta, tb, check_exact=True)
         except AssertionError as exc:
