@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import AttnlensError, ConfigError, EmptySelection
+from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .methods import GuidanceMethod, LossOutput, get_method
 from .parse import parse_prompt
 from .recording import Recorder, RecordingConfig
@@ -68,6 +68,23 @@ def guidance_forward(pipe, recorder: Recorder, method: GuidanceMethod, parse: An
     return z, out
 
 
+def check_sampling_options(*, seed: int | None, num_inference_steps: int, guidance_scale: float,
+                           height: int | None, width: int | None) -> None:
+    """Refuse values no sampler can use, with the option's name: a seed outside torch's generator range, fewer than
+    one step, a guidance scale that is not a finite number ≥ 0, a height or width that is not positive."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+        raise BadOption(f"seed {seed!r} is not an integer in [-2^63, 2^64)", hint="pass a seed like 0, 1, 42")
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise BadOption(f"the number of steps must be at least 1, got {num_inference_steps!r}")
+    if not math.isfinite(float(guidance_scale)) or guidance_scale < 0:
+        raise BadOption(f"guidance scale must be a finite number ≥ 0, got {guidance_scale!r}",
+                        hint="7.5 is Stable Diffusion's usual value; 1 disables classifier-free guidance")
+    for name, v in (("height", height), ("width", width)):
+        if v is not None and (not isinstance(v, int) or v <= 0):
+            raise BadOption(f"{name} must be a positive number of pixels, got {v!r}",
+                            hint="leave it out for the model's native size")
+
+
 def guided_sample(
     pipe,
     prompt: str,
@@ -98,6 +115,8 @@ def guided_sample(
     """
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise ConfigError("guided sampling supports SD 1.x/2.x pipelines; SDXL runs can be recorded with attnlens.record(pipe)")
+    check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           height=height, width=width)
     device = pipe.unet.device
     dtype = pipe.unet.dtype
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -258,6 +277,8 @@ def sample(
         >>> run.manifest["method"]["name"]
         'syngen'
     """
+    check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           height=height, width=width)
     prompt_info = check_prompt(prompt, pipe.tokenizer)
     m = method if isinstance(method, GuidanceMethod) else get_method(method, **(method_options or {}))
     parse = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,6 +44,21 @@ def data_path(run: str | Path) -> Path:
     run = Path(run)
     inner = run / DATA
     return inner if inner.is_dir() or not (run / "zarr.json").is_file() else run
+
+
+#: what attnlens writes at the top of a run folder (schema 2, and schema 1's zarr group beside the manifest)
+_RUN_ENTRIES = {MANIFEST, DATA, "zarr.json", "attention", "latents", "scalars", ".attnlens-write-test"}
+_IMAGE = re.compile(r"^image(-\d+)?\.png$")
+_TEMP = re.compile(r"^\.(manifest\.json|image(-\d+)?\.png)\..*")
+
+
+def run_entries(run: str | Path) -> tuple[list[Path], list[Path]]:
+    """The top-level entries of a run folder split into (what attnlens wrote, anything else): replacing a run
+    deletes only the first list, and refuses while the second is not empty."""
+    ours, foreign = [], []
+    for p in sorted(Path(run).iterdir()):
+        (ours if p.name in _RUN_ENTRIES or _IMAGE.match(p.name) or _TEMP.match(p.name) else foreign).append(p)
+    return ours, foreign
 
 
 def image_name(sample: int, n_samples: int) -> str:

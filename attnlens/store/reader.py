@@ -304,6 +304,9 @@ def find_runs(root: str | Path) -> Iterator[Path]:
     if is_run(root):
         yield root
         return
+    if not root.is_dir():
+        raise RunNotFound(f"'{root}' is a file, not a run folder or a folder holding runs",
+                          hint="pass the folder (attnlens ls runs/)")
     for manifest in sorted(root.rglob(MANIFEST)):
         yield manifest.parent
 

@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import AttnlensError, ConfigError, RunExists, StoreError
 from ._fastzarr import FLAT_CHUNK_KEYS, ChunkFiles, _LayerTemplate
 from .layout import (DATA, MANIFEST, MAP_DIMS, PHASES, STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, Manifest,
-                     Sample, image_name, write_json_atomic)
+                     Sample, image_name, run_entries, write_json_atomic)
 from .reader import is_run, read_manifest
 
 
@@ -81,7 +81,9 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     """Check that ``path`` may receive a new run and create it.
 
     A complete run is replaced only with ``overwrite=True``; an incomplete or failed run is replaced (its data is
-    not a result); any other non-empty folder is refused, so nothing already written is damaged.
+    not a result); any other non-empty folder is refused, so nothing already written is damaged. Replacing deletes
+    only what attnlens writes in a run folder, and is refused while the folder holds anything else (a user's notes,
+    another run nested inside it).
     """
     path = Path(path)
     if path.exists():
@@ -96,7 +98,13 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
                 raise RunExists(
                     f"'{path}' already holds a complete run", hint="pass --overwrite to replace it, or choose another --out"
                 )
-            shutil.rmtree(path)
+            ours, foreign = run_entries(path)
+            if foreign:
+                names = ", ".join(p.name for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+                raise StoreError(f"'{path}' holds files attnlens did not write ({names}); it will not delete them",
+                                 hint="move them out of the run folder, or choose another --out")
+            for p in ours:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         elif any(path.iterdir()):
             raise StoreError(
                 f"output folder '{path}' exists, is not empty and is not an attnlens run",
