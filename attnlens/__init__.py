@@ -26,13 +26,49 @@ Words (phase, iteration, unit, role, pair, variant, aggregate, ...): ``docs/glos
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .errors import AttnlensError
-from .methods import GuidanceMethod, LossOutput, StepPlan, available_methods, get_method, register_method
-from .models import DEFAULT_MODEL, load_pipeline
-from .recording import Recorder, RecordingConfig, record
-from .sampler import guided_sample, sample
-from .store import Run, find_runs, open_run
+
+#: the public API and the module each name lives in. Importing ``attnlens`` stays cheap (the command line answers
+#: ``--help`` without loading torch); a name is imported on first use (PEP 562), and ``import attnlens.x`` works
+#: as for any package.
+_EXPORTS = {
+    "GuidanceMethod": "methods", "LossOutput": "methods", "StepPlan": "methods", "available_methods": "methods",
+    "get_method": "methods", "register_method": "methods",
+    "DEFAULT_MODEL": "models", "load_pipeline": "models",
+    "Recorder": "recording", "RecordingConfig": "recording", "record": "recording",
+    "guided_sample": "sampler", "sample": "sampler",
+    "Run": "store", "find_runs": "store", "open_run": "store",
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from .methods import GuidanceMethod, LossOutput, StepPlan, available_methods, get_method, register_method
+    from .models import DEFAULT_MODEL, load_pipeline
+    from .recording import Recorder, RecordingConfig, record
+    from .sampler import guided_sample, sample
+    from .store import Run, find_runs, open_run
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    try:  # attnlens.store, attnlens.analysis, ...: submodules as attributes, imported on first use
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module 'attnlens' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AttnlensError", "DEFAULT_MODEL", "GuidanceMethod", "LossOutput", "Recorder", "RecordingConfig", "Run", "StepPlan",

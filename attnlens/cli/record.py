@@ -9,8 +9,6 @@ from typing import Optional
 import typer
 
 from ..errors import BadOption
-from ..models import DEFAULT_MODEL
-from ..sweep import complete_run, run_name, sweep_paths
 from ._app import app
 from ._output import FORMAT, JSON, err_console, report, resolve_format, warn
 
@@ -56,6 +54,10 @@ def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
         raise BadOption("no prompt given", hint='attnlens record "a red crown" or --prompts-file FILE')
     return out
 
+#: ``attnlens.models.DEFAULT_MODEL``, spelled out: importing the models here would load torch for ``--help``
+#: (tests/integration/test_cli_format.py keeps the two equal)
+DEFAULT_MODEL = "attnlens-shapes"
+
 
 @app.command(epilog=EXAMPLES)
 def record(
@@ -94,6 +96,7 @@ def record(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..models import load_pipeline
+    from ..sweep import complete_run, run_name, sweep_paths
     from ..recording import RecordingConfig
     from ..selection import parse_steps
     from ..sampler import sample

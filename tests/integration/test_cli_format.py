@@ -274,3 +274,18 @@ def test_in_process_cli_restores_warning_filters_and_environment(root, run_cli, 
         assert code == 0, err
         assert list(warnings.filters) == before  # no resetwarnings(), no filters left behind
     assert "DIFFUSERS_VERBOSITY" not in os.environ
+
+
+def test_the_cli_answers_help_without_loading_torch():
+    """``attnlens --help`` stays fast: neither the package root nor the command modules import torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, attnlens.cli; attnlens.cli._register(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'zarr') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from attnlens.cli import record as record_cmd
+    from attnlens.models import DEFAULT_MODEL
+
+    assert record_cmd.DEFAULT_MODEL == DEFAULT_MODEL
