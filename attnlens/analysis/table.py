@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from .. import metrics as M
-from ..errors import AttnlensError, BadOption, MetricNotFound
+from ..errors import AttnlensError, BadOption, MetricNotFound, StoreError
 from ..selection import step_filter
 from ..store import PHASES, Run
 from ..vocab import AGGREGATE_ALL, COLUMNS, HEADLINE, MAP_METRICS, METRICS, SCALAR_PREFIX, TRAJECTORY_METRICS
@@ -239,6 +239,8 @@ class Analysis:
             for run in self.runs:
                 try:
                     yield from self._run_tables(run)
+                except StoreError:
+                    raise  # a damaged store: stop rather than leave part of the run in the table
                 except AttnlensError as exc:
                     self.notes.append(f"skipped {run.path}: {exc.message}")
         finally:

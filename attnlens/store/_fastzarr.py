@@ -229,10 +229,17 @@ class ChunkReader:
         except Exception:  # noqa: BLE001  (any unexpected metadata: use zarr)
             return None
 
-    def read(self, step: int, ph: int, it: int) -> np.ndarray:
+    def read(self, step: int, ph: int, it: int, missing_ok: bool = True) -> np.ndarray:
+        """The chunk at (step, phase index, iteration). A missing file is NaN (zarr's fill value), or
+        ``FileNotFoundError`` with ``missing_ok=False``; bytes that do not decode to the chunk raise ``ValueError``."""
         key = self.arr.metadata.encode_chunk_key((step, ph, it) + (0,) * len(self.shape))
         try:
             raw = (self.folder / key).read_bytes()
         except FileNotFoundError:
+            if not missing_ok:
+                raise
             return np.full(self.shape, np.nan, dtype=self.dtype)
-        return np.frombuffer(self.codec.decode(raw), dtype=self.dtype).reshape(self.shape)
+        try:
+            return np.frombuffer(self.codec.decode(raw), dtype=self.dtype).reshape(self.shape)
+        except (RuntimeError, ValueError, TypeError) as exc:  # numcodecs: "error during blosc decompression", ...
+            raise ValueError(f"chunk {key} does not decode ({exc})") from exc

@@ -148,6 +148,10 @@ class Run:
         arr = self.array(layer)
         ph = phase if isinstance(phase, int) else PHASES.index(phase)
         steps = [int(s) for s in steps]
+        expected = self._expected_records(PHASES[ph])
+        for step in steps:  # zarr reads a missing chunk as NaN: a complete run must have every recorded one
+            if (step, iteration) in expected and not self.has_chunk(layer, step, ph, iteration):
+                raise self._damaged(layer, PHASES[ph], step, iteration, "its map chunk is missing")
         sel: tuple = (ph, iteration)
         if sample is not None:
             sel += (sample,)
@@ -174,12 +178,21 @@ class Run:
         """(step, iteration) records of one phase as float64 ``(record, sample, head, token, y, x)``: chunk by chunk
         through the fast reader, else one zarr read per distinct iteration."""
         ph = phase if isinstance(phase, int) else PHASES.index(phase)
+        expected = self._expected_records(PHASES[ph])
         reader = self.chunk_reader(layer)
         if reader is not None:
             out = np.empty((len(recs), *reader.shape), dtype=np.float64)
             for i, (step, it) in enumerate(recs):
-                out[i] = reader.read(step, ph, it)
+                try:
+                    out[i] = reader.read(step, ph, it, missing_ok=(step, it) not in expected)
+                except FileNotFoundError:
+                    raise self._damaged(layer, PHASES[ph], step, it, "its map chunk is missing") from None
+                except ValueError as exc:
+                    raise self._damaged(layer, PHASES[ph], step, it, str(exc)) from None
             return out
+        for step, it in recs:  # through zarr, which reads a missing chunk as NaN: check the complete run's records
+            if (step, it) in expected and not self.has_chunk(layer, step, ph, it):
+                raise self._damaged(layer, PHASES[ph], step, it, "its map chunk is missing")
         by_it: dict[int, list[int]] = {}
         for i, (_, it) in enumerate(recs):
             by_it.setdefault(it, []).append(i)
@@ -190,6 +203,21 @@ class Run:
         for it, idx in by_it.items():
             out[idx] = self.read(layer, [recs[i][0] for i in idx], ph, it)
         return out
+
+    def _expected_records(self, phase: str) -> set[tuple[int, int]]:
+        """(step, iteration) pairs a complete run's manifest says were recorded for ``phase`` (empty otherwise: an
+        incomplete run may lack any chunk, and reads NaN there)."""
+        if not self.complete:
+            return set()
+        index = (self.manifest.get("records") or {}).get(phase) or {}
+        try:
+            return {(int(s), int(i)) for s, its in index.items() for i in its}
+        except (TypeError, ValueError, AttributeError):
+            return set()
+
+    def _damaged(self, layer: str, phase: str, step: int, iteration: int, what: str) -> StoreError:
+        return StoreError(f"run '{self.path}' is damaged: layer {layer}, phase {phase}, step {step}, iteration "
+                          f"{iteration}: {what}", hint="record the run again (attnlens record ... --overwrite)")
 
     def has_chunk(self, layer: str, step: int, phase: str | int, iteration: int) -> bool:
         """Whether the map chunk at (step, phase, iteration) of ``layer`` has been written."""

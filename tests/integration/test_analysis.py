@@ -146,6 +146,8 @@ def test_chunk_reader_equals_zarr(root, tmp_path, monkeypatch):
     run = attnlens.open_run(tmp_path / "run")
     slow = attnlens.open_run(tmp_path / "run")
     monkeypatch.setattr(slow, "chunk_reader", lambda layer: None)  # this one reads through zarr
+    for r in (run, slow):  # as an incomplete run (a missing chunk is NaN there; in a complete run it is damage)
+        r.manifest["status"] = "running"
     layer = run.layers[1]
     assert run.chunk_reader(layer) is not None
     recs = [(0, 0), (2, 0), (1, 0)]
@@ -303,3 +305,22 @@ def test_maps_figure_panels(root):
     assert panel_count(fig) == 2 * 2 * 3
     assert tuple(fig.get_size_inches().round(2))[0] == 3.25
     assert PHASES[0] == "sample"
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage"])
+def test_a_damaged_chunk_of_a_complete_run_is_named_not_read_as_nan(root, tmp_path, damage):
+    """A complete run's manifest lists its records: a chunk that is gone or does not decode is reported with its
+    layer and step by every reader (analysis's fast path, zarr's path, figures), never tabulated or drawn."""
+    shutil.copytree(root / "runs" / "none-seed0", tmp_path / "run")
+    run = attnlens.open_run(tmp_path / "run")
+    layer = run.layers[0]
+    chunk = run.data_path / "attention" / layer / "maps" / run.array(layer).metadata.encode_chunk_key((1,) + (0,) * 7)
+    if damage == "delete":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(b"not a blosc chunk at all")
+    with pytest.raises(AttnlensError, match=f"layer {layer}, phase sample, step 1"):
+        analyze_runs(tmp_path / "run", metrics=["entropy"])
+    if damage == "delete":
+        with pytest.raises(AttnlensError, match="step 1"):
+            attnlens.open_run(tmp_path / "run").read(layer, [0, 1], "sample", 0, sample=0)
