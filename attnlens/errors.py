@@ -4,9 +4,9 @@ Every error is an :class:`AttnlensError` (``message`` says what is wrong, ``hint
 subclasses say *what kind* of thing went wrong, so callers catch by type instead of matching messages::
 
     try:
-        run = attnlens.open_run(path)
+        run = attnlens.open_run("runs/perhaps-not-a-run")
     except attnlens.errors.RunNotFound:
-        ...                                   # not a run (or no such folder): skip it
+        run = None                            # not a run (or no such folder): skip it
 
 ========================  ======================================================================================
 class                     raised when

@@ -121,14 +121,14 @@ def test_complete_run_refused_without_overwrite(recorded_root, run_cli):
 def run_files(run: Path) -> dict[str, bytes]:
     """Every file of a run by relative path, except the manifest and the root attributes (they hold timings)."""
     return {f.relative_to(run).as_posix(): f.read_bytes() for f in sorted(run.rglob("*"))
-            if f.is_file() and f.name != "manifest.json" and f.relative_to(run).as_posix() != "zarr.json"}
+            if f.is_file() and f.name != "manifest.json" and f.relative_to(run).as_posix() != "data.zarr/zarr.json"}
 
 
 def test_overwrite_replaces(tmp_path, run_cli):
     """--overwrite leaves exactly what a fresh record of the new command writes: new manifest, new arrays, and no
     file of the replaced run (here: the layers the new command does not record)."""
-    old_args = ("--steps", "3")
-    new_args = ("--steps", "2", "--guidance-scale", "5", "--layers", "8")
+    old_args = ("--n-steps", "3")
+    new_args = ("--n-steps", "2", "--guidance-scale", "5", "--layers", "8")
     code, _, err = run_cli("record", "a cat", *old_args, "--out", str(tmp_path / "replaced"))
     assert code == 0, err
     target = tmp_path / "replaced" / "a-cat" / "none-seed0"
