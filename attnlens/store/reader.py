@@ -207,13 +207,14 @@ class Run:
     def _expected_records(self, phase: str) -> set[tuple[int, int]]:
         """(step, iteration) pairs a complete run's manifest says were recorded for ``phase`` (empty otherwise: an
         incomplete run may lack any chunk, and reads NaN there)."""
-        if not self.complete:
-            return set()
-        index = (self.manifest.get("records") or {}).get(phase) or {}
-        try:
-            return {(int(s), int(i)) for s, its in index.items() for i in its}
-        except (TypeError, ValueError, AttributeError):
-            return set()
+        cache = self.__dict__.setdefault("_expected", {})
+        if phase not in cache:
+            index = (self.manifest.get("records") or {}).get(phase) or {} if self.complete else {}
+            try:
+                cache[phase] = {(int(s), int(i)) for s, its in index.items() for i in its}
+            except (TypeError, ValueError, AttributeError):
+                cache[phase] = set()
+        return cache[phase]
 
     def _damaged(self, layer: str, phase: str, step: int, iteration: int, what: str) -> StoreError:
         return StoreError(f"run '{self.path}' is damaged: layer {layer}, phase {phase}, step {step}, iteration "
