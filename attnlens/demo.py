@@ -2,7 +2,7 @@
 
 Runs the same ``attnlens`` commands a user would type (printed before each one), on the embedded default model::
 
-    python -m attnlens.demo [--out out/demo] [--steps 50] [--seeds 1 2 3] [--prompt "..."]
+    python -m attnlens.demo [--out out/demo] [--n-steps 50] [--seeds 1 2 3] [--prompt "..."]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnlens.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
     ap.add_argument("--prompt", default=None, help=f"default: '{PROMPT}' on attnlens-shapes, else '{PROMPT_OPEN}'")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--n-steps", dest="steps", type=int, default=50, help="denoising steps per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     args = ap.parse_args(argv)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [a for s in args.seeds for a in ("--seed", str(s))]
     t0 = time.perf_counter()
     for method in METHODS:
-        _run(["record", args.prompt, "--method", method, *seeds, "--steps", str(args.steps), "--model", args.model,
+        _run(["record", args.prompt, "--method", method, *seeds, "--n-steps", str(args.steps), "--model", args.model,
               "--out", str(runs), "--overwrite"])
     _run(["ls", str(runs)])
     table = args.out / "metrics.parquet"

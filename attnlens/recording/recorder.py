@@ -215,8 +215,7 @@ class Recorder:
             self.store = store
             self.store.annotate_missing(**manifest)
         else:
-            self.store = RunWriter(store, overwrite=self._overwrite)
-            self.store.annotate(**manifest)
+            self.store = RunWriter(store, manifest, overwrite=self._overwrite)
         cuda = self.unet.device.type == "cuda"
         self._pool = _PinnedPool() if cuda else None
         eager = self.unet.device.type != "cpu"
@@ -462,7 +461,7 @@ class Recorder:
         """Add entries to the run's manifest (``steps=50``, ``label="mine"``; see ``attnlens.store.Manifest``);
         nothing when recording without a store."""
         if self.store is not None:
-            self.store.annotate(**values)
+            self.store.annotate(write=False, **values)  # on disk with the next manifest write (samples, finish)
 
     def save_images(self, images, seeds: list[int | None] | None = None) -> None:
         """Save the pipeline's output images (PIL images or an (N, H, W, 3) array) as PNG in the run."""

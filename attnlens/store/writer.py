@@ -196,10 +196,13 @@ class RunWriter:
         self._manifest.set_samples(samples)
         self.write_manifest()
 
-    def write_manifest(self) -> None:
+    def write_manifest(self, attrs: bool = False) -> None:
+        """Rewrite ``manifest.json`` (atomically); with ``attrs`` also the zarr group's copy of it, which costs tens
+        of milliseconds (zarr's asynchronous metadata write), so it is refreshed when the run finishes."""
         data = self._manifest.to_dict()
         write_json_atomic(self.path / MANIFEST, data)
-        self.group.attrs.update({"attnlens": json.loads(json.dumps(data, default=str))})
+        if attrs:
+            self.group.attrs.update({"attnlens": json.loads(json.dumps(data, default=str))})
 
     FLUSH_S = 10.0  # zarr writes are GIL-heavy (asyncio): rarely during sampling, always at the end
 
@@ -244,7 +247,7 @@ class RunWriter:
             name: {"shape": list(a.shape), "dims": list(MAP_DIMS)} for name, a in self._arrays.items()
             if "/" not in name
         }
-        self.write_manifest()
+        self.write_manifest(attrs=True)
 
     # -- arrays -----------------------------------------------------------------------------------------------
     def _grow(self, arr, axis: int, size: int) -> None:
