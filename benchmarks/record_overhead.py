@@ -102,7 +102,7 @@ def upsampled_ratio(run) -> float:
 
 
 def latent_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in (path / "latents" / "latents").rglob("c*") if f.is_file())
+    return sum(f.stat().st_size for f in (data_path(path) / "latents" / "latents").rglob("c*") if f.is_file())
 
 
 def main() -> None:
