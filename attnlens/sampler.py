@@ -33,6 +33,7 @@ from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .methods import GuidanceMethod, LossOutput, get_method
 from .parse import parse_prompt
 from .recording import Recorder, RecordingConfig
+from .selection import step_predicate
 from .store import Run, open_run
 from .tokens import check_prompt
 
@@ -118,7 +119,6 @@ def guided_sample(
     check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            height=height, width=width)
     device = pipe.unet.device
-    dtype = pipe.unet.dtype
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     if height % pipe.vae_scale_factor or width % pipe.vae_scale_factor:
@@ -298,6 +298,12 @@ def sample(
         **(manifest or {}),
     }
     cfg = recording or RecordingConfig()
+    if cfg.steps is not None:
+        wanted = step_predicate(cfg.steps)
+        if not any(wanted(i) for i in range(num_inference_steps)):
+            raise EmptySelection(f"the step selection {cfg.to_dict()['steps']!r} keeps none of the "
+                                 f"{num_inference_steps} denoising steps (0..{num_inference_steps - 1})",
+                                 hint="select steps inside the schedule, e.g. --steps 0:10, or leave --steps out")
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
     with rec:
         height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -57,3 +57,13 @@ def test_ls_of_a_file_is_an_error(tmp_path, capsys):
     assert main(["ls", str(f)]) == 2
     err = capsys.readouterr().err
     assert "is a file" in err and "Traceback" not in err
+
+
+def test_a_step_selection_outside_the_schedule_is_refused(tiny_pipe, tmp_path):
+    from attnlens.errors import EmptySelection
+    from attnlens.recording import RecordingConfig
+
+    with pytest.raises(EmptySelection, match="keeps none of the 2 denoising steps"):
+        attnlens.sample(tiny_pipe, "a red crown", out=tmp_path / "r", num_inference_steps=2,
+                        recording=RecordingConfig(steps=slice(5, 9)))
+    assert not (tmp_path / "r").exists()  # refused before anything was written
