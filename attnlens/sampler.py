@@ -286,6 +286,11 @@ def sample(
 
         parse = parse_prompt(prompt_info.text, tokenizer=pipe.tokenizer, spacy_model=spacy_model, bind=bind,
                              include_entities=include_entities)
+        idle = m.idle_reason(parse) if m.name != "none" else None
+        if idle:  # the run equals the unguided one: say so, here and in the manifest
+            note = f"{m.name}: {idle}; this run is the same as --method none"
+            prompt_info.warnings.append(note)
+            warnings.warn(note, stacklevel=2)
     info: dict[str, Any] = {
         "prompt": prompt,
         "seed": seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -141,11 +142,15 @@ def record(
             def tick(i: int, n: int, task=task) -> None:
                 progress.update(task, completed=i, total=n)
 
-            run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
-                         num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height, width=width,
-                         spacy_model=spacy_model, bind=list(bind) or None, include_entities=include_entities,
-                         recording=config, overwrite=overwrite, progress=tick,
-                         manifest={"model_id": model})
+            with warnings.catch_warnings(record=True) as caught:  # the library's warnings as the CLI's own lines
+                warnings.simplefilter("always", UserWarning)
+                run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
+                             num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height, width=width,
+                             spacy_model=spacy_model, bind=list(bind) or None, include_entities=include_entities,
+                             recording=config, overwrite=overwrite, progress=tick,
+                             manifest={"model_id": model})
+            for w in dict.fromkeys(str(c.message) for c in caught if issubclass(c.category, UserWarning)):
+                warn(w)
             done.append(run)
     report(fmt, [{"path": str(run.path), "prompt": p, "seed": s, "method": method, "model": model}
                  for run, (p, s, _) in zip(done, targets)],

@@ -143,6 +143,11 @@ class AttendExcite(GuidanceMethod):
         cap = c.max_refinement_steps if i in c.thresholds else 0
         return StepPlan(step_size=step_size(i, num_timesteps, c.scale_factor, c.scale_range), max_refinement=cap)
 
+    def idle_reason(self, parse: Any) -> str | None:
+        if not resolve_subjects(parse, self.config.subjects):
+            return "the prompt has no subject (noun) to attend to"
+        return None
+
     def loss(self, maps: Mapping[str, torch.Tensor], parse: Any, i: int) -> LossOutput:
         c = self.config
         agg = full_precision(aggregate(maps, layers_of(maps, c.resolution)))

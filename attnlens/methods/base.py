@@ -99,6 +99,11 @@ class GuidanceMethod:
     def loss(self, maps: Mapping[str, torch.Tensor], parse: Any, i: int) -> LossOutput:
         raise NotImplementedError
 
+    def idle_reason(self, parse: Any) -> str | None:
+        """Why this method cannot act on the prompt of ``parse`` (nothing to bind or excite), or None: such a run is
+        the unguided one, and the sampler says so instead of running silently."""
+        return None
+
     def refine(self, i: int, out: LossOutput) -> bool:
         """Whether another refinement pass should run at step ``i`` after seeing ``out``."""
         return False

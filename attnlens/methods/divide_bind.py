@@ -330,6 +330,11 @@ class DivideBind(GuidanceMethod):
         }
         return full_precision(aggregate(sub))
 
+    def idle_reason(self, parse: Any) -> str | None:
+        if not resolve_subjects(parse, self.config.subjects):
+            return "the prompt has no subject (noun) to attend to"
+        return None
+
     def loss(self, maps: Mapping[str, torch.Tensor], parse: Any, i: int) -> LossOutput:
         c = self.config
         agg = full_precision(aggregate(maps, layers_of(maps, c.resolution)))

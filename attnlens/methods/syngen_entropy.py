@@ -158,6 +158,11 @@ class SynGenEntropy(FixedStepMethod):
 
     # layers() and plan(): FixedStepMethod, SynGen's schedule (the resolution² layers, α for i < intervention_steps)
 
+    def idle_reason(self, parse: Any) -> str | None:
+        if not any(st.modifiers for st in parse.sets):
+            return "the prompt has no modifier bound to a noun (no SynGen set), so there is nothing to bind"
+        return None
+
     def loss(self, maps: Mapping[str, torch.Tensor], parse: Any, i: int) -> LossOutput:
         c = self.config
         agg = full_precision(aggregate(maps, layers_of(maps, c.resolution)))

@@ -67,3 +67,22 @@ def test_a_step_selection_outside_the_schedule_is_refused(tiny_pipe, tmp_path):
         attnlens.sample(tiny_pipe, "a red crown", out=tmp_path / "r", num_inference_steps=2,
                         recording=RecordingConfig(steps=slice(5, 9)))
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("method, prompt, what", [
+    ("syngen", "a cat", "nothing to bind"),
+    ("attend-excite", "running quickly", "no subject"),
+])
+def test_guidance_with_nothing_to_act_on_says_so(tiny_pipe, tmp_path, method, prompt, what):
+    with pytest.warns(UserWarning, match=what):
+        run = attnlens.sample(tiny_pipe, prompt, method=method, out=tmp_path / "r", num_inference_steps=2)
+    assert any(what in w for w in run.manifest["prompt_warnings"])
+
+
+def test_guidance_that_can_act_is_silent(tiny_pipe, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        run = attnlens.sample(tiny_pipe, "a red crown", method="syngen", out=tmp_path / "r", num_inference_steps=2)
+    assert not any("same as --method none" in w for w in run.manifest["prompt_warnings"])
