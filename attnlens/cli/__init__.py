@@ -30,6 +30,15 @@ def _register() -> None:
                 raise
 
 
+class CommandInterrupted(Exception):
+    """Raised by a command that handled Ctrl-C itself: ``message`` (one line) says what was left undone; exit 130.
+    Not a KeyboardInterrupt, so typer (which turns those into an exit code) lets it through to :func:`run_guarded`."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 def run_guarded(fn: Callable[[], object]) -> int:
     """Run ``fn`` turning known errors into one-line messages and exit codes. Library warnings that only speak to
     developers (FutureWarning, DeprecationWarning) are hidden while ``fn`` runs; the caller's warning filters are
@@ -51,6 +60,9 @@ def run_guarded(fn: Callable[[], object]) -> int:
         return 2
     except (typer.TyperException, typer.Exit, typer.Abort):
         raise  # usage errors and --help exits: main() reports them (exit 2 / 0)
+    except CommandInterrupted as exc:
+        err_console.print(exc.message, markup=False, highlight=False)
+        return 130
     except KeyboardInterrupt:
         err_console.print("interrupted (runs in progress are left marked incomplete)", markup=False)
         return 130
@@ -82,10 +94,16 @@ def _main(argv: list[str] | None) -> int:
 
     def invoke():
         try:
-            app(args=args, prog_name="attnlens", standalone_mode=False)
+            code = app(args=args, prog_name="attnlens", standalone_mode=False)
         except SystemExit as exc:  # typer/click exits for --help
             if exc.code not in (0, None):
                 raise
+            return
+        # without standalone mode typer *returns* the code of an exit: 130 for a Ctrl-C it caught, n for Exit(n)
+        if code == 130:
+            raise KeyboardInterrupt
+        if type(code) is int and code:
+            raise typer.Exit(code)
 
     try:
         code = run_guarded(invoke)
