@@ -21,6 +21,7 @@ class                     raised when
 :class:`EmptySelection`   a selection (runs, steps, rows) leaves nothing to work on
 :class:`StoreError`       a run store cannot be written or read (corrupted, refused overwrite, disk full)
 :class:`RunExists`        ... the output already holds a complete run and overwriting was not asked for
+:class:`RunLocked`        ... the output is being recorded by another live process (its lock is held)
 ========================  ======================================================================================
 """
 
@@ -82,5 +83,9 @@ class RunExists(StoreError):
     """The output folder already holds a complete run and overwriting was not asked for."""
 
 
+class RunLocked(StoreError):
+    """The output folder is being recorded by another process that is still running (it holds the run's lock)."""
+
+
 __all__ = ["AttnlensError", "BadOption", "ConfigError", "EmptySelection", "MethodNotFound", "MetricNotFound",
-           "ModelNotFound", "NotARunError", "NotFoundError", "RunExists", "RunNotFound", "StoreError"]
+           "ModelNotFound", "NotARunError", "NotFoundError", "RunExists", "RunLocked", "RunNotFound", "StoreError"]

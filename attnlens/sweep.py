@@ -9,8 +9,8 @@ and the analysis scripts.
 
 **Reuse.** A run at that path is reused only when it is complete and its manifest matches what would be recorded:
 the same prompt, seed, method, step count and every further setting the caller names (:func:`reusable`). Anything
-else there — an incomplete, failed or unreadable run, or a complete one made with other settings — is recorded again
-over it. ``attnlens record`` never reuses: it refuses a complete run unless ``--overwrite`` (:func:`complete_run`).
+else there — an incomplete, failed, interrupted (Ctrl-C) or unreadable run, or a complete one made with other
+settings — is recorded again over it (a run another process is recording is refused: ``attnlens.errors.RunLocked``). ``attnlens record`` never reuses: it refuses a complete run unless ``--overwrite`` (:func:`complete_run`).
 
 Examples::
 

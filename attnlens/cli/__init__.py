@@ -16,7 +16,7 @@ import typer
 from ..errors import AttnlensError
 from ._output import err_console
 
-from ._app import _DEBUG, app, quiet_model_loading  # noqa: F401  (app and helpers used by every command)
+from ._app import _DEBUG, CommandInterrupted, app, quiet_model_loading  # noqa: F401  (app and helpers used by every command)
 
 
 def _register() -> None:
@@ -51,6 +51,9 @@ def run_guarded(fn: Callable[[], object]) -> int:
         return 2
     except (typer.TyperException, typer.Exit, typer.Abort):
         raise  # usage errors and --help exits: main() reports them (exit 2 / 0)
+    except CommandInterrupted as exc:
+        err_console.print(exc.message, markup=False, highlight=False)
+        return 130
     except KeyboardInterrupt:
         err_console.print("interrupted (runs in progress are left marked incomplete)", markup=False)
         return 130
@@ -82,10 +85,16 @@ def _main(argv: list[str] | None) -> int:
 
     def invoke():
         try:
-            app(args=args, prog_name="attnlens", standalone_mode=False)
+            code = app(args=args, prog_name="attnlens", standalone_mode=False)
         except SystemExit as exc:  # typer/click exits for --help
             if exc.code not in (0, None):
                 raise
+            return
+        # without standalone mode typer *returns* the code of an exit: 130 for a Ctrl-C it caught, n for Exit(n)
+        if code == 130:
+            raise KeyboardInterrupt
+        if type(code) is int and code:
+            raise typer.Exit(code)
 
     try:
         code = run_guarded(invoke)

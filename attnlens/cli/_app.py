@@ -49,3 +49,12 @@ def quiet_model_loading():
         for m, was in before:
             if was:
                 m.enable_progress_bar()
+
+
+class CommandInterrupted(Exception):
+    """Raised by a command that handled Ctrl-C itself: ``message`` (one line) says what was left undone; exit 130.
+    Not a KeyboardInterrupt, so typer (which turns those into an exit code) lets it through to :func:`run_guarded`."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import BadOption
-from ._app import app
+from ._app import CommandInterrupted, app
 from ._output import FORMAT, JSON, err_console, report, resolve_format, warn
 
 EXAMPLES = """
@@ -54,6 +54,29 @@ def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
     if not out:
         raise BadOption("no prompt given", hint='attnlens record "a red crown" or --prompts-file FILE')
     return out
+
+
+def interrupted_message(targets: list[tuple[str, int, Path]], n_done: int) -> str:
+    """The one line ``record`` prints on Ctrl-C: the run it stopped (marked interrupted, when it had begun) and the
+    prompt/seed runs that were not recorded."""
+    from ..store import is_run, read_manifest
+    from ..store.layout import STATUS_INTERRUPTED
+
+    if n_done >= len(targets):
+        return f"interrupted after the last run; all {n_done} run(s) complete"
+    _, _, path = targets[n_done]
+    try:
+        begun = is_run(path) and read_manifest(path).get("status") == STATUS_INTERRUPTED
+    except Exception:  # noqa: BLE001  (an unreadable manifest: say only that the run was stopped)
+        begun = False
+    rest = targets[n_done + 1:]
+    line = f"interrupted: '{path}' " + ("is marked interrupted" if begun else "was not recorded")
+    line += f"; {len(rest)} remaining prompt/seed run(s) not recorded" if rest else ""
+    if rest:
+        named = ", ".join(f"seed {s} of '{p[:30]}'" for p, s, _ in rest[:3])
+        line += f" ({named}{', ...' if len(rest) > 3 else ''})"
+    return line + (f"; {n_done} run(s) complete" if n_done else "")
+
 
 #: ``attnlens.models.DEFAULT_MODEL``, spelled out: importing the models here would load torch for ``--help``
 #: (tests/integration/test_cli_format.py keeps the two equal)
@@ -135,23 +158,26 @@ def record(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=False)
     done = []
-    with progress:
-        for p, s, path in targets:
-            task = progress.add_task(f"{method} seed {s}: {p[:40]}", total=None)
+    try:
+        with progress:
+            for p, s, path in targets:
+                task = progress.add_task(f"{method} seed {s}: {p[:40]}", total=None)
 
-            def tick(i: int, n: int, task=task) -> None:
-                progress.update(task, completed=i, total=n)
+                def tick(i: int, n: int, task=task) -> None:
+                    progress.update(task, completed=i, total=n)
 
-            with warnings.catch_warnings(record=True) as caught:  # the library's warnings as the CLI's own lines
-                warnings.simplefilter("always", UserWarning)
-                run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
-                             num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height, width=width,
-                             spacy_model=spacy_model, bind=list(bind) or None, include_entities=include_entities,
-                             recording=config, overwrite=overwrite, progress=tick,
-                             manifest={"model_id": model})
-            for w in dict.fromkeys(str(c.message) for c in caught if issubclass(c.category, UserWarning)):
-                warn(w)
-            done.append(run)
+                with warnings.catch_warnings(record=True) as caught:  # the library's warnings as the CLI's own lines
+                    warnings.simplefilter("always", UserWarning)
+                    run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
+                                 num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height,
+                                 width=width, spacy_model=spacy_model, bind=list(bind) or None,
+                                 include_entities=include_entities, recording=config, overwrite=overwrite,
+                                 progress=tick, manifest={"model_id": model})
+                for w in dict.fromkeys(str(c.message) for c in caught if issubclass(c.category, UserWarning)):
+                    warn(w)
+                done.append(run)
+    except KeyboardInterrupt:
+        raise CommandInterrupted(interrupted_message(targets, len(done))) from None
     report(fmt, [{"path": str(run.path), "prompt": p, "seed": s, "method": method, "model": model}
                  for run, (p, s, _) in zip(done, targets)],
            lambda: "\n".join(str(run.path) for run in done))

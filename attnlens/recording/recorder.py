@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from ..errors import AttnlensError, BadOption, ConfigError, StoreError
 from ..models import model_info
 from ..selection import select_layers, step_predicate
 from ..store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
+from ..store.layout import STATUS_INTERRUPTED
 from .processor import RecordingProcessor
 from .writer import _PinnedPool, _Writer
 
@@ -170,33 +172,63 @@ class Recorder:
             self._restore()
             if self._writer is not None:
                 self._stop_writer()
+            if self.store is not None:
+                self.store.release()
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._restore()
-        self._stop_writer()
-        if self.store is not None:
-            err = self._writer.error if self._writer is not None else None
-            status = STATUS_COMPLETE if exc_type is None and err is None else STATUS_FAILED
-            message = None
-            if exc is not None:
-                message = f"{type(exc).__name__}: {exc}"
-            elif err is not None:
-                message = f"{type(err).__name__}: {err}"
-            if not self.store.manifest.samples and (self.prompts or self.token_ids):
-                with contextlib.suppress(AttnlensError, OSError):
-                    self._write_samples_manifest(self._n_samples(), None)
-            self.store.annotate(
-                records={ph: {str(s): sorted(its) for s, its in d.items()} for ph, d in self.records.items()},
-                recorded_layers=self.layers, scalars=sorted(self.scalar_names), write=False)
-            with contextlib.suppress(OSError):
-                self.store.finish(status, message)
-            if err is None and exc_type is None and self.store.manifest.status != STATUS_COMPLETE:
-                err = OSError(self.store.manifest.error or "the final flush failed")
-            if err is not None and exc_type is None:
-                raise StoreError(f"writing the run store failed: {getattr(err, 'strerror', None) or err}",
-                                    hint="free disk space or choose another --out; the run is marked failed") from err
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        try:
+            self._restore()
+            if interrupted:  # Ctrl-C: stop promptly, without writing the maps still queued (the run is no result)
+                self._discard_queued()
+            self._stop_writer()
+            if self.store is not None:
+                self._finish_store(exc_type, exc, interrupted)
+        finally:
+            if self.store is not None:
+                self.store.release()  # finish released the run's lock already, unless something above failed
+
+    def _finish_store(self, exc_type, exc, interrupted: bool) -> None:
+        err = self._writer.error if self._writer is not None else None
+        status = (STATUS_COMPLETE if exc_type is None and err is None else
+                  STATUS_INTERRUPTED if interrupted else STATUS_FAILED)
+        message = None
+        if interrupted:
+            message = "KeyboardInterrupt: the recording was interrupted (Ctrl-C)"
+        elif exc is not None:
+            message = f"{type(exc).__name__}: {exc}"
+        elif err is not None:
+            message = f"{type(err).__name__}: {err}"
+        if not self.store.manifest.samples and (self.prompts or self.token_ids):
+            with contextlib.suppress(AttnlensError, OSError):
+                self._write_samples_manifest(self._n_samples(), None)
+        self.store.annotate(
+            records={ph: {str(s): sorted(its) for s, its in d.items()} for ph, d in self.records.items()},
+            recorded_layers=self.layers, scalars=sorted(self.scalar_names), write=False)
+        with contextlib.suppress(OSError):
+            self.store.finish(status, message)
+        if err is None and exc_type is None and self.store.manifest.status != STATUS_COMPLETE:
+            err = OSError(self.store.manifest.error or "the final flush failed")
+        if err is not None and exc_type is None:
+            raise StoreError(f"writing the run store failed: {getattr(err, 'strerror', None) or err}",
+                                hint="free disk space or choose another --out; the run is marked failed") from err
+
+    def _discard_queued(self) -> None:
+        """Drop the writes not yet done (gathered, or queued for the writer thread); the one it is doing finishes."""
+        self._pending = []
+        writer = self._writer
+        if writer is None:
+            return
+        while True:
+            try:
+                item = writer.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                with writer._held_lock:
+                    writer.held -= item[1]
 
     def _restore(self) -> None:
         for name, original in self._originals.items():

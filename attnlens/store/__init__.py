@@ -20,13 +20,15 @@ written and read without zarr's per-call overhead), :mod:`.reader` (``read_manif
 :mod:`.writer` (``RunWriter``: the manifest's one writer).
 """
 
-from .layout import (DATA, MANIFEST, MAP_DIMS, PHASES, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING,
+from .layout import (DATA, LOCK, MANIFEST, MAP_DIMS, PHASES, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_FAILED,
+                     STATUS_INTERRUPTED, STATUS_RUNNING,
                      Manifest, Sample, data_path, image_name, layer_sort_key, write_json_atomic)
 from .reader import Run, find_runs, is_run, listing, open_run, read_manifest
 from .writer import RunWriter, prepare_run_dir
 
 __all__ = [
-    "DATA", "MANIFEST", "MAP_DIMS", "PHASES", "SCHEMA_VERSION", "STATUS_COMPLETE", "STATUS_FAILED", "STATUS_RUNNING",
+    "DATA", "LOCK", "MANIFEST", "MAP_DIMS", "PHASES", "SCHEMA_VERSION", "STATUS_COMPLETE", "STATUS_FAILED",
+    "STATUS_INTERRUPTED", "STATUS_RUNNING",
     "Manifest", "Run", "RunWriter", "Sample", "data_path", "find_runs", "image_name", "is_run", "layer_sort_key", "listing",
     "open_run", "prepare_run_dir", "read_manifest", "write_json_atomic",
 ]

@@ -4,7 +4,8 @@ A run is one folder::
 
     RUN/
       manifest.json        the manifest (this module's ``Manifest``), rewritten atomically; ``status`` says whether
-                           the run is complete
+                           the run is complete (``running``, ``complete``, ``failed`` or ``interrupted``)
+      .attnlens-lock       while a recording writes the run: the file it holds a lock on (its pid and host)
       image.png            final image of a one-sample run (``image-<k>.png`` for sample k of several)
       data.zarr/           the Zarr v3 group with every array (see ``docs/store.md``); its attributes repeat the
                            manifest under ``attnlens`` so a plain-zarr user sees what the run is
@@ -37,6 +38,10 @@ DATA = "data.zarr"
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
+#: the recording was stopped by the user (Ctrl-C): like a failed run, not a result, and replaced by the next recording
+STATUS_INTERRUPTED = "interrupted"
+#: the lock file a recording holds (``fcntl.flock``) in its run folder while it writes (``attnlens.store.writer``)
+LOCK = ".attnlens-lock"
 
 
 def data_path(run: str | Path) -> Path:
@@ -47,7 +52,7 @@ def data_path(run: str | Path) -> Path:
 
 
 #: what attnlens writes at the top of a run folder (schema 2, and schema 1's zarr group beside the manifest)
-_RUN_ENTRIES = {MANIFEST, DATA, "zarr.json", "attention", "latents", "scalars", ".attnlens-write-test"}
+_RUN_ENTRIES = {MANIFEST, DATA, "zarr.json", "attention", "latents", "scalars", ".attnlens-write-test", LOCK}
 _IMAGE = re.compile(r"^image(-\d+)?\.png$")
 _TEMP = re.compile(r"^\.(manifest\.json|image(-\d+)?\.png)\..*")
 

@@ -8,9 +8,11 @@ writes ``manifest.json``. ``RunWriter`` is driven by a single thread (the record
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -20,10 +22,15 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from ..errors import AttnlensError, ConfigError, RunExists, StoreError
+try:
+    import fcntl
+except ImportError:  # not on POSIX: runs are not locked
+    fcntl = None
+
+from ..errors import AttnlensError, ConfigError, RunExists, RunLocked, StoreError
 from ._fastzarr import FLAT_CHUNK_KEYS, ChunkFiles, _LayerTemplate
-from .layout import (DATA, MANIFEST, MAP_DIMS, PHASES, STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, Manifest,
-                     Sample, image_name, run_entries, write_json_atomic)
+from .layout import (DATA, LOCK, MANIFEST, MAP_DIMS, PHASES, STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING,
+                     Manifest, Sample, image_name, run_entries, write_json_atomic)
 from .reader import is_run, read_manifest
 
 
@@ -77,47 +84,147 @@ class _LazyArray:
         self._open()[key] = value
 
 
+class RunLock:
+    """The lock a recording holds on its run folder: ``fcntl.flock`` on ``RUN/.attnlens-lock``, which records the
+    holder's pid and host. The kernel drops a flock when its process dies, so a recording killed with ``kill -9``
+    leaves no lock behind (only the file, which the next recording takes over). Readers never take it.
+
+    :meth:`acquire` refuses at once (:class:`~attnlens.errors.RunLocked`) while another live process holds it;
+    :meth:`release` deletes the file and drops the lock (idempotent). On a platform without ``fcntl``, or a file
+    system without ``flock``, nothing is locked."""
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def acquire(cls, run: Path) -> "RunLock":
+        path = Path(run) / LOCK
+        if fcntl is None:
+            return cls(path, None)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # never truncated before it is ours
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _holder(fd)
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise _locked(run, holder) from None
+                if exc.errno in _NO_LOCKS:  # a file system without flock (some network mounts): record unlocked
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                    return cls(path, None)
+                raise StoreError(f"cannot lock '{run}': {exc.strerror or exc}",
+                                 hint="choose another --out (a local disk)") from exc
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder deleted this file as it released it: lock the file now at that path
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # while still locked: a waiting process then locks a new file (see acquire)
+            os.close(fd)
+
+    def __del__(self):  # a writer dropped without finish (an error in the caller's code) still unlocks
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
+
+def _holder(fd: int) -> tuple[str, str]:
+    """(pid, host) written in a lock file, as far as they can be read."""
+    try:
+        text = os.pread(fd, 256, 0).decode(errors="replace").split()
+    except OSError:
+        text = []
+    return (text[0] if text else "?", text[1] if len(text) > 1 else "")
+
+
+def _locked(run: Path, holder: tuple[str, str]) -> RunLocked:
+    pid, host = holder
+    where = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+    return RunLocked(f"'{run}' is being recorded by another process ({where})",
+                     hint="wait for it to finish or choose another --out")
+
+
+def _replaceable(path: Path, overwrite: bool) -> list[Path]:
+    """What must be deleted before ``path`` receives a new run (refusing what may not be replaced); reads only."""
+    if not path.exists():
+        return []
+    if not path.is_dir():
+        raise StoreError(f"output path '{path}' exists and is not a folder", hint="choose another --out")
+    if is_run(path):
+        try:
+            status = read_manifest(path).get("status")
+        except AttnlensError:
+            status = "corrupted"
+        if status == STATUS_COMPLETE and not overwrite:
+            raise RunExists(
+                f"'{path}' already holds a complete run", hint="pass --overwrite to replace it, or choose another --out"
+            )
+        ours, foreign = run_entries(path)
+        if foreign:
+            names = ", ".join(p.name for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise StoreError(f"'{path}' holds files attnlens did not write ({names}); it will not delete them",
+                             hint="move them out of the run folder, or choose another --out")
+        return [p for p in ours if p.name != LOCK]
+    if any(p.name != LOCK for p in path.iterdir()):
+        raise StoreError(
+            f"output folder '{path}' exists, is not empty and is not an attnlens run",
+            hint="choose a new or empty folder",
+        )
+    return []
+
+
 def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     """Check that ``path`` may receive a new run and create it.
 
-    A complete run is replaced only with ``overwrite=True``; an incomplete or failed run is replaced (its data is
-    not a result); any other non-empty folder is refused, so nothing already written is damaged. Replacing deletes
-    only what attnlens writes in a run folder, and is refused while the folder holds anything else (a user's notes,
-    another run nested inside it).
+    A complete run is replaced only with ``overwrite=True``; an incomplete, failed or interrupted run is replaced
+    (its data is not a result); any other non-empty folder is refused, so nothing already written is damaged.
+    Replacing deletes only what attnlens writes in a run folder, and is refused while the folder holds anything else
+    (a user's notes, another run nested inside it). A folder that a live recording is writing is refused before
+    anything is deleted (:class:`~attnlens.errors.RunLocked`).
     """
-    path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            raise StoreError(f"output path '{path}' exists and is not a folder", hint="choose another --out")
-        if is_run(path):
-            try:
-                status = read_manifest(path).get("status")
-            except AttnlensError:
-                status = "corrupted"
-            if status == STATUS_COMPLETE and not overwrite:
-                raise RunExists(
-                    f"'{path}' already holds a complete run", hint="pass --overwrite to replace it, or choose another --out"
-                )
-            ours, foreign = run_entries(path)
-            if foreign:
-                names = ", ".join(p.name for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-                raise StoreError(f"'{path}' holds files attnlens did not write ({names}); it will not delete them",
-                                 hint="move them out of the run folder, or choose another --out")
-            for p in ours:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        elif any(path.iterdir()):
-            raise StoreError(
-                f"output folder '{path}' exists, is not empty and is not an attnlens run",
-                hint="choose a new or empty folder",
-            )
+    path, lock = _prepare_locked(Path(path), overwrite)
+    lock.release()
+    return path
+
+
+def _prepare_locked(path: Path, overwrite: bool) -> tuple[Path, RunLock]:
+    """``prepare_run_dir``, returning the run's lock still held (the caller releases it). The lock is taken before
+    anything is deleted; in a folder without a lock file only after the read-only checks, so that no lock file is
+    left in a folder that is refused (a user's folder, a file)."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not (path / LOCK).is_file():
+            _replaceable(path, overwrite)
+            path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.acquire(path)  # refused here while another live recording holds it
+    except OSError as exc:
+        raise StoreError(f"cannot write to '{path}': {exc.strerror or exc}", hint="choose a writable --out") from exc
+    try:
+        for p in _replaceable(path, overwrite):  # again, under the lock: what another process did meanwhile counts
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         probe = path / ".attnlens-write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        lock.release()
         raise StoreError(f"cannot write to '{path}': {exc.strerror or exc}", hint="choose a writable --out") from exc
-    return path
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
 
 
 def _latent_dtype(latent: np.ndarray) -> str:
@@ -138,10 +245,19 @@ class RunWriter:
     """Creates and fills one run store. Not thread-safe: one thread (the recorder's writer) calls the array methods.
 
     ``open`` writes the manifest with status "running"; ``finish`` rewrites it atomically with the final status.
+    From creation to ``finish`` (or ``release``) the writer holds the run folder's lock (:class:`RunLock`): a second
+    writer on the same folder is refused at once and the first one's run is left untouched.
     """
 
     def __init__(self, path: str | Path, manifest: Manifest | dict[str, Any] | None = None, *, overwrite: bool = False):
-        self.path = prepare_run_dir(path, overwrite=overwrite)
+        self.path, self._lock = _prepare_locked(Path(path), overwrite)
+        try:
+            self._open(manifest)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, manifest: Manifest | dict[str, Any] | None) -> None:
         self.data = self.path / DATA
         m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(dict(manifest or {}))
         self._manifest = m
@@ -230,7 +346,18 @@ class RunWriter:
         buf[index] = value
         self._dirty.add(key)
 
+    def release(self) -> None:
+        """Drop the run folder's lock (``finish`` does; call it only when a run is abandoned without ``finish``)."""
+        self._lock.release()
+
     def finish(self, status: str = STATUS_COMPLETE, error: str | None = None) -> None:
+        """Write what is buffered and the manifest with its final ``status``, then release the run's lock."""
+        try:
+            self._finish(status, error)
+        finally:
+            self.release()
+
+    def _finish(self, status: str, error: str | None) -> None:
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001  (disk full while flushing: the run is not complete)
