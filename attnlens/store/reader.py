@@ -3,8 +3,11 @@ ever unpickled). Analysis, the dashboard, the figures and the CLI all read maps 
 
 from __future__ import annotations
 
+import base64
 import difflib
 import functools
+import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +315,25 @@ class Run:
             "size_bytes": self.size_bytes(),
             "error": m.get("error"),
         }
+
+    def _repr_html_(self) -> str:
+        """How a run shows itself in Jupyter: prompt, method, seed, model, status, its image, layers, steps, size."""
+        m = self.info
+        sizes = ", ".join(f"{h}×{w}" for h, w in sorted(set(self.resolutions().values()), reverse=True))
+        rows = [("prompt", m.prompt), ("method", m.method_name), ("seed", m.seed), ("model", m.model_id),
+                ("status", self.status), ("steps", m.steps), ("layers", f"{len(self.layers)} ({sizes})"),
+                ("recorded steps", len(self.recorded_steps())), ("heads", m.heads),
+                ("size", f"{self.size_bytes() / 2**20:.1f} MB"), ("path", str(self.path))]
+        cells = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+                        f"{html.escape(str(v))}</td></tr>" for k, v in rows)
+        img = ""
+        image = self.image(0) if self.status != "corrupted" else None
+        if image is not None:
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            img = (f"<td style='vertical-align:top'><img src='data:image/png;base64,"
+                   f"{base64.b64encode(buf.getvalue()).decode()}' width='160' alt='final image'/></td>")
+        return f"<table><tr><td style='vertical-align:top'><table>{cells}</table></td>{img}</tr></table>"
 
     def __repr__(self) -> str:
         m = self.info

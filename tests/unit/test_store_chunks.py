@@ -151,3 +151,17 @@ def test_a_manifest_of_the_wrong_shape_is_a_store_error(tmp_path, text):
     with pytest.raises(StoreError, match="not a JSON object"):
         attnlens.open_run(tmp_path / "run")
     assert attnlens.store.listing(tmp_path / "run")["status"] == "corrupted"
+
+
+def test_a_run_shows_itself_in_a_notebook(tmp_path):
+    import attnlens
+    from PIL import Image
+
+    w = RunWriter(tmp_path / "run", {"prompt": "a red <apple>", "seed": 3, "method": {"name": "syngen"}})
+    w.write_map("down_blocks.0.attentions.0.transformer_blocks.0.attn2", 0, "sample", 0, 1, [["a", "b"]], 900.0,
+                np.zeros((1, 1, 2, 4, 4), np.float16))
+    w.write_image(Image.new("RGB", (8, 8), "red"), 0, 1)
+    w.finish()
+    page = attnlens.open_run(tmp_path / "run")._repr_html_()
+    assert "a red &lt;apple&gt;" in page and "syngen" in page and ">3<" in page  # escaped prompt, method, seed
+    assert "data:image/png;base64," in page and "4×4" in page
