@@ -26,6 +26,13 @@ from attnlens.sweep import reusable
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
+
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default disposition. A test suite started in the background (``make test &``, CI
+    runners) inherits SIGINT *ignored* from the shell, and Python keeps an ignored SIGINT ignored, as a user who ran
+    ``nohup attnlens record ...`` asked for; the tests below are about an interactive Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 #: a process that opens a RunWriter on argv[1], writes one map, says "ready", then finishes when told to on stdin
 HOLDER = textwrap.dedent("""
     import sys
@@ -158,7 +165,8 @@ def test_ctrl_c_during_record_exits_130_and_marks_the_run(tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "attnlens", "record", "a cat", "--model", "attnlens-tiny",
                              "--n-steps", "200", "--seed", "0", "--seed", "1", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+                            preexec_fn=_default_sigint)
     run = out / "a-cat" / "none-seed0"
     try:
         deadline = time.monotonic() + 240
