@@ -20,6 +20,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from attnlens.figures import group_style
 
@@ -85,8 +86,6 @@ def heat_rgba(m: np.ndarray, vmin: float, vmax: float, *, cmap: str = "inferno",
 def png(image: np.ndarray) -> bytes:
     """PNG bytes of a uint8 image (grey, RGB or RGBA)."""
 
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
@@ -95,7 +94,6 @@ def png(image: np.ndarray) -> bytes:
 def under_image(image: np.ndarray | None, size: int = RENDER) -> np.ndarray:
     """The layer the maps are drawn over: 0.25 + 0.5·grey of the final image (the exported figure's), uint8
     ``size``×``size`` (mid grey when there is no image)."""
-    from PIL import Image
 
     if image is None:
         grey = np.full((size, size), 0.5)
@@ -144,8 +142,6 @@ def step_frames(maps: Mapping[str, Mapping[int, Sequence[np.ndarray]]], steps: S
 def to_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     """JPEG bytes of an RGB uint8 image (what the page sends; encoded once, not on every redraw)."""
 
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -153,7 +149,6 @@ def to_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 def upscale_image(image: np.ndarray | None, size: int = CELL) -> np.ndarray:
     """The final image at the overlays' size (nearest neighbour: the pixels of a tiny image stay visible)."""
-    from PIL import Image
 
     if image is None:
         return np.full((size, size, 3), 200, dtype=np.uint8)

@@ -8,6 +8,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 from ..analysis import layer_maps, run_parse, select_tokens, unit_maps, variant_label
 from ..errors import BadOption, EmptySelection
@@ -20,7 +21,6 @@ def _grey_image(run, sample: int, size: int) -> np.ndarray:
     img = run.image(sample)
     if img is None:
         return np.full((size, size), 0.5)
-    from PIL import Image
 
     try:
         g = img.convert("L").resize((size, size), Image.Resampling.BILINEAR)

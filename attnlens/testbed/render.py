@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -365,7 +366,6 @@ def swap_colours(scene: Scene, i: int = 0, j: int = 1) -> Scene:
 
 def write_dataset(out: str | Path, n: int, seed: int = 0, split: str = "train") -> Path:
     """Write ``n`` PNGs and ``scenes.jsonl`` (one :meth:`Scene.to_dict` per line) into ``out``."""
-    from PIL import Image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

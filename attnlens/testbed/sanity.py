@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from ..models import load_pipeline
 from .evaluate import aggregate, generate_and_score, image_grid
 from .render import scene_at
@@ -43,7 +45,6 @@ def run_sanity(model: str | Any, n: int = 64, steps: int = 25, guidance_scale: f
         agg["both_present"] = sum(not r.neglect for r in results) / max(len(results), 1)
         report["kinds"][kind] = agg
         if save:
-            from PIL import Image
 
             path = Path(save)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from attnlens.tokenizer import clip_tokenizer
@@ -488,8 +489,6 @@ def pipeline_size_mb(path: str | Path) -> float:
 def write_samples(cfg: TrainConfig, out: Path, vae, scaling_factor: float, text_encoder, unet, ema: EMA | None,
                   step: int, prompts: Sequence[str] = SAMPLE_PROMPTS, steps: int = 25, guidance: float = 5.0) -> dict:
     """Sample :data:`SAMPLE_PROMPTS` with the EMA weights, save ``OUT/samples/unet-<step>.png``, log scores."""
-    from PIL import Image
-
 
     pipe = build_pipeline(cfg, vae, scaling_factor, text_encoder, unet, ema)
     pipe.set_progress_bar_config(disable=True)  # this pipeline is ours (training previews): no per-step bar

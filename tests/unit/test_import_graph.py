@@ -22,7 +22,7 @@ PACKAGES = ("attnlens", "dashboard")
 OPTIONAL_OR_SLOW = {
     "spacy", "streamlit", "xarray", "selenium", "ray", "fsspec", "s3fs", "boto3", "moto", "matplotlib", "plotly",
     "scipy", "sklearn", "skimage", "diffusers", "transformers", "accelerate", "huggingface_hub", "pandas", "pyarrow",
-    "safetensors", "sentencepiece", "open_clip", "IPython", "anywidget", "build", "setuptools", "PIL", "kaleido",
+    "safetensors", "sentencepiece", "open_clip", "IPython", "anywidget", "build", "setuptools", "kaleido",
 }
 CLI_EDGE = ("attnlens.cli", "attnlens.__main__", "attnlens.demo")  # demo: `make demo` runs CLI commands
 
