@@ -22,6 +22,7 @@ Examples::
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -384,7 +385,8 @@ def parse_prompt(prompt: str, *, tokenizer=None, spacy_model: str | None = None,
 # ----------------------------------------------------------------------------------------------------------------
 # human-readable output
 
-NO_NOUN = "no noun found: SynGen has nothing to bind; Attend-and-Excite needs subject tokens, pass --subjects"
+NO_NOUN = ("no noun found: SynGen has nothing to bind; Attend-and-Excite and Divide & Bind need subject tokens: "
+           "pass them as a method option, e.g. -O 'subjects=[\"running\"]'")
 NO_MODIFIER_NEG = "no modifier found: SynGen's loss is only the negative term (entity-only sets)"
 NO_MODIFIER = "no modifier found: SynGen has nothing to do"
 
@@ -417,6 +419,38 @@ def _tree_lines(tree: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """CLIP's (GPT-2's) byte-level BPE alphabet, inverted: each of the 256 byte values is drawn as one printable
+    character (printable Latin-1 as itself, the rest shifted above 255)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+def piece_bytes(piece: str) -> bytes | None:
+    """The bytes a byte-level word piece stands for (``</w>`` left out), None for special tokens."""
+    if piece.startswith("<|") or not piece:
+        return None
+    body = piece[:-4] if piece.endswith("</w>") else piece
+    dec = _byte_decoder()
+    return bytes(dec[c] for c in body) if all(c in dec for c in body) else None
+
+
+def readable_piece(piece: str) -> str:
+    """A word piece as text: byte-level pieces decoded (``ðŁĲ±</w>`` → ``🐱</w>``), special tokens as they are; a piece
+    holding part of a character (BPE can split one) shows those bytes as ``\\xNN``."""
+    raw = piece_bytes(piece)
+    if raw is None:
+        return piece
+    return raw.decode("utf-8", errors="backslashreplace") + ("</w>" if piece.endswith("</w>") else "")
+
+
 def format_parse(parse: Parse) -> str:
     """A readable report: dependency tree, sets (modifiers → noun, with rule), token table, notes."""
     lines = [f"prompt: {parse.prompt!r}", f"source: {parse.source}", "", "dependency tree:"]
@@ -437,8 +471,9 @@ def format_parse(parse: Parse) -> str:
         for p in n.positions:
             use[p].append("subject")
     lines += ["", f"subjects (nouns): {', '.join(n.word for n in parse.nouns) or '(none)'}", "", "tokens:"]
-    width = max(len(p) for p in parse.pieces)
-    lines += [f"  {i:>3}  {p:<{width}}  {', '.join(use[i])}".rstrip() for i, p in enumerate(parse.pieces)]
+    shown = [readable_piece(p) for p in parse.pieces]
+    width = max(len(p) for p in shown)
+    lines += [f"  {i:>3}  {p:<{width}}  {', '.join(use[i])}".rstrip() for i, p in enumerate(shown)]
     notes = parse_notes(parse)
     if notes:
         lines += [""] + [f"note: {n}" for n in notes]

@@ -281,3 +281,30 @@ def test_format_parse():
     assert "    5  dog</w>          S1 noun, subject" in text
     assert "note:" not in text
     assert f"note: {NO_NOUN}" in format_parse(parse("red"))
+
+
+@pytest.mark.parametrize("text", ["🐱", "café", "naïve crème brûlée", "a red crown"])
+def test_byte_level_pieces_are_shown_as_text(text):
+    from attnlens.parse import piece_bytes, readable_piece
+    from attnlens.tokenizer import clip_tokenizer
+
+    tok = clip_tokenizer()
+    pieces = tok.convert_ids_to_tokens(tok(text).input_ids)
+    shown = [readable_piece(p) for p in pieces]
+    assert shown[0] == pieces[0] and shown[-1] == pieces[-1]  # special tokens unchanged
+    assert b"".join(piece_bytes(p) for p in pieces[1:-1]).decode() == text.replace(" ", "")
+    for p, s in zip(pieces[1:-1], shown[1:-1]):  # a whole character shows as itself, a split one as its bytes
+        raw = piece_bytes(p)
+        try:
+            assert s.replace("</w>", "") == raw.decode()
+        except UnicodeDecodeError:
+            assert "\\x" in s
+
+
+def test_the_no_noun_hint_names_an_option_that_exists():
+    from attnlens.cli.record import parse_option
+    from attnlens.parse import NO_NOUN
+
+    assert "--subjects" not in NO_NOUN and "-O 'subjects=" in NO_NOUN
+    key, value = parse_option(NO_NOUN.split("-O ")[1].strip("'"))
+    assert key == "subjects" and value == ["running"]
