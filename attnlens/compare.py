@@ -41,6 +41,11 @@ def natural_key(text: str) -> list:
 NON_MAP_LAYERS = ("latent", "-")
 
 
+#: below this many paired (prompt, seed) units a comparison says its intervals are not to be trusted: the
+#: percentile bootstrap of a mean under-covers badly at small n (at n = 3 a nominal 95 % interval covers far less)
+SMALL_N = 10
+
+
 @dataclass
 class Comparison:
     """The result of :func:`compare`.
@@ -230,6 +235,9 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
                                        "diff_low", "diff_high", "higher_is"])
     if len(table) and int(table["n"].min()) < 2:
         notes.append("fewer than 2 (prompt, seed) units for some metric: its interval is just the mean")
+    elif len(table) and int(table["n"].min()) < SMALL_N:
+        notes.append(f"only {int(table['n'].min())} paired (prompt, seed) units for some metric: a bootstrap interval "
+                     f"from fewer than {SMALL_N} is too narrow to trust (record more seeds or prompts)")
     selection = {"metrics": list(metrics) if metrics else "headline", "roles": list(roles) if roles else "all",
                  "layers": list(layers) if layers else ["all"], "phase": phase, "steps": steps,
                  "tokens": list(tokens) if tokens else "all"}

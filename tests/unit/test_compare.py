@@ -146,3 +146,12 @@ def test_latex_escaping_and_numbers():
     assert latex_escape("a&b#c$") == r"a\&b\#c\$"
     assert fmt(0.123456) == "0.123" and fmt(12.3456) == "12.3" and fmt(1.5e-6) == "1.50e-06"
     assert fmt(float("nan")) == "–" and fmt(0.0) == "0"
+
+
+@pytest.mark.parametrize("n_units, warned", [(3, True), (12, False)])
+def test_small_samples_are_flagged(n_units, warned):
+    c = compare(paired(n_units=n_units), metrics=["jsd"], roles=["bound"], n_boot=200)
+    says = [n for n in c.notes if "too narrow to trust" in n]
+    assert bool(says) == warned
+    if warned:
+        assert f"only {n_units} paired" in says[0]
