@@ -59,3 +59,26 @@ def sdxl_pipe(tmp_path_factory):
 
 def attnlens_cmd() -> list[str]:
     return [sys.executable, "-m", "attnlens"]
+
+
+@pytest.fixture
+def run_cli(tiny_pipe, monkeypatch, capsys):
+    """Call the CLI in-process (the console script's entry point); the embedded models resolve to the session's
+    tiny pipeline. ``run_cli("ls", root)`` returns (exit code, stdout, stderr)."""
+    import attnlens
+    from attnlens.cli import main
+
+    real = attnlens.models.load_pipeline
+
+    def load(model=attnlens.DEFAULT_MODEL, *args, **kwargs):
+        return tiny_pipe if model in ("attnlens-tiny", attnlens.DEFAULT_MODEL) else real(model, *args, **kwargs)
+
+    monkeypatch.setattr(attnlens.models, "load_pipeline", load)
+
+    def call(*args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call

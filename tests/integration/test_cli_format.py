@@ -14,7 +14,6 @@ import pytest
 
 import attnlens
 from attnlens import errors as E
-from attnlens.cli import main
 from conftest import PROMPT
 
 SLUG = "-".join(PROMPT.split())
@@ -29,24 +28,6 @@ def root(tiny_pipe, tmp_path_factory):
             attnlens.sample(tiny_pipe, PROMPT, method=method, seed=seed, num_inference_steps=3,
                             out=root / SLUG / f"{method}-seed{seed}")
     return root
-
-
-@pytest.fixture
-def run_cli(tiny_pipe, monkeypatch, capsys):
-    real = attnlens.models.load_pipeline
-
-    def load(model=attnlens.DEFAULT_MODEL, *args, **kwargs):
-        return tiny_pipe if model in ("attnlens-tiny", attnlens.DEFAULT_MODEL) else real(model, *args, **kwargs)
-
-    monkeypatch.setattr(attnlens.models, "load_pipeline", load)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 def as_json(run_cli, *args) -> object:

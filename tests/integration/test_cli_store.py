@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import attnlens
-from attnlens.cli import main
 from conftest import PROMPT
 
 
@@ -33,25 +32,6 @@ def digest(folder: Path) -> str:
             h.update(f.relative_to(folder).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()
-
-
-@pytest.fixture
-def run_cli(tiny_pipe, monkeypatch, capsys):
-    """Call the CLI in-process (same entry point as the console script); the embedded model is the session's."""
-    real = attnlens.models.load_pipeline
-
-    def load(model=attnlens.DEFAULT_MODEL, *args, **kwargs):
-        return tiny_pipe if model in ("attnlens-tiny", attnlens.DEFAULT_MODEL) else real(model, *args, **kwargs)
-
-    monkeypatch.setattr(attnlens.models, "load_pipeline", load)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 @pytest.fixture(scope="module")
