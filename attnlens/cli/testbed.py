@@ -63,6 +63,8 @@ Examples:
   attnlens testbed train --benchmark --threads 2                      # time a few steps of each phase
 
   attnlens testbed train --out /tmp/t --preset tiny --vae-steps 2 --unet-steps 3   # smoke test, seconds
+  attnlens testbed train --out runs/bow --text-layers 0 --init-from attnlens-shapes --name attnlens-shapes-bow
+      # the bag-of-words testbed: fine-tuned from attnlens-shapes with a text encoder that mixes no words
 
 Writes OUT/checkpoints, OUT/log.jsonl, OUT/samples/ and, unless --no-export, OUT/pipeline (fp16 safetensors);
 'attnlens testbed ship OUT/pipeline' makes it the embedded attnlens-shapes model.
@@ -233,6 +235,11 @@ def train_cmd(
                                                                             "steps (0: never)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default 2)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
+    text_layers: Optional[int] = typer.Option(None, "--text-layers", min=0, help="Transformer layers of the text "
+                                              "encoder; 0 = bag of words (token + position embedding, no mixing)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from a trained pipeline (name or "
+                                            "folder): its VAE (no VAE phase), UNet and text embeddings."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name written into the exported pipeline."),
     no_export: bool = typer.Option(False, "--no-export", help="Do not write OUT/pipeline at the end."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     benchmark: bool = typer.Option(False, "--benchmark", help="Time a few steps of each phase, write nothing."),
@@ -250,7 +257,8 @@ def train_cmd(
     if out is None and not benchmark:
         raise BadOption("--out is required", hint="e.g. --out runs/testbed (or --benchmark)")
     overrides = {"steps": unet_steps, "vae_steps": vae_steps, "batch": batch, "vae_batch": vae_batch, "lr": lr,
-                 "checkpoint_every": checkpoint_every, "sample_every": sample_every, "threads": threads, "seed": seed}
+                 "checkpoint_every": checkpoint_every, "sample_every": sample_every, "threads": threads, "seed": seed,
+                 "text_layers": text_layers, "init_from": init_from, "name": name}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     cfg = replace(T.TrainConfig(**T.PRESETS[preset]), **overrides)
     if benchmark:
@@ -277,7 +285,8 @@ def train_cmd(
 @testbed_app.command("ship", epilog=SHIP_EXAMPLES)
 def ship_cmd(
     pipeline: Path = typer.Argument(..., help="Exported pipeline folder (OUT/pipeline of 'attnlens testbed train')."),
-    dest: Optional[Path] = typer.Option(None, "--dest", help="Destination (default: the package's assets/shapes)."),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Destination (default: the package's assets/<name>, "
+                                        "e.g. assets/shapes)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -289,8 +298,8 @@ def ship_cmd(
     if missing:
         raise ModelNotFound(f"{pipeline} is not an exported testbed pipeline (missing {missing[0]})",
                             hint="pass OUT/pipeline of 'attnlens testbed train'")
-    target = dest or S.ASSET_DIR
-    m = S.ship(pipeline, target)
+    m = S.ship(pipeline, dest)
+    target = dest or S.asset_dir_for(m["name"])
     total = sum(v["bytes"] for v in m["files"].values()) / 1e6
     report(fmt, {"pipeline": str(pipeline), "dest": str(target), "version": m["version"], "mb": total}, None)
     err_console.print(f"shipped {pipeline} -> {target}: {total:.1f} MB, version {m['version']}", markup=False)

@@ -13,6 +13,8 @@ Examples::
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import AttnlensError, ConfigError, ModelNotFound
-from .shapes import build_shapes, shapes_version
+from .shapes import BOW_ASSET_DIR, build_shapes, shapes_version
 from .tiny import build_tiny
 
 # The embedded default: the trained shapes testbed model (attnlens-tiny, random weights, stays available by name).
@@ -57,6 +59,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         description="the trained shapes testbed model (64x64, coloured shapes; docs/testbed.md), shipped weights",
         build=build_shapes,
         version=shapes_version,  # the shipped weights' digest (from the asset manifest)
+    ),
+    "attnlens-shapes-bow": EmbeddedModel(
+        name="attnlens-shapes-bow",
+        description="the shapes testbed with a bag-of-words text encoder (no word sees another; binding happens "
+                    "only in cross-attention; docs/testbed.md), shipped weights",
+        build=functools.partial(build_shapes, asset_dir=BOW_ASSET_DIR),
+        version=functools.partial(shapes_version, BOW_ASSET_DIR),
     ),
 }
 

@@ -19,6 +19,15 @@ from ..tokenizer import clip_tokenizer
 
 #: the package's shipped shapes model (``attnlens/assets/shapes``)
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "shapes"
+#: the bag-of-words variant ``attnlens-shapes-bow`` (docs/testbed.md): same world, a text encoder that mixes no words
+BOW_ASSET_DIR = ASSET_DIR.parent / "shapes-bow"
+
+
+def asset_dir_for(name: str) -> Path:
+    """The package folder a shipped testbed model named ``name`` lives in (``attnlens-shapes`` → ``assets/shapes``)."""
+    return ASSET_DIR.parent / name.removeprefix("attnlens-")
+
+
 #: the manifest inside :data:`ASSET_DIR`
 MANIFEST = "attnlens_model.json"
 #: the files of an exported testbed pipeline that are shipped (the tokenizer is regenerated, not shipped)

@@ -17,14 +17,19 @@ import json
 import shutil
 from pathlib import Path
 
-from ..models.shapes import ASSET_DIR, FILES, MANIFEST, sha256
+from ..models.shapes import ASSET_DIR, FILES, MANIFEST, asset_dir_for, sha256
 
 __all__ = ["ASSET_DIR", "FILES", "sha256", "ship"]
 
 
-def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None = None) -> dict:
-    """Copy ``pipeline`` into ``dest`` and write the manifest; returns the manifest."""
-    src, dest = Path(pipeline), Path(dest)
+def ship(pipeline: str | Path, dest: str | Path | None = None, note: dict | None = None) -> dict:
+    """Copy ``pipeline`` into ``dest`` and write the manifest; returns the manifest. The model's name is the one
+    the trainer wrote (``--name``; ``attnlens-shapes`` by default) and ``dest`` defaults to its package folder."""
+    src = Path(pipeline)
+    info = src / "attnlens_testbed.json"
+    extra = json.loads(info.read_text()) if info.is_file() else {}
+    name = extra.get("name", "attnlens-shapes")
+    dest = Path(dest) if dest is not None else asset_dir_for(name)
     missing = [f for f in FILES if not (src / f).is_file()]
     if missing:
         raise SystemExit(f"error: {src} is not an exported testbed pipeline (missing {missing[0]})")
@@ -35,12 +40,8 @@ def ship(pipeline: str | Path, dest: str | Path = ASSET_DIR, note: dict | None =
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / f, dest / f)
         files[f] = {"sha256": sha256(dest / f), "bytes": (dest / f).stat().st_size}
-    extra = {}
-    info = src / "attnlens_testbed.json"
-    if info.is_file():
-        extra = json.loads(info.read_text())
     digest = hashlib.sha256("".join(v["sha256"] for v in files.values()).encode()).hexdigest()[:12]
-    manifest = {"name": "attnlens-shapes", "version": digest, "files": files, "training": extra, **(note or {})}
+    manifest = {"name": name, "version": digest, "files": files, "training": extra, **(note or {})}
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -76,7 +76,8 @@ class TrainConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     vae_fg_weight: float = 4.0  # extra L1 weight on object pixels (objects cover ~15 % of an image)
-    # text encoder (trained jointly with the UNet)
+    # text encoder (trained jointly with the UNet); text_layers=0 is a bag of words: each output position is
+    # LayerNorm(token embedding + position embedding), so no word's conditioning depends on the other words
     text_width: int = 64
     text_layers: int = 3
     text_heads: int = 4
@@ -99,6 +100,10 @@ class TrainConfig:
     sample_every: int = 1000  # 0 disables sample grids
     vae_check: int = 100  # after the VAE phase: evaluator agreement on this many reconstructed scenes (0: skip)
     threads: int = 2
+    # start from a trained pipeline (embedded name or folder): its VAE (frozen; no VAE phase), UNet and the text
+    # encoder's embeddings and final norm; the text encoder's layers (if any) start fresh
+    init_from: str = ""
+    name: str = "attnlens-shapes"  # the model name written into the exported pipeline
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +160,21 @@ def build_unet(cfg: TrainConfig):
         attention_head_dim=cfg.unet_heads,  # diffusers' historical name: the number of heads in SD's UNet
         norm_num_groups=cfg.unet_norm_groups,
     )
+
+
+def init_from_pipeline(source: str, vae, text_encoder, unet) -> float:
+    """Load a trained pipeline's VAE and UNet into ``vae`` and ``unet`` and its text encoder's embeddings and final
+    norm into ``text_encoder`` (layers the two encoders share by name and shape are copied too; the rest keeps its
+    fresh initialisation). Returns the VAE's latent scaling factor. ``source``: an embedded name or a folder."""
+    from attnlens.models import load_pipeline
+
+    src = load_pipeline(source, dtype=torch.float32)
+    vae.load_state_dict(src.vae.state_dict())
+    unet.load_state_dict(src.unet.state_dict())
+    own = text_encoder.state_dict()
+    shared = {k: v for k, v in src.text_encoder.state_dict().items() if k in own and own[k].shape == v.shape}
+    text_encoder.load_state_dict({**own, **shared})
+    return float(src.vae.config.scaling_factor)
 
 
 def noise_schedule():
@@ -473,7 +493,7 @@ def export_pipeline(cfg: TrainConfig, out: Path, vae, scaling_factor: float, tex
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     (tmp / "attnlens_testbed.json").write_text(json.dumps(
-        {"name": "attnlens-shapes", "unet_steps": step, "scaling_factor": scaling_factor, "config": cfg.to_dict()},
+        {"name": cfg.name, "unet_steps": step, "scaling_factor": scaling_factor, "config": cfg.to_dict()},
         indent=2))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
@@ -542,6 +562,9 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     state = json.loads((latest / "state.json").read_text()) if latest else {"phase": "vae", "step": 0}
     if latest is not None:
         vae.load_state_dict(_load_tensors(latest / "vae.safetensors"))
+    elif config.init_from:
+        state = {"phase": "unet", "step": 0,
+                 "scaling_factor": init_from_pipeline(config.init_from, vae, text_encoder, unet)}
 
     # phase 1: VAE
     if state["phase"] == "vae" and state["step"] < config.vae_steps:
@@ -555,7 +578,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
 
     # phase 2: UNet + text encoder
     start, resume_files = 0, None
-    if state["phase"] == "unet":
+    if state["phase"] == "unet" and latest is not None:
         start = state["step"]
         unet.load_state_dict(_load_tensors(latest / "unet.safetensors"))
         text_encoder.load_state_dict(_load_tensors(latest / "text_encoder.safetensors"))

@@ -76,3 +76,24 @@ def test_damaged_weights_are_refused_with_one_line(tmp_path, monkeypatch):
         '"version": "', '"version": "x'))  # a new cache key, so the model is built (and checked) again
     with pytest.raises(AttnlensError, match="damaged"):
         attnlens.load_pipeline("attnlens-shapes")
+
+
+def test_bag_of_words_model_ships_and_loads(tmp_path, monkeypatch):
+    """attnlens-shapes-bow: checksummed shipped weights, loaded through from_pretrained, a text encoder that mixes
+    no words (the conditioning of "circle" is the same whatever colour precedes it)."""
+    import torch
+
+    import attnlens
+
+    monkeypatch.setenv("ATTNLENS_HOME", str(tmp_path))
+    pipe = attnlens.load_pipeline("attnlens-shapes-bow")
+    assert pipe.text_encoder.config.num_hidden_layers == 0
+    ids = pipe.tokenizer(["a red circle", "a blue circle"], padding="max_length", max_length=77,
+                         return_tensors="pt").input_ids
+    with torch.no_grad():
+        enc = pipe.text_encoder(ids)[0]
+    assert not torch.equal(enc[0, 2], enc[1, 2]) and torch.equal(enc[0, 3], enc[1, 3])
+    # and the UNet is not the shipped attnlens-shapes UNet (it was fine-tuned for this encoder)
+    base = attnlens.load_pipeline("attnlens-shapes")
+    w = "conv_in.weight"
+    assert not torch.equal(pipe.unet.state_dict()[w], base.unet.state_dict()[w])

@@ -93,3 +93,48 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
         run_module("train", args)  # checkpoints exist and no --resume
     run_module("train", [*args, "--resume", "--unet-steps", "3"])
     assert T.list_checkpoints(tmp_path / "cli")[-1].name == "unet-0000003"
+
+
+def _encode(text_encoder, caption: str) -> torch.Tensor:
+    with torch.no_grad():
+        return text_encoder(T._tokenize([caption]))[0][0]
+
+
+def test_bag_of_words_text_encoder_mixes_no_words():
+    """text_layers=0: a word's conditioning is its own embedding at its position, whatever the other words are."""
+    torch.manual_seed(0)
+    bow = T.build_text_encoder(replace(tiny(), text_layers=0))
+    torch.manual_seed(0)
+    mixing = T.build_text_encoder(replace(tiny(), text_layers=1))
+    # "a red circle" / "a blue circle": <sot> a red circle <eot> -> "circle" is position 3 in both
+    for te, same in ((bow, True), (mixing, False)):
+        a, b = _encode(te, "a red circle"), _encode(te, "a blue circle")
+        assert not torch.equal(a[2], b[2])  # the colour words differ
+        assert torch.equal(a[3], b[3]) is same  # ... and "circle" is untouched by them only without mixing
+    # up to position: the same word elsewhere differs only through the position embedding
+    emb = bow.embeddings
+    ids = T._tokenize(["a red circle"])[0]
+    expected = bow.final_layer_norm(emb.token_embedding.weight[ids[3]] + emb.position_embedding.weight[3])
+    torch.testing.assert_close(_encode(bow, "a red circle")[3], expected)
+
+
+def test_init_from_a_trained_pipeline(tmp_path):
+    """init_from: VAE and UNet start as the source's, no VAE phase, text embeddings copied into a bag of words."""
+    src = T.train(tmp_path / "src", tiny())
+    out = tmp_path / "bow"
+    pipe_dir = T.train(out, replace(tiny(), steps=0, text_layers=0, init_from=str(src), name="bow-test"))
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] if (out / "log.jsonl").exists() else []
+    assert not [r for r in log if r["phase"] == "vae"]  # the source's VAE is used as it is
+    assert json.loads((pipe_dir / "attnlens_testbed.json").read_text())["name"] == "bow-test"
+    from diffusers import StableDiffusionPipeline
+
+    a = StableDiffusionPipeline.from_pretrained(src)
+    b = StableDiffusionPipeline.from_pretrained(pipe_dir)
+    assert b.text_encoder.config.num_hidden_layers == 0
+    for module in ("vae", "unet"):
+        sa, sb = getattr(a, module).state_dict(), getattr(b, module).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ea, eb = a.text_encoder.state_dict(), b.text_encoder.state_dict()
+    key = next(k for k in ea if k.endswith("token_embedding.weight"))
+    assert torch.equal(ea[key], eb[key])
+    assert b.vae.config.scaling_factor == a.vae.config.scaling_factor
