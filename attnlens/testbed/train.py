@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from attnlens.models import load_pipeline
 from attnlens.tokenizer import clip_tokenizer
 
 from .evaluate import aggregate, score, vae_roundtrip, validate
@@ -166,8 +167,6 @@ def init_from_pipeline(source: str, vae, text_encoder, unet) -> float:
     """Load a trained pipeline's VAE and UNet into ``vae`` and ``unet`` and its text encoder's embeddings and final
     norm into ``text_encoder`` (layers the two encoders share by name and shape are copied too; the rest keeps its
     fresh initialisation). Returns the VAE's latent scaling factor. ``source``: an embedded name or a folder."""
-    from attnlens.models import load_pipeline
-
     src = load_pipeline(source, dtype=torch.float32)
     vae.load_state_dict(src.vae.state_dict())
     unet.load_state_dict(src.unet.state_dict())
