@@ -82,3 +82,32 @@ def test_conform_keeps_previous_step_maps_and_resets_per_sample():
     assert m._previous is not None and m._previous[0] == 0 and torch.equal(m._previous[1], last0)
     m.loss(maps(), p, 0)  # a new sample starts over
     assert m._previous is None
+
+
+def test_ebama_loss_by_hand():
+    from attnlens.methods.ebama import Ebama, cos_distance, ebama_loss
+
+    agg = torch.full((2, 2, 77), 0.01, dtype=torch.float64)
+    agg[0, 0, 2] = 1.0  # modifier at pixel (0,0)
+    agg[0, 0, 3] = 1.0
+    agg[1, 1, 3] = 1.0  # noun at (0,0) and (1,1)
+    vec = lambda p: agg[..., p].reshape(-1)  # noqa: E731
+    d = lambda a, b: 1 - float(torch.dot(vec(a), vec(b)) / (vec(a).norm() * vec(b).norm()))  # noqa: E731
+    assert float(cos_distance(agg[..., 2], agg[..., 3])) == pytest.approx(d(2, 3), rel=1e-12)
+    # prompt positions 1..4; set ([2], 3): outside = {1, 4}
+    pos = d(2, 3)
+    neg = -(d(3, 1) + d(3, 4)) / 2
+    a = torch.softmax(agg[..., 1:-1] * 100, dim=-1)[..., 2]  # the noun (position 3) after the re-softmax
+    from attnlens.methods._shared import smooth
+    excite = -float(smooth(a[None], 3, 0.5).max())
+    loss, terms = ebama_loss(agg, [([(2,)], (3,))], 4, lambda_excite=0.5)
+    assert float(terms["positive"]) == pytest.approx(pos, rel=1e-9)
+    assert float(terms["negative"]) == pytest.approx(neg, rel=1e-9)
+    assert float(loss) == pytest.approx(pos + neg + 0.5 * excite, rel=1e-9)
+    # a set that covers the whole prompt: no outside tokens, the negative term is 0 (the released code crashes)
+    _, t2 = ebama_loss(agg, [([(1,), (2,)], (3,))], 3)
+    assert float(t2["negative"]) == 0.0
+    # released schedule: guided at i ≤ 25 (26 steps), α = 20; nouns in no set become entity-only sets
+    m = Ebama()
+    assert m.plan(25, 51).step_size == 20.0 and m.plan(26, 51) is None
+    assert Ebama.sets(crown_parse()) == [([(2,)], (3,)), ([(6,)], (7,))]
