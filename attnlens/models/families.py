@@ -23,6 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..tokenizer import bpe_vocab_and_merges
+
 #: T5's layout: sentencepiece vocabulary of this size, then 100 sentinel tokens (the encoder's vocab_size is the sum)
 T5_SPM_VOCAB = 2000
 T5_EXTRA_IDS = 100
@@ -33,8 +35,6 @@ CORPUS_WORDS = 12000
 def t5_corpus(n_words: int = CORPUS_WORDS) -> list[str]:
     """The training lines: CLIP's first ``n_words`` whole ASCII words (merge order), word ``r`` repeated
     ``max(1, 3000 // (r + 20))`` times (a Zipf-like frequency, so common words become single pieces)."""
-    from ..tokenizer import bpe_vocab_and_merges
-
     _, merges = bpe_vocab_and_merges()
     words = []
     for m in merges:
