@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import AttnlensError, ConfigError, ModelNotFound
+from .families import build_sd3
 from .shapes import build_shapes, shapes_version
 from .tiny import build_tiny
 
@@ -57,6 +58,12 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         description="the trained shapes testbed model (64x64, coloured shapes; docs/testbed.md), shipped weights",
         build=build_shapes,
         version=shapes_version,  # the shipped weights' digest (from the asset manifest)
+    ),
+    "attnlens-tiny-sd3": EmbeddedModel(
+        name="attnlens-tiny-sd3",
+        description="SD3-shaped MM-DiT (CLIP-L + CLIP-G + T5), random weights, 64x64, 8x8 image tokens (built offline)",
+        build=build_sd3,
+        version="1",
     ),
 }
 
