@@ -6,6 +6,7 @@ loaded through exactly the same ``DiffusionPipeline.from_pretrained`` call as ``
 
 * :mod:`.registry` — :data:`DEFAULT_MODEL`, :data:`EMBEDDED`, the cache folder, :func:`load_pipeline`;
 * :mod:`.tiny` — the seeded tiny builders (``attnlens-tiny``, and SD 2.x / SDXL shaped ones);
+* :mod:`.families` — the T5-format tokenizer attnlens trains itself, and the DiT builders (``attnlens-tiny-sd3``);
 * :mod:`.shapes` — the shipped ``attnlens-shapes`` assets (``attnlens/assets/shapes``), their manifest and checksums.
 
 Examples::

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import AttnlensError, ConfigError, ModelNotFound
+from .families import build_sd3
 from .shapes import BOW_ASSET_DIR, build_shapes, shapes_version
 from .tiny import build_tiny
 
@@ -66,6 +67,12 @@ EMBEDDED: dict[str, EmbeddedModel] = {
                     "only in cross-attention; docs/testbed.md), shipped weights",
         build=functools.partial(build_shapes, asset_dir=BOW_ASSET_DIR),
         version=functools.partial(shapes_version, BOW_ASSET_DIR),
+    ),
+    "attnlens-tiny-sd3": EmbeddedModel(
+        name="attnlens-tiny-sd3",
+        description="SD3-shaped MM-DiT (CLIP-L + CLIP-G + T5), random weights, 64x64, 8x8 image tokens (built offline)",
+        build=build_sd3,
+        version="1",
     ),
 }
 
