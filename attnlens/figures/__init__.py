@@ -4,8 +4,9 @@
 :func:`draw` (or :func:`render`, which also saves), so the same selection gives the same file byte for byte.
 One module per figure kind, each a pure function that returns a matplotlib ``Figure``:
 
-* :mod:`.maps` — :func:`maps_figure`: rows = runs (methods) × chosen words, columns = steps: each word's attention
-  over the run's final image.
+* :mod:`.maps` — :func:`maps_figure`: rows = runs (methods) × chosen words, columns = the final image in colour,
+  then steps: each word's attention over the run's final image; :func:`word_heatmap_figure`: one word's map over the
+  colour image (DAAM's heat map); :func:`word_maps`: the map selection both use.
 * :mod:`.curves` — :func:`curves_figure`: a metric against the step, one line per method with a bootstrap band
   (default in the CLI: the headline metrics).
 * :mod:`.layers` — :func:`layers_figure`: a layer × step heat map of a metric, one panel per method.
@@ -24,7 +25,7 @@ from __future__ import annotations
 from .curves import curves_figure
 from .layers import layer_order, layers_figure, short_layer
 from .losses import losses_figure
-from .maps import maps_figure
+from .maps import maps_figure, word_heatmap_figure, word_maps
 from .spec import FigureSpec, draw, figure_bytes, headline_metrics, render, select_steps
 from .style import (  # noqa: F401  (private helpers re-exported for attnlens.testbed.predictive)
     BOOKKEEPING,
@@ -53,4 +54,4 @@ from .tables import _draw_curves, _filter, _groups, step_curves  # noqa: F401
 __all__ = ["BOOKKEEPING", "DPI", "FORMATS", "FigureSpec", "HEATMAP_CMAP", "KINDS", "LINESTYLES", "OKABE_ITO",
            "OVERLAY_CMAP", "STYLE", "WIDTHS", "curves_figure", "draw", "figure_bytes", "figure_width", "group_style",
            "headline_metrics", "layer_order", "layers_figure", "losses_figure", "maps_figure", "panel_count", "render",
-           "save_figure", "select_steps", "short_layer", "step_curves"]
+           "save_figure", "select_steps", "short_layer", "step_curves", "word_heatmap_figure", "word_maps"]

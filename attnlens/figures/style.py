@@ -1,12 +1,14 @@
 """The house style of every attnlens figure: sizes, palette, fonts, panels, legends, and deterministic saving.
 
 Figures are built on :class:`matplotlib.figure.Figure` objects with their own Agg canvas, never through pyplot, so
-importing or drawing never changes matplotlib's global backend or pyplot state.
+importing or drawing never changes matplotlib's global backend or pyplot state. They show themselves in Jupyter as
+PNG (:class:`InlineFigure`), with or without ``%matplotlib inline``.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +89,25 @@ def figure_width(width: str | float) -> float:
 
 
 
+#: dots per inch of a figure shown in a notebook (a page-wide figure is about 800 pixels wide)
+INLINE_DPI = 120
+
+
+class InlineFigure(Figure):
+    """A matplotlib ``Figure`` that shows itself in Jupyter: IPython displays any object with ``_repr_png_``, so a
+    figure made here appears inline when it is a cell's value, without pyplot or an inline backend (with one, the
+    backend's own PNG printer is used). Everything else is the plain ``Figure``."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        with matplotlib.rc_context(STYLE):
+            self.savefig(buf, format="png", dpi=INLINE_DPI)
+        return buf.getvalue()
+
+
 def _new_figure(width: str | float, height: float) -> Figure:
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(figure_width(width), height), dpi=100, layout="constrained")
+        fig = InlineFigure(figsize=(figure_width(width), height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)  # its own canvas: no pyplot, no global backend
     fig.attnlens_panels = []  # type: ignore[attr-defined]
     return fig

@@ -7,6 +7,7 @@ import base64
 import difflib
 import functools
 import html
+import importlib
 import io
 import json
 from dataclasses import dataclass
@@ -335,10 +336,38 @@ class Run:
                    f"{base64.b64encode(buf.getvalue()).decode()}' width='160' alt='final image'/></td>")
         return f"<table><tr><td style='vertical-align:top'><table>{cells}</table></td>{img}</tr></table>"
 
+    # -- in a notebook: these call attnlens.notebook (above the store: loaded on first use, never at import) -------
+    def show(self, word: str | Sequence[str] | None = None, step: int | Sequence[int] | None = None, *,
+             layer: str = "all", **kwargs: Any):
+        """The maps of ``word`` at ``step`` (an int, a list, or None: five spread steps) over the final image, as a
+        figure that shows itself inline (``attnlens.notebook.show``: the ``attnlens figure maps`` figure).
+
+        Examples::
+
+            >>> run.show("red", step=5, layer="res16")                          # doctest: +SKIP
+        """
+        return _notebook().show(self, word, step, layer=layer, **kwargs)
+
+    def word_heatmap(self, word: str, step: int | Sequence[int] | None = None, *, layer: str = "all",
+                     **kwargs: Any):
+        """DAAM's heat map: ``word``'s map upsampled over the final image in colour, at ``step`` or (None) the mean
+        over every recorded step (``attnlens.notebook.word_heatmap``)."""
+        return _notebook().word_heatmap(self, word, step, layer=layer, **kwargs)
+
+    def player(self, words: str | Sequence[str] | None = None, **kwargs: Any):
+        """The dashboard's step player over this run's maps, as a notebook widget (``attnlens.notebook.player``)."""
+        return _notebook().player(self, words, **kwargs)
+
     def __repr__(self) -> str:
         m = self.info
         return (f"Run({str(self.path)!r}, status={self.status!r}, method={m.method_name!r}, "
                 f"prompt={m.prompt!r}, seed={m.seed!r})")
+
+
+def _notebook():
+    """``attnlens.notebook`` (figures, widgets and the dashboard's player sit above the store: imported by name on
+    first use, as ``attnlens`` itself loads its public names, so that reading a run never loads them)."""
+    return importlib.import_module("attnlens.notebook")
 
 
 def open_run(path: str | Path) -> Run:
