@@ -6,6 +6,7 @@ The whole workflow (``docs/notebooks/quickstart.ipynb``)::
     pipe = attnlens.load_pipeline()
     run = attnlens.sample(pipe, "a red circle and a blue square", method="syngen", out="runs/x",
                           num_inference_steps=10)
+    run_none = attnlens.sample(pipe, "a red circle and a blue square", out="runs/x-none", num_inference_steps=10)
     run                                 # prompt, method, image, layers, steps, size (Run._repr_html_)
     run.show("red", step=5)             # the maps figure of one word at one step, inline
     run.word_heatmap("red")             # DAAM's heat map over the colour image (mean over the steps)

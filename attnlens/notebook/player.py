@@ -193,8 +193,14 @@ def player(runs: Any, words: Sequence[str] | str | None = None, *, step: int | N
 
     Examples::
 
-        >>> p = attnlens.notebook.player([run_none, run_syngen], ["red", "crown"])   # doctest: +SKIP
-        >>> p.step = 3                                                                  # doctest: +SKIP
+        >>> import attnlens
+        >>> pipe = attnlens.load_pipeline("attnlens-tiny")
+        >>> run_none = attnlens.sample(pipe, "a red crown", out="runs/none", num_inference_steps=4)
+        >>> run_syngen = attnlens.sample(pipe, "a red crown", method="syngen", out="runs/syngen", num_inference_steps=4)
+        >>> p = attnlens.notebook.player([run_none, run_syngen], ["red", "crown"])
+        >>> p.step = 2                          # the slider moves with it, in the notebook
+        >>> p.step
+        2
     """
     args, shared = player_args(runs, words, layer=layer, phase=phase, iteration=iteration, head=head, scale=scale,
                                labels=labels)

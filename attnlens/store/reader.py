@@ -344,7 +344,12 @@ class Run:
 
         Examples::
 
-            >>> run.show("red", step=5, layer="res16")                          # doctest: +SKIP
+            >>> import attnlens
+            >>> pipe = attnlens.load_pipeline("attnlens-tiny")
+            >>> run = attnlens.sample(pipe, "a red crown", out="runs/show", num_inference_steps=4)
+            >>> fig = run.show("red", step=2, layer="res16")    # in a notebook the figure draws itself
+            >>> fig._repr_png_()[:4]
+            b'\x89PNG'
         """
         return _notebook().show(self, word, step, layer=layer, **kwargs)
 

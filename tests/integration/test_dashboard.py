@@ -203,15 +203,18 @@ def test_step_frames_cover_every_step_with_one_scale():
 
 
 def test_step_player_component_files():
-    """The component is plain HTML/JS next to the page (no build step) and speaks Streamlit's component protocol."""
+    """The component is plain HTML/JS next to the page (no build step): index.html speaks Streamlit's component
+    protocol and loads the player (player.js, player.css), which the notebook widget shares."""
     from dashboard.ui import PLAYER_DIR
 
     index = PLAYER_DIR / "index.html"
     assert PLAYER_DIR.parent == REPO / "dashboard" and index.is_file()
     text = index.read_text()
     for needle in ('"streamlit:componentReady"', "apiVersion: 1", '"streamlit:render"', '"streamlit:setFrameHeight"',
-                   '"streamlit:setComponentValue"', 'dataType: "json"', 'type="range"'):
+                   '"streamlit:setComponentValue"', 'dataType: "json"', '<script src="player.js">',
+                   'href="player.css"'):
         assert needle in text, needle
+    assert 'type = "range"' in (PLAYER_DIR / "player.js").read_text()  # the step slider
 
 
 def test_scan_marks_incomplete_and_corrupted_runs(damaged_root):
