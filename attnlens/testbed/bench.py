@@ -41,6 +41,7 @@ from ..store import open_run
 from ..sweep import reusable, run_name, run_path
 from .evaluate import parse_caption, score
 from .predictive import auc_figure, best_predictors, fixed_point, metric_auc
+from .protocol import check_split, split_of
 from .render import scene_at
 
 METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
@@ -65,12 +66,15 @@ class Variant:
     method: str
     options: dict[str, Any] = field(default_factory=dict)
     sweep: bool = False  # part of the step-size sweep (not the released defaults)
+    calibrated: bool = False  # the step size chosen on the validation split (``attnlens bench calibrate``)
 
 
-def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000) -> list[str]:
+def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000, split: str = "all") -> list[str]:
     """The first ``n`` distinct two-object captions (``and`` / ``next to``) of the renderer's ``test`` split
-    (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …); without size words unless ``sizes``."""
+    (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …); without size words unless ``sizes``. ``split``: ``all``,
+    or only the protocol's ``val`` or ``test`` captions (:func:`attnlens.testbed.protocol.split_of`)."""
 
+    check_split(split)
     out: list[str] = []
     seen: set[str] = set()
     for i in range(limit):
@@ -79,12 +83,13 @@ def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 200
             continue
         if not sizes and any(o.size_word for o in scene.objects):
             continue
-        if scene.caption not in seen:
+        if scene.caption not in seen and (split == "all" or split_of(scene.caption) == split):
             seen.add(scene.caption)
             out.append(scene.caption)
             if len(out) == n:
                 return out
-    raise AttnlensError(f"only {len(out)} distinct held-out prompts found", hint="ask for fewer prompts")
+    where = "" if split == "all" else f" in the '{split}' split"
+    raise AttnlensError(f"only {len(out)} distinct held-out prompts found{where}", hint="ask for fewer prompts")
 
 
 def _fmt_factor(x: float) -> str:
@@ -92,29 +97,45 @@ def _fmt_factor(x: float) -> str:
 
 
 def bench_variants(methods: Sequence[str] = METHODS, sweep: Sequence[float] = (0.25, 4.0),
-                   overrides: dict[str, dict[str, Any]] | None = None) -> list[Variant]:
-    """Released defaults for every method, then, for each guided method, its step size × every ``sweep`` factor.
+                   overrides: dict[str, dict[str, Any]] | None = None,
+                   calibrated: dict[str, float] | None = None) -> list[Variant]:
+    """Released defaults for every method, then each method's calibrated step size (``calibrated``: method →
+    factor, from ``attnlens bench calibrate``), then, for each guided method, its step size × every ``sweep`` factor.
 
     ``overrides`` (method → options) applies to every variant of that method (e.g. a refinement cap).
-    Labels: ``syngen`` (defaults), ``syngen step_size=5`` (sweep)."""
+    Labels: ``syngen`` (defaults), ``syngen step_size=5`` (sweep or calibrated: the same value is the same run)."""
 
     known = set(available_methods())
     bad = [m for m in methods if m not in known]
     if bad:
         raise AttnlensError(f"unknown method '{bad[0]}'", hint=f"choose from: {', '.join(sorted(known))}")
     overrides = overrides or {}
-    out = [Variant(m, m, dict(overrides.get(m, {}))) for m in methods]
-    for m in methods:
+    out: dict[str, Variant] = {}
+
+    def add(m: str, f: float, **kind) -> None:
+        """The variant of ``m`` with its step size × ``f`` (the released defaults when f = 1 or ``m`` has no step
+        size); a label already there (the same settings) is one variant with both flags."""
         param = STEP_PARAM.get(m)
-        if param is None:
-            continue
-        base = float(get_method(m).hyperparameters()[param])
-        for f in sweep:
-            if float(f) == 1.0:
-                continue
-            value = base * float(f)
-            out.append(Variant(f"{m} {param}={value:g}", m, {**overrides.get(m, {}), param: value}, sweep=True))
-    return out
+        if param is None or float(f) == 1.0:
+            label, options = m, dict(overrides.get(m, {}))
+        else:
+            value = float(get_method(m).hyperparameters()[param]) * float(f)
+            label, options = f"{m} {param}={value:g}", {**overrides.get(m, {}), param: value}
+        old = out.get(label)
+        flags = {k: bool(kind.get(k)) or bool(old is not None and getattr(old, k)) for k in ("sweep", "calibrated")}
+        out[label] = Variant(label, m, options, **flags)
+
+    for m in methods:
+        add(m, 1.0)
+    for m, f in (calibrated or {}).items():
+        if m in methods:
+            add(m, f, calibrated=True)
+    for m in methods:
+        if STEP_PARAM.get(m) is not None:
+            for f in sweep:
+                if float(f) != 1.0:
+                    add(m, f, sweep=True)
+    return list(out.values())
 
 
 def score_run(path: str | Path) -> dict[str, Any]:
@@ -280,13 +301,17 @@ def run_binding_bench(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     runs_root: str | Path | None = None,
+    split: str = "all",
+    calibrated: dict[str, float] | None = None,
 ) -> BenchResult:
     """Run the binding benchmark into ``out`` (see the module docstring); resumable.
 
     ``model`` is anything :func:`attnlens.load_pipeline` takes (default in the CLI: the embedded shapes model).
     Prompts must be testbed captions (the evaluator parses them): an int takes that many :func:`heldout_prompts`.
     ``runs_root`` (default ``out/runs``) lets several benchmarks share their recorded runs (e.g. one with the
-    released defaults on many prompts and a step-size sweep on a subset).
+    released defaults on many prompts and a step-size sweep on a subset). ``split``: which held-out prompts an int
+    ``prompts`` takes (``all``, ``val``, ``test``: :mod:`attnlens.testbed.protocol`); ``calibrated`` (method →
+    step-size factor, :func:`attnlens.testbed.protocol.read_calibration`) adds each method at its calibrated value.
     """
     import pandas as pd
 
@@ -295,7 +320,7 @@ def run_binding_bench(
     log = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out)
     root = Path(runs_root) if runs_root is not None else out / "runs"
-    prompt_list = heldout_prompts(prompts) if isinstance(prompts, int) else list(prompts)
+    prompt_list = heldout_prompts(prompts, split=split) if isinstance(prompts, int) else list(prompts)
     for p in prompt_list:
         try:
             parse_caption(p)
@@ -305,13 +330,14 @@ def run_binding_bench(
     seeds = [int(s) for s in seeds]
     if not prompt_list or not seeds:
         raise AttnlensError("nothing to run: no prompts or no seeds")
-    variants = bench_variants(methods, sweep, overrides)
+    variants = bench_variants(methods, sweep, overrides, calibrated)
     model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "pipe")
     pipe = load_pipeline(model) if isinstance(model, str) else model
     jobs = [(v, p, s) for p in prompt_list for s in seeds for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({
-        "model": str(model_id), "prompts": prompt_list, "seeds": seeds, "steps": steps,
+        "model": str(model_id), "split": split if isinstance(prompts, int) else "given", "prompts": prompt_list,
+        "seeds": seeds, "steps": steps, "calibrated": dict(calibrated or {}),
         "guidance_scale": guidance_scale, "variants": [vars(v) for v in variants]}, indent=2, default=str))
     rows, recorded, reused = [], 0, 0
     bar = tqdm(jobs, desc="binding bench", unit="run", disable=not progress, file=sys.stderr)
@@ -321,7 +347,7 @@ def run_binding_bench(
                                      model_id=str(model_id), rerecord=rerecord)
         recorded += fresh
         reused += not fresh
-        rows.append({**score_run(path), "variant": v.label, "sweep": v.sweep})
+        rows.append({**score_run(path), "variant": v.label, "sweep": v.sweep, "calibrated": v.calibrated})
     outcomes = pd.DataFrame(rows)
     files = [out / "outcomes.csv"]
     outcomes.to_csv(files[0], index=False)

@@ -129,3 +129,46 @@ def test_cli_bench_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "comma-separated integers" in r.stderr
     help_ = subprocess.run([*attnlens_cmd(), "bench", "binding", "--help"], capture_output=True, text=True)
     assert help_.returncode == 0 and "Examples" in help_.stdout
+
+
+def test_calibration_runs_on_validation_and_feeds_the_test_bench(tiny_pipe, tmp_path):
+    from attnlens.testbed.calibrate import run_calibration
+    from attnlens.testbed.protocol import read_calibration, split_of
+
+    doc = run_calibration(tiny_pipe, tmp_path / "cal", methods=["syngen"], factors=[1.0, 4.0], prompts=2, seeds=[0],
+                          steps=3, progress=False, log=lambda s: None)
+    assert doc["prompts"] and all(split_of(p) == "val" for p in doc["prompts"])
+    rows = {r["factor"]: r for r in doc["table"]}
+    assert set(rows) == {1.0, 4.0} and rows[4.0]["value"] == 80.0 and all(r["n"] == 2 for r in rows.values())
+    outcomes = pd.read_csv(tmp_path / "cal" / "outcomes.csv")
+    for f, r in rows.items():  # each row is the mean of its own runs' evaluator verdicts
+        sub = outcomes[outcomes["variant"] == r["label"]]
+        assert r["bound"] == pytest.approx(sub["bound"].astype(float).mean())
+    best = max(rows.values(), key=lambda r: (r["bound"], r["success"], -abs(np.log(r["factor"]))))
+    assert doc["chosen"]["syngen"]["factor"] == best["factor"]
+    assert "**syngen**" in (tmp_path / "cal" / "calibration.md").read_text()
+    factor = read_calibration(tmp_path / "cal" / "calibration.json")["syngen"]
+    res = run_binding_bench(tiny_pipe, tmp_path / "test", prompts=2, seeds=[0], methods=["none", "syngen"], sweep=[],
+                            steps=3, analyse=False, n_boot=50, progress=False, log=lambda s: None, split="test",
+                            calibrated={"syngen": factor})
+    o = res.outcomes
+    assert all(split_of(p) == "test" for p in o["prompt"])
+    assert set(o.loc[o["calibrated"], "variant"]) == {doc["chosen"]["syngen"]["label"]}
+
+
+def test_cli_bench_power_and_calibrate_errors(tmp_path, run_cli):
+    code, out, err = run_cli("bench", "power", "--delta", "0.1", "--discordant", "0.25", "--json")
+    assert code == 0 and '"units": 194' in out
+    pilot = tmp_path / "outcomes.csv"
+    pd.DataFrame([{"variant": v, "prompt": "p", "seed": s, "misbinding": int(v == "syngen" and s == 0)}
+                  for v in ("none", "syngen") for s in range(4)]).to_csv(pilot, index=False)
+    code, out, err = run_cli("bench", "power", "--pilot", pilot, "--json")
+    assert code == 0 and '"discordant": 0.25' in out and '"n": 4.0' in out
+    for args, needle in ((("bench", "power", "--delta", "0.5", "--discordant", "0.2"), "[|δ|, 1]"),
+                         (("bench", "power", "--pilot", tmp_path / "nope.csv"), "no pilot table"),
+                         (("bench", "calibrate", "--method", "none", "--out", tmp_path), "no method to calibrate"),
+                         (("bench", "calibrate", "--objective", "misbinding", "--out", tmp_path), "minimise"),
+                         (("bench", "binding", "--split", "train", "--out", tmp_path), "unknown split"),
+                         (("bench", "binding", "--calibration", pilot, "--out", tmp_path), "not a calibration file")):
+        code, out, err = run_cli(*args)
+        assert code == 2 and needle in err and "Traceback" not in err, (args, err)
