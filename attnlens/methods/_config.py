@@ -120,3 +120,24 @@ def check_syngen_config(cfg: Any) -> None:
     check_bool(cfg, "negative")
     if not (cfg.positive or cfg.negative):
         raise ValueError("positive and negative are both false: at least one term must be enabled")
+
+
+def check_step_list(cfg: Any, name: str) -> None:
+    """Require a list of step indices ≥ 0; store a tuple."""
+    v = getattr(cfg, name)
+    ok = isinstance(v, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)
+    if not ok:
+        raise ValueError(f"{name} must be a list of step indices ≥ 0; got {v!r}")
+    set_field(cfg, name, tuple(v))
+
+
+def check_refinement_schedule(cfg: Any) -> None:
+    """Validate the fields of ``_shared.RefinementScheduleMethod``'s schedule: scale_factor (> 0), scale_range (two
+    numbers ≥ 0), max_iter_to_alter, refinement_steps (integers ≥ 0), refinement_at (step indices), resolution
+    (≥ 1)."""
+    check_float(cfg, "scale_factor", low=0.0, strict=True)
+    check_pair(cfg, "scale_range")
+    check_int(cfg, "max_iter_to_alter")
+    check_int(cfg, "refinement_steps")
+    check_step_list(cfg, "refinement_at")
+    check_int(cfg, "resolution", low=1)

@@ -365,3 +365,48 @@ class FixedStepMethod(GuidanceMethod):
 
     def plan(self, i: int, num_timesteps: int) -> StepPlan | None:
         return StepPlan(step_size=self.config.step_size) if i < self.config.intervention_steps else None
+
+
+class RefinementScheduleMethod(GuidanceMethod):
+    """Attend-and-Excite's schedule with a *fixed* number of refinement passes, for methods whose ``Config`` has
+    ``resolution``, ``scale_factor``, ``scale_range``, ``max_iter_to_alter``, ``refinement_steps`` and
+    ``refinement_at``: the ``resolution``² layers, α_i = ``step_size(i, …)`` for loop indices
+    i < ``max_iter_to_alter``, and at i ∈ ``refinement_at`` exactly ``refinement_steps`` extra forward + update
+    passes before the step's own update (no threshold; ``refinement_steps = 0`` or ``refinement_at = ()``: none)."""
+
+    def layers(self, resolutions: Mapping[str, tuple[int, int]]) -> list[str]:
+        return layers_at_resolution(resolutions, self.config.resolution)
+
+    def plan(self, i: int, num_timesteps: int) -> StepPlan | None:
+        c = self.config
+        if i >= c.max_iter_to_alter:
+            return None
+        cap = c.refinement_steps if i in c.refinement_at else 0
+        return StepPlan(step_size=step_size(i, num_timesteps, c.scale_factor, c.scale_range), max_refinement=cap)
+
+    def refine(self, i: int, out: Any) -> bool:
+        """Always at a refinement step (a fixed number of passes, no threshold)."""
+        return i in self.config.refinement_at
+
+
+class PreviousStep:
+    """Hands the value a method computed at its latest forward of the previous guided step to the next step.
+
+    ``advance(i)`` at the start of step ``i``'s loss returns it (None at the first guided step); ``store(i, v)``
+    after each forward keeps ``v`` (detach it first). A step index that does not grow (i == 0, or lower than the
+    last one) starts a new sample and forgets everything, so one method object serves several seeds and prompts.
+    """
+
+    def __init__(self) -> None:
+        self.last: tuple[int, Any] | None = None  # (step, value) of the latest forward
+        self.previous: tuple[int, Any] | None = None  # the same for the latest forward of an earlier step
+
+    def advance(self, i: int) -> Any | None:
+        if self.last is not None and (i == 0 or self.last[0] > i):  # a new sample
+            self.last = self.previous = None
+        if self.last is not None and self.last[0] != i:
+            self.previous = self.last
+        return None if self.previous is None else self.previous[1]
+
+    def store(self, i: int, value: Any) -> None:
+        self.last = (i, value)
