@@ -11,7 +11,7 @@ from attnlens.parse import parse_prompt
 from attnlens.sampler import guidance_forward
 from conftest import PROMPT
 
-BASELINES = ["conform", "ebama"]
+BASELINES = ["conform", "ebama", "a-star", "predicated"]
 
 
 @pytest.mark.parametrize("name", BASELINES)
