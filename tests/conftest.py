@@ -17,6 +17,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 PROMPT = "a red crown and a golden strawberry"
 
 
+def crown_parse():
+    """The parse of ``PROMPT`` built by hand (no spaCy): sets red→crown (3) and golden→strawberry (7)."""
+    from attnlens.parse import BindingSet, Parse, Unit  # not at collection time: some tests time the first import
+
+    pieces = ("<|startoftext|>", "a</w>", "red</w>", "crown</w>", "and</w>", "a</w>", "golden</w>",
+              "strawberry</w>", "<|endoftext|>")
+    crown, berry = Unit("crown", (3,)), Unit("strawberry", (7,))
+    sets = (BindingSet((Unit("red", (2,)),), crown, "A"), BindingSet((Unit("golden", (6,)),), berry, "A"))
+    return Parse(PROMPT, pieces, sets, (crown, berry), "manual")
+
+
 def pytest_configure(config):
     import logging
 

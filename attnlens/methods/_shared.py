@@ -7,8 +7,11 @@
 * **Released smoothing and token softmax** (``released_gaussian_kernel``, ``smooth``, ``token_softmax``):
   Attend-and-Excite and Divide & Bind.
 * **Subjects** (``word_positions``, ``resolve_subjects``): Attend-and-Excite and Divide & Bind.
-* **Step schedules:** ``step_size`` (Attend-and-Excite's α_i, also Divide & Bind's) and ``FixedStepMethod``
-  (SynGen's constant α for i < ``intervention_steps``, also SynGen + entropy and function losses).
+* **Step schedules:** ``step_size`` (Attend-and-Excite's α_i, also Divide & Bind's), ``scheduled_plan`` (A&E's
+  plan with a refinement cap), ``FixedStepMethod`` (SynGen's constant α for i < ``intervention_steps``, also
+  SynGen + entropy and function losses) and ``RefinementScheduleMethod`` (A&E's α_i with a fixed number of
+  refinement passes: CONFORM, A-STAR, Predicated Diffusion).
+* **State across steps:** ``PreviousStep`` (the previous step's maps: A-STAR's retention).
 
 The divergences here are *loss* numerics and differ, on purpose, from the analysis metrics of the same formula in
 :mod:`attnlens.metrics` (which renormalise their inputs, smooth with ``eps`` and use ``xlogy``); each docstring names
@@ -367,6 +370,15 @@ class FixedStepMethod(GuidanceMethod):
         return StepPlan(step_size=self.config.step_size) if i < self.config.intervention_steps else None
 
 
+def scheduled_plan(config: Any, i: int, num_timesteps: int, max_refinement: int = 0) -> StepPlan | None:
+    """Attend-and-Excite's plan for loop index ``i``: None for i ≥ ``config.max_iter_to_alter``, else α_i =
+    ``step_size(i, num_timesteps, config.scale_factor, config.scale_range)`` with the given refinement cap."""
+    if i >= config.max_iter_to_alter:
+        return None
+    return StepPlan(step_size=step_size(i, num_timesteps, config.scale_factor, config.scale_range),
+                    max_refinement=max_refinement)
+
+
 class RefinementScheduleMethod(GuidanceMethod):
     """Attend-and-Excite's schedule with a *fixed* number of refinement passes, for methods whose ``Config`` has
     ``resolution``, ``scale_factor``, ``scale_range``, ``max_iter_to_alter``, ``refinement_steps`` and
@@ -379,10 +391,7 @@ class RefinementScheduleMethod(GuidanceMethod):
 
     def plan(self, i: int, num_timesteps: int) -> StepPlan | None:
         c = self.config
-        if i >= c.max_iter_to_alter:
-            return None
-        cap = c.refinement_steps if i in c.refinement_at else 0
-        return StepPlan(step_size=step_size(i, num_timesteps, c.scale_factor, c.scale_range), max_refinement=cap)
+        return scheduled_plan(c, i, num_timesteps, c.refinement_steps if i in c.refinement_at else 0)
 
     def refine(self, i: int, out: Any) -> bool:
         """Always at a refinement step (a fixed number of passes, no threshold)."""

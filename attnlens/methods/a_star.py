@@ -173,7 +173,7 @@ class AStar(RefinementScheduleMethod):
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
-        self._previous = PreviousStep()  # the previous step's last aggregate (detached)
+        self._previous_step = PreviousStep()  # the previous step's last aggregate (detached)
 
     def idle_reason(self, parse: Any) -> str | None:
         if not resolve_subjects(parse, self.config.subjects):
@@ -182,11 +182,11 @@ class AStar(RefinementScheduleMethod):
 
     def loss(self, maps: Any, parse: Any, i: int) -> LossOutput:
         c = self.config
-        prev = self._previous.advance(i)
+        prev = self._previous_step.advance(i)
         agg = full_precision(aggregate(maps, layers_of(maps, c.resolution)))
         positions = [p for _, p in resolve_subjects(parse, c.subjects)]
         loss, terms = a_star_loss(agg, positions, previous=prev, lambda_segregation=c.lambda_segregation,
                                   lambda_retention=c.lambda_retention, threshold=c.threshold,
                                   smooth_attentions=c.smooth_attentions, kernel_size=c.kernel_size, sigma=c.sigma)
-        self._previous.store(i, agg.detach())
+        self._previous_step.store(i, agg.detach())
         return LossOutput(loss=loss, terms={"loss": loss.detach(), **terms}, indicator=float(loss.detach()))

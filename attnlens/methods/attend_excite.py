@@ -22,7 +22,7 @@ from ._config import (
     check_step_map,
     check_subjects,
 )
-from ._shared import full_precision, layers_of, resolve_subjects, smooth, step_size, token_softmax
+from ._shared import full_precision, layers_of, resolve_subjects, scheduled_plan, smooth, token_softmax
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import register_method
 
@@ -138,10 +138,7 @@ class AttendExcite(GuidanceMethod):
 
     def plan(self, i: int, num_timesteps: int) -> StepPlan | None:
         c = self.config
-        if i >= c.max_iter_to_alter:
-            return None
-        cap = c.max_refinement_steps if i in c.thresholds else 0
-        return StepPlan(step_size=step_size(i, num_timesteps, c.scale_factor, c.scale_range), max_refinement=cap)
+        return scheduled_plan(c, i, num_timesteps, c.max_refinement_steps if i in c.thresholds else 0)
 
     def idle_reason(self, parse: Any) -> str | None:
         if not resolve_subjects(parse, self.config.subjects):

@@ -12,10 +12,10 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..maps import aggregate, layers_at_resolution, to_token_first
-from ._config import check_bool, check_float, check_int, check_kernel_size, check_pair
-from ._shared import full_precision, layers_of, smooth, step_size
-from .base import GuidanceMethod, LossOutput, StepPlan
+from ..maps import aggregate, to_token_first
+from ._config import check_bool, check_float, check_kernel_size, check_refinement_schedule
+from ._shared import PreviousStep, RefinementScheduleMethod, full_precision, layers_of, smooth
+from .base import LossOutput
 from .registry import register_method
 
 
@@ -106,7 +106,7 @@ def conform_loss(
 
 
 @register_method("conform")
-class Conform(GuidanceMethod):
+class Conform(RefinementScheduleMethod):
     r"""CONFORM (Meral et al., *CONFORM: Contrast is All You Need for High-Fidelity Text-to-Image Diffusion
     Models*, CVPR 2024, https://arxiv.org/abs/2312.06059; code: https://github.com/gemlab-vt/CONFORM).
 
@@ -136,16 +136,7 @@ class Conform(GuidanceMethod):
         kernel_size: int = 3
 
         def __post_init__(self):
-            check_float(self, "scale_factor", low=0.0, strict=True)
-            check_pair(self, "scale_range")
-            check_int(self, "max_iter_to_alter")
-            check_int(self, "refinement_steps")
-            ok = isinstance(self.refinement_at, (list, tuple)) and all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.refinement_at)
-            if not ok:
-                raise ValueError(f"refinement_at must be a list of step indices ≥ 0; got {self.refinement_at!r}")
-            object.__setattr__(self, "refinement_at", tuple(self.refinement_at))
-            check_int(self, "resolution", low=1)
+            check_refinement_schedule(self)
             check_float(self, "temperature", low=0.0, strict=True)
             check_bool(self, "softmax_normalize")
             check_bool(self, "add_previous_attention_maps")
@@ -155,18 +146,7 @@ class Conform(GuidanceMethod):
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
-        self._last: tuple[int, torch.Tensor] | None = None  # (step, detached aggregate) of the latest forward
-        self._previous: tuple[int, torch.Tensor] | None = None  # the previous step's last aggregate
-
-    def layers(self, resolutions: Mapping[str, tuple[int, int]]) -> list[str]:
-        return layers_at_resolution(resolutions, self.config.resolution)
-
-    def plan(self, i: int, num_timesteps: int) -> StepPlan | None:
-        c = self.config
-        if i >= c.max_iter_to_alter:
-            return None
-        cap = c.refinement_steps if i in c.refinement_at else 0
-        return StepPlan(step_size=step_size(i, num_timesteps, c.scale_factor, c.scale_range), max_refinement=cap)
+        self._previous_step = PreviousStep()  # the previous step's last aggregate (detached)
 
     @staticmethod
     def groups(parse: Any) -> list[list[int]]:
@@ -183,18 +163,10 @@ class Conform(GuidanceMethod):
 
     def loss(self, maps: Mapping[str, torch.Tensor], parse: Any, i: int) -> LossOutput:
         c = self.config
-        if self._last is not None and (i == 0 or self._last[0] > i):  # a new sample: forget the old one
-            self._last = self._previous = None
-        if self._last is not None and self._last[0] != i:
-            self._previous = self._last
+        prev = self._previous_step.advance(i) if c.add_previous_attention_maps else None
         agg = full_precision(aggregate(maps, layers_of(maps, c.resolution)))
-        prev = self._previous[1] if (c.add_previous_attention_maps and self._previous is not None) else None
         loss, terms = conform_loss(agg, self.groups(parse), previous=prev, temperature=c.temperature,
                                    softmax_normalize=c.softmax_normalize, smooth_attentions=c.smooth_attentions,
                                    kernel_size=c.kernel_size, sigma=c.sigma)
-        self._last = (i, agg.detach())
+        self._previous_step.store(i, agg.detach())
         return LossOutput(loss=loss, terms={"loss": loss.detach(), **terms}, indicator=float(loss.detach()))
-
-    def refine(self, i: int, out: LossOutput) -> bool:
-        """Always at a refinement step: the released code runs a fixed number of passes, no threshold."""
-        return i in self.config.refinement_at

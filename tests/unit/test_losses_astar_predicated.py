@@ -11,15 +11,8 @@ from attnlens.errors import AttnlensError
 from attnlens.methods import get_method
 from attnlens.methods.a_star import a_star_loss, binarize, sum_overlap
 from attnlens.methods.predicated import Predicated, min_max, predicated_loss
-from attnlens.parse import BindingSet, Parse, Unit
-
-
-def crown_parse() -> Parse:
-    pieces = ("<|startoftext|>", "a</w>", "red</w>", "crown</w>", "and</w>", "a</w>", "golden</w>",
-              "strawberry</w>", "<|endoftext|>")
-    crown, berry = Unit("crown", (3,)), Unit("strawberry", (7,))
-    sets = (BindingSet((Unit("red", (2,)),), crown, "A"), BindingSet((Unit("golden", (6,)),), berry, "A"))
-    return Parse("a red crown and a golden strawberry", pieces, sets, (crown, berry), "manual")
+from attnlens.parse import Parse
+from conftest import crown_parse
 
 
 # ------------------------------------------------------------------------------------------------------- A-STAR

@@ -9,15 +9,7 @@ import torch
 
 from attnlens.methods import get_method
 from attnlens.methods.conform import Conform, conform_loss, nt_xent
-from attnlens.parse import BindingSet, Parse, Unit
-
-
-def crown_parse() -> Parse:
-    pieces = ("<|startoftext|>", "a</w>", "red</w>", "crown</w>", "and</w>", "a</w>", "golden</w>",
-              "strawberry</w>", "<|endoftext|>")
-    crown, berry = Unit("crown", (3,)), Unit("strawberry", (7,))
-    sets = (BindingSet((Unit("red", (2,)),), crown, "A"), BindingSet((Unit("golden", (6,)),), berry, "A"))
-    return Parse("a red crown and a golden strawberry", pieces, sets, (crown, berry), "manual")
+from conftest import crown_parse
 
 
 def test_nt_xent_by_hand():
@@ -74,14 +66,15 @@ def test_conform_keeps_previous_step_maps_and_resets_per_sample():
     maps = lambda: {"l": torch.randn(2, 4, 4, 77, generator=g, dtype=torch.float64).softmax(-1)}  # noqa: E731
     p = crown_parse()
     m.loss(maps(), p, 0)
-    assert m._previous is None
+    assert m._previous_step.previous is None
     m.loss(maps(), p, 0)  # refinement at step 0: still no previous step
-    assert m._previous is None
-    last0 = m._last[1]
+    assert m._previous_step.previous is None
+    last0 = m._previous_step.last[1]
     m.loss(maps(), p, 1)
-    assert m._previous is not None and m._previous[0] == 0 and torch.equal(m._previous[1], last0)
+    prev = m._previous_step.previous
+    assert prev is not None and prev[0] == 0 and torch.equal(prev[1], last0)
     m.loss(maps(), p, 0)  # a new sample starts over
-    assert m._previous is None
+    assert m._previous_step.previous is None
 
 
 def test_ebama_loss_by_hand():
