@@ -1,6 +1,6 @@
 """Cost of guidance: time per image of each method against ``none``, and one guidance step against a plain forward.
 
-    python benchmarks/method_cost.py [--repeats 3] [--n-steps 50] [--threads 2]
+    python benchmarks/method_cost.py [--repeats 3] [--n-steps 50] [--threads 2] [--methods none,a-star]
 
 Runs are interleaved (method order rotates every repeat) and recorded to a temporary store with the default
 recording (all layers, head mean, prompt tokens), as ``attnlens record`` does.
@@ -23,6 +23,7 @@ from attnlens.parse import parse_prompt
 from attnlens.sampler import guidance_forward
 
 METHODS = ["none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "conform", "ebama"]
+METHODS += ["a-star", "predicated"]  # issue 17
 
 
 def per_call_costs(pipe, prompt: str, repeats: int) -> dict[str, float]:
@@ -62,16 +63,19 @@ def main() -> None:
     ap.add_argument("--model", default="attnlens-tiny")
     ap.add_argument("--prompt", default="a red crown and a golden strawberry")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated subset to time (none is always included, as the reference)")
     args = ap.parse_args()
+    methods = ["none"] + [m for m in args.methods.split(",") if m and m != "none"]
     torch.set_num_threads(args.threads)
     pipe = attnlens.load_pipeline(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="attnlens-methods-"))
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[float]] = {m: [] for m in methods}
     refinements: dict[str, float] = {}
     try:
         attnlens.sample(pipe, args.prompt, method="syngen", seed=0, num_inference_steps=2, out=tmp / "warm")
         for r in range(args.repeats):
-            order = METHODS[r % len(METHODS):] + METHODS[: r % len(METHODS)]
+            order = methods[r % len(methods):] + methods[: r % len(methods)]
             for m in order:
                 t0 = time.perf_counter()
                 run = attnlens.sample(pipe, args.prompt, method=m, seed=r, num_inference_steps=args.steps,
@@ -89,7 +93,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))
-    for m in METHODS:
+    for m in methods:
         print(f"{m:16s} {result['median_s'][m]:7.2f} s/image   x{result['ratio_to_none'][m]:.2f} of none")
     print(f"one guidance step (forward + backward, cond only) = {result['guidance_step_over_plain_forward']:.2f} "
           f"plain CFG forwards")

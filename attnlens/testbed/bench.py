@@ -48,6 +48,7 @@ METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
 #: the hyperparameter each method calls its step size (released default 20 for all four)
 STEP_PARAM = {"syngen": "step_size", "syngen-entropy": "step_size", "attend-excite": "scale_factor",
               "divide-bind": "scale_factor"}
+STEP_PARAM.update({"a-star": "scale_factor", "predicated": "scale_factor"})  # issue 17 (not in the default METHODS)
 OUTCOMES = ("success", "bound", "misbinding", "swapped", "leakage", "neglect", "object_accuracy")
 #: which way is better, for the tables
 HIGHER_IS = {"success": "better", "bound": "better", "misbinding": "worse", "swapped": "worse", "leakage": "worse",

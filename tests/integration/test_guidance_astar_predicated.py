@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import attnlens
 from conftest import PROMPT
+from dashboard.data import scan_root
 
 
 def test_a_star_two_seeds_and_bind_in_one_call(run_cli, tmp_path):
@@ -21,6 +22,8 @@ def test_a_star_two_seeds_and_bind_in_one_call(run_cli, tmp_path):
         assert s["segregation"][0, 0, 0] > 0.0
         sets = run.manifest["parse"]["sets"]
         assert any(u["word"] == "golden" for st in sets if st["noun"]["word"] == "crown" for u in st["modifiers"])
+    # the dashboard lists the runs under the method's name, beside the others
+    assert {e.method for e in scan_root(out)} == {"a-star"}
 
 
 def test_predicated_possession_option_reaches_the_loss(run_cli, tmp_path):

@@ -169,3 +169,10 @@ def test_predicated_propositions_defaults_and_schedule():
     assert m.plan(1, 51).max_refinement == 0 and not m.refine(1, None)
     assert m.plan(24, 51) is not None and m.plan(25, 51) is None
     assert Predicated.idle_reason(m, Parse("a", ("<|startoftext|>", "a</w>", "<|endoftext|>"), (), (), "manual"))
+
+
+def test_binding_bench_lists_and_sweeps_the_new_methods():
+    from attnlens.testbed.bench import bench_variants
+
+    labels = [v.label for v in bench_variants(["none", "a-star", "predicated"], sweep=(0.25,))]
+    assert labels == ["none", "a-star", "predicated", "a-star scale_factor=5", "predicated scale_factor=5"]
