@@ -38,6 +38,11 @@ def sum_overlap(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
     Shapes:
         p, q: ``(..., h, w)`` → ``(...)``.
+
+    Examples:
+        >>> p, q = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.5, 0.5], [0.0, 0.0]])
+        >>> float(sum_overlap(p, q)), float(sum_overlap(q, q))
+        (0.25, 0.5)
     """
     return torch.minimum(p, q).sum(dim=(-2, -1)) / (p + q).sum(dim=(-2, -1))
 

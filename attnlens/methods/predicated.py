@@ -32,6 +32,10 @@ def min_max(x: torch.Tensor) -> torch.Tensor:
 
     Shapes:
         x: ``(..., h, w)`` → ``(..., h, w)``.
+
+    Examples:
+        >>> min_max(torch.tensor([[0.0, 2.0], [1.0, 4.0]])).tolist(), min_max(torch.ones(1, 2)).tolist()
+        ([[0.0, 0.5], [0.25, 1.0]], [[0.0, 0.0]])
     """
     lo = x.amin(dim=(-2, -1), keepdim=True)
     span = x.amax(dim=(-2, -1), keepdim=True) - lo
