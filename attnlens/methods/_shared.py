@@ -402,8 +402,9 @@ class PreviousStep:
     """Hands the value a method computed at its latest forward of the previous guided step to the next step.
 
     ``advance(i)`` at the start of step ``i``'s loss returns it (None at the first guided step); ``store(i, v)``
-    after each forward keeps ``v`` (detach it first). A step index that does not grow (i == 0, or lower than the
-    last one) starts a new sample and forgets everything, so one method object serves several seeds and prompts.
+    after each forward keeps ``v`` (detach it first). Step index 0, or one lower than the last, starts a new sample
+    and forgets everything (a repeated index is a refinement pass of the same step), so one method object serves
+    several seeds and prompts.
     """
 
     def __init__(self) -> None:
