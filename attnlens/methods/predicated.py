@@ -2,9 +2,9 @@
 cross-attention maps: existence, modifier–noun correspondence, leak and possession.
 
 The official repository (tksmatsubara/PredicatedDiffusion, built on Attend-and-Excite's code) could not be
-retrieved here; the numerics follow the loss ``_compute_loss_attention_product_prob`` and the ``RunConfig``
-defaults as they appear in public forks of it (SDXL ports that keep the SD 1.4 loss path). Read, not copied; the
-differences between forks and the paper are listed in docs/methods.md.
+retrieved here; the numerics follow the loss ``_compute_loss_attention_product_prob``, the fixed refinement and the
+``RunConfig`` defaults of its public SD 1.x fork Fahad16301139/dall-e-with-predicate (read, not copied; its loss,
+run unchanged on the embedded model's maps, gives the same values and gradients: docs/methods.md).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _check_pairs(cfg: Any, name: str) -> None:
 class Predicated(RefinementScheduleMethod):
     r"""Predicated Diffusion (Sueyoshi & Matsubara, *Predicated Diffusion: Predicate Logic-Based Attention Guidance
     for Text-to-Image Diffusion Models*, CVPR 2024, https://arxiv.org/abs/2311.16117; code:
-    https://github.com/tksmatsubara/PredicatedDiffusion, followed through its public forks).
+    https://github.com/tksmatsubara/PredicatedDiffusion, followed through its public SD 1.x fork).
 
     Propositions from the parse (the released code takes them as hand-written index lists; the README's examples
     are what this derives): existence for every noun (``subjects`` overrides), correspondence for every
