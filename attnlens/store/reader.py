@@ -161,7 +161,11 @@ class Run:
         it = iteration if iteration < arr.shape[2] else None
         if it is None:
             raise NotFoundError(f"iteration {iteration} was not recorded (max {arr.shape[2] - 1})")
-        return np.asarray(arr[step, PHASES.index(phase), it, sample]).astype(np.float32)
+        try:
+            return np.asarray(arr[step, PHASES.index(phase), it, sample]).astype(np.float32)
+        except (RuntimeError, SystemError, ValueError, TypeError) as exc:  # a chunk that does not decode
+            raise self._damaged(layer, phase, step, iteration,
+                                f"a map chunk does not decode ({type(exc).__name__}: {exc})") from None
 
     def read(self, layer: str, steps: Sequence[int], phase: str | int = "sample", iteration: int = 0,
              sample: int | None = None, head: int | None = None) -> np.ndarray:
@@ -180,10 +184,14 @@ class Run:
             sel += (sample,)
             if head is not None:
                 sel += (head,)
-        if steps == list(range(steps[0], steps[-1] + 1)):
-            data = arr[(slice(steps[0], steps[-1] + 1), *sel)]
-        else:
-            data = arr.get_orthogonal_selection((np.asarray(steps), *sel))
+        try:
+            if steps == list(range(steps[0], steps[-1] + 1)):
+                data = arr[(slice(steps[0], steps[-1] + 1), *sel)]
+            else:
+                data = arr.get_orthogonal_selection((np.asarray(steps), *sel))
+        except (RuntimeError, SystemError, ValueError, TypeError) as exc:  # a chunk that does not decode
+            raise self._damaged(layer, PHASES[ph], steps[0] if len(steps) == 1 else f"{steps[0]}..{steps[-1]}",
+                                iteration, f"a map chunk does not decode ({type(exc).__name__}: {exc})") from None
         data = np.asarray(data, dtype=np.float64)
         if sample is None and head is not None:
             data = data[:, :, head]
