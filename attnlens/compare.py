@@ -192,6 +192,9 @@ def compare(df, *, by: str = "method", baseline: str | None = None, metrics: Seq
 
     if not 0.0 < ci < 1.0:
         raise BadOption(f"--ci must be between 0 and 1, got {ci}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise BadOption(f"--n-boot must be a positive number of bootstrap resamples, got {n_boot!r}",
+                        hint="e.g. --n-boot 2000")
     rows = select_rows(df, metrics=metrics, roles=roles, layers=layers, phase=phase, steps=steps, tokens=tokens)
     units = unit_values(rows, by=by)
     groups = sorted(units["group"].unique(), key=natural_key)

@@ -240,9 +240,28 @@ def merge_sets(sets: Sequence[tuple[Indices, str]]) -> list[tuple[Indices, str]]
     return [(tuple(s), "+".join(r)) for s, r in out]
 
 
-def syngen_sets(doc: "Doc", include_entities: bool = False) -> list[tuple[Indices, str]]:
-    """All SynGen sets of ``doc`` as (token indices, rule): rules A, B, C (and D if ``include_entities``), merged."""
-    labelled = [(s, "A") for s in rule_a(doc)] + [(s, "B") for s in rule_b(doc)] + [(s, "C") for s in rule_c(doc)]
+#: how rule B's copula sets are read: as released (children order: "the car is shiny" → (car, shiny), so the
+#: adjective stands in the noun's place) or with the set's noun moved last ("noun-last": (shiny, car))
+COPULA_READINGS = ("released", "noun-last")
+
+
+def noun_last(doc: "Doc", indices: Indices) -> Indices:
+    """``indices`` with its last NOUN/PROPN moved to the end (unchanged when it has none or it is last already)."""
+    nouns = [i for i in indices if doc[i].pos_ in NOUN_POS]
+    if not nouns or indices[-1] == nouns[-1]:
+        return tuple(indices)
+    return tuple(i for i in indices if i != nouns[-1]) + (nouns[-1],)
+
+
+def syngen_sets(doc: "Doc", include_entities: bool = False, copula: str = "released") -> list[tuple[Indices, str]]:
+    """All SynGen sets of ``doc`` as (token indices, rule): rules A, B, C (and D if ``include_entities``), merged.
+
+    ``copula="noun-last"`` reads rule B's sets with their noun last ("the car is shiny" → shiny binds to car);
+    the default ``"released"`` keeps the released code's order, in which "shiny" takes the noun's place."""
+    if copula not in COPULA_READINGS:
+        raise BadOption(f"unknown copula reading '{copula}'", hint=f"choose one of: {', '.join(COPULA_READINGS)}")
+    b_sets = rule_b(doc) if copula == "released" else [noun_last(doc, s) for s in rule_b(doc)]
+    labelled = [(s, "A") for s in rule_a(doc)] + [(s, "B") for s in b_sets] + [(s, "C") for s in rule_c(doc)]
     if include_entities:
         labelled += [(s, "D") for s in rule_d(doc)]
     return merge_sets(labelled)
@@ -344,7 +363,7 @@ def _binding(indices: Indices, rule: str, doc: "Doc", positions: Sequence[Indice
 
 
 def parse_prompt(prompt: str, *, tokenizer=None, spacy_model: str | None = None, include_entities: bool = False,
-                 bind: list[str] | None = None) -> Parse:
+                 bind: list[str] | None = None, copula: str = "released") -> Parse:
     """Parse ``prompt`` into SynGen's sets, its nouns and its word pieces.
 
     Args:
@@ -355,6 +374,8 @@ def parse_prompt(prompt: str, *, tokenizer=None, spacy_model: str | None = None,
         include_entities (`bool`, defaults to `False`): add rule D (each noun its own set).
         bind (`list[str]`, *optional*): manual sets such as ``["red,shiny>crown"]`` that replace the rules
             (see :func:`bind_sets`); ``source`` is then ``"manual"``.
+        copula (`str`, defaults to `"released"`): how copula sets ("the car is shiny") are read; ``"noun-last"``
+            binds the adjective to the noun instead of the released order (see :func:`syngen_sets`).
 
     Prompts longer than 75 word pieces keep the first 75 (plus ``<eot>``); words cut off are dropped from the
     sets and nouns. Raises :class:`AttnlensError` for an empty prompt or a bad ``bind``.
@@ -368,7 +389,7 @@ def parse_prompt(prompt: str, *, tokenizer=None, spacy_model: str | None = None,
     doc = nlp(prompt)
     all_pieces = tokenizer.tokenize(prompt)
     positions = word_positions(doc, piece_spans(prompt, all_pieces, tokenizer))
-    raw = bind_sets(doc, bind) if bind is not None else syngen_sets(doc, include_entities)
+    raw = bind_sets(doc, bind) if bind is not None else syngen_sets(doc, include_entities, copula)
     sets = tuple(b for s, r in raw if (b := _binding(s, r, doc, positions)) is not None)
     meta = nlp.meta
     return Parse(
@@ -391,6 +412,20 @@ NO_MODIFIER_NEG = "no modifier found: SynGen's loss is only the negative term (e
 NO_MODIFIER = "no modifier found: SynGen has nothing to do"
 
 
+def suspicious_parse(parse: Parse) -> str | None:
+    """A warning when the parse looks like spaCy's English model did not understand the prompt: more than half of
+    its (at least three) words tagged as nouns, as happens with a prompt in another language ("ein roter Hut und eine
+    goldene Erdbeere": every word a noun, so Attend-and-Excite gets every word as a subject)."""
+    words = [t for t in parse.tree if str(t.get("text", "")).isalpha()]
+    nouns = [t for t in words if t.get("pos") in NOUN_POS]
+    if len(words) >= 3 and len(nouns) > len(words) / 2 and len(nouns) >= 3:
+        names = ", ".join(str(t["text"]) for t in nouns[:5])
+        return (f"{len(nouns)} of the prompt's {len(words)} words were parsed as nouns ({names}); is the prompt "
+                "English? The parse (and every method's sets and subjects) may be wrong: check it with "
+                "'attnlens parse', or pass --bind / -O subjects=[...]")
+    return None
+
+
 def parse_notes(parse: Parse) -> list[str]:
     """Warnings about a parse: no noun at all, or no set with a modifier."""
     notes = []
@@ -398,6 +433,9 @@ def parse_notes(parse: Parse) -> list[str]:
         notes.append(NO_NOUN)
     if (parse.nouns or parse.sets) and not any(s.modifiers for s in parse.sets):
         notes.append(NO_MODIFIER_NEG if parse.sets else NO_MODIFIER)
+    odd = suspicious_parse(parse)
+    if odd:
+        notes.append(odd)
     return notes
 
 

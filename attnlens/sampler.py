@@ -29,9 +29,13 @@ from typing import Any, Callable
 
 import torch
 
+from .cost import LargeRunWarning, available_memory, check_run_cost, free_disk, run_cost
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .methods import GuidanceMethod, LossOutput, get_method
-from .parse import parse_prompt
+from .models.registry import model_info
+from .models.shapes import unknown_words
+from .methods._schedule import ScheduleWarning, schedule_note
+from .parse import parse_prompt, suspicious_parse
 from .recording import Recorder, RecordingConfig
 from .selection import step_predicate
 from .store import Run, open_run
@@ -280,12 +284,26 @@ def sample(
     check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            height=height, width=width)
     prompt_info = check_prompt(prompt, pipe.tokenizer)
+    unknown = unknown_words(model_info(pipe).get("id"), prompt)
+    if unknown:  # a testbed model draws only its own small world: say which words it cannot draw
+        note = (f"{model_info(pipe).get('id')} never saw {', '.join(repr(w) for w in unknown[:6])} in training (its "
+                "world: six colours, four shapes, big/small, 'and', 'next to'); their maps and the image mean little")
+        prompt_info.warnings.append(note)
+        warnings.warn(note, stacklevel=2)
     m = method if isinstance(method, GuidanceMethod) else get_method(method, **(method_options or {}))
     parse = None
     if m.name != "none" or bind:
 
         parse = parse_prompt(prompt_info.text, tokenizer=pipe.tokenizer, spacy_model=spacy_model, bind=bind,
                              include_entities=include_entities)
+        odd = suspicious_parse(parse) if m.name != "none" and not bind else None
+        if odd:
+            prompt_info.warnings.append(odd)
+            warnings.warn(odd, stacklevel=2)
+        note = schedule_note(m.name, m.hyperparameters(), num_inference_steps) if m.name != "none" else None
+        if note:  # a schedule written for 50 steps means something else here: say so, here and in the manifest
+            prompt_info.warnings.append(note)
+            warnings.warn(note, ScheduleWarning, stacklevel=2)
         idle = m.idle_reason(parse) if m.name != "none" else None
         if idle:  # the run equals the unguided one: say so, here and in the manifest
             note = f"{m.name}: {idle}; this run is the same as --method none"
@@ -309,10 +327,15 @@ def sample(
             raise EmptySelection(f"the step selection {cfg.to_dict()['steps']!r} keeps none of the "
                                  f"{num_inference_steps} denoising steps (0..{num_inference_steps - 1})",
                                  hint="select steps inside the schedule, e.g. --steps 0:10, or leave --steps out")
+    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    # refuse what cannot fit and announce what is unusually large, before anything is written (attnlens.cost)
+    cost = run_cost(pipe, height=height, width=width, n_steps=num_inference_steps, config=cfg,
+                    n_tokens=len(prompt_info.pieces) + 2, cfg=guidance_scale > 1)
+    for note in check_run_cost(cost, memory=available_memory(pipe.device), disk=free_disk(out)):
+        warnings.warn(note, LargeRunWarning, stacklevel=2)
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
     with rec:
-        height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
         rec.annotate(height=height, width=width)
         result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

@@ -157,12 +157,33 @@ def upscale_image(image: np.ndarray | None, size: int = CELL) -> np.ndarray:
     return np.asarray(img.convert("RGB").resize((size, size), resample))
 
 
-def colorbar(vmin: float, vmax: float, *, width: int = 256, height: int = 12, cmap: str = "inferno") -> np.ndarray:
-    """A horizontal colour bar (RGB uint8) of the overlay colours from vmin (left) to vmax (right)."""
+def colorbar(vmin: float, vmax: float, *, width: int = 256, height: int = 12, cmap: str = "inferno",
+             ticks: bool = True) -> np.ndarray:
+    """A horizontal colour bar (RGB uint8) of the overlay colours from vmin (left) to vmax (right); with ``ticks``
+    (default) tick marks and their values are drawn below it (3–6 "nice" values from matplotlib's locator)."""
     import matplotlib
 
     x = np.linspace(0.0, 1.0, width)[None, :].repeat(height, axis=0)
-    return (matplotlib.colormaps[cmap](x)[..., :3] * 255).round().astype(np.uint8)
+    bar = (matplotlib.colormaps[cmap](x)[..., :3] * 255).round().astype(np.uint8)
+    if not ticks or not (np.isfinite(vmin) and np.isfinite(vmax)) or vmax <= vmin:
+        return bar
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    dpi, pad = 100, 12  # pixels of margin each side, so the end labels are not cut
+    fig = Figure(figsize=((width + 2 * pad) / dpi, (height + 22) / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((pad / (width + 2 * pad), 20 / (height + 22), width / (width + 2 * pad), height / (height + 22)))
+    ax.imshow(bar, extent=(vmin, vmax, 0, 1), aspect="auto")
+    ax.set_yticks([])
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.tick_params(axis="x", labelsize=7, length=3, pad=1)
+    ax.set_xlim(vmin, vmax)
+    for spine in ax.spines.values():
+        spine.set_linewidth(0.5)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 # ------------------------------------------------------------------------------------------------------ plotly
@@ -285,11 +306,17 @@ def heatmap_panels(panels: Mapping[str, tuple[Sequence[str], Sequence[int], np.n
 
 
 def losses_plot(terms: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], *, step: int | None = None,
-                colors: Mapping[str, Mapping[str, str]] | None = None, height_per_row: int = 240):
-    """Guidance loss terms per step: one panel per term, one line per group (``{term: step_curves output}``)."""
+                colors: Mapping[str, Mapping[str, str]] | None = None, height_per_row: int = 240,
+                per_group: bool = True):
+    """Guidance loss terms per step (``{term: step_curves output}``). ``per_group`` (default): one panel per
+    (method, term), each with its own y axis — the methods' losses differ by orders of magnitude, and on a shared
+    axis the smaller ones lie flat on zero; else one panel per term, one line per group."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    if per_group:
+        terms = {f"{g}: {t}": {g: cur} for t, by_group in terms.items() for g, cur in by_group.items()}
+        terms = dict(sorted(terms.items(), key=lambda kv: kv[0].split(": ")[0]))
     names = list(terms)
     ncols = min(3, max(1, len(names)))
     nrows = max(1, math.ceil(len(names) / ncols))

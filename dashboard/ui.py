@@ -527,7 +527,7 @@ def _compare_view(ctx: _Ctx) -> None:
     if tokens and any(isinstance(v, list) for v in cells.values()):
         _step_player(ctx, fr, tokens, ncols)
         lo, hi = fr["shared"]
-        st.image(P.colorbar(lo, hi), width=256)
+        st.image(P.colorbar(lo, hi), width=280)
         st.caption(("Shared colour scale (all runs, all steps)" if scale == "shared" else "Per-map colour scale")
                    + f" of attention × h·w (1 = uniform): {lo:.3g} → {hi:.3g}. Layer `{ctx.layer}`, phase "
                    f"`{ctx.phase}`" + (f", head {ctx.head}" if ctx.head is not None else ", head mean") + ".")

@@ -162,6 +162,9 @@ def compare(
 
     if fmt is None and not as_json:
         suffixes = {**SUFFIXES, ".json": "json"}
+        if out is not None and out.suffix.lower() not in suffixes:
+            raise BadOption(f"cannot tell the format of '{out.name}' from its suffix",
+                            hint=f"end --out in one of {', '.join(sorted(suffixes))}, or pass --format")
         fmt = suffixes.get(out.suffix.lower(), "text") if out is not None else "text"
     fmt = resolve_format(fmt, as_json, choices=COMPARE_FORMATS)
     if fmt == "table":

@@ -24,18 +24,32 @@ Examples:
   attnlens info runs/a-red-crown/syngen-seed1
 
   attnlens info runs/a-red-crown/syngen-seed1 --format json | jq .layers
+
+  attnlens info runs/a-red-crown/syngen-seed1 --check      # read every chunk: is the run intact?
 """
 
 
 @app.command(epilog=INFO_EXAMPLES)
 def info(
     run: Path = typer.Argument(..., help="A run folder."),
+    check: bool = typer.Option(False, "--check", help="Read every map chunk and the images; exit 2 if any is "
+                               "missing or damaged (names the layer, phase and step)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
     """Show a run: prompt, tokens, method, status, layers with resolution and shapes, phases, size on disk."""
+    from ..errors import StoreError
+    from ..store import open_run
+    from ..store.verify import verify_run
+
     fmt = resolve_format(fmt, as_json)
     s = run_summary(run)
+    if check:
+        v = verify_run(open_run(run))
+        s["check"] = {"chunks": v["chunks"], "problems": v["problems"]}
+        if v["problems"]:
+            more = f" (and {len(v['problems']) - 1} more problem(s))" if len(v["problems"]) > 1 else ""
+            raise StoreError(v["problems"][0] + more, hint="record the run again (attnlens record ... --overwrite)")
     report(fmt, s, lambda: _info_text(s))
 
 
@@ -60,6 +74,8 @@ def _info_text(s: dict[str, Any]) -> str:
     if s["scalars"]:
         lines.append(f"scalars    {', '.join(s['scalars'])}")
     lines.append(f"size       {human_bytes(s['size_bytes'])}")
+    if "check" in s:
+        lines.append(f"check      {s['check']['chunks']} map chunks read, no damage found")
     if s["error"]:
         lines.append(f"error      {s['error']}")
     return "\n".join(lines)
@@ -92,6 +108,8 @@ def parse_cmd(
     spacy_model: Optional[str] = typer.Option(None, "--spacy-model", help="spaCy pipeline (default: first installed)."),
     include_entities: bool = typer.Option(False, "--include-entities", help="Add entity-only sets (rule D)."),
     bind: list[str] = typer.Option([], "--bind", help='Manual binding "MOD[,MOD]>NOUN" (repeatable).'),
+    copula: str = typer.Option("released", "--copula", help="Copula sets (\"the car is shiny\"): released (the "
+                               "released order: shiny in the noun's place) | noun-last (shiny binds to car)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -108,5 +126,6 @@ def parse_cmd(
     info = check_prompt(prompt, clip_tokenizer())
     for w in info.warnings:
         warn(w)
-    p = parse_prompt(prompt, spacy_model=spacy_model, include_entities=include_entities, bind=list(bind) or None)
+    p = parse_prompt(prompt, spacy_model=spacy_model, include_entities=include_entities, bind=list(bind) or None,
+                     copula=copula)
     report(fmt, p.to_dict(), lambda: format_parse(p))

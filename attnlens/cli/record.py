@@ -50,7 +50,15 @@ def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
     if prompts_file is not None:
         if not prompts_file.is_file():
             raise BadOption(f"prompts file '{prompts_file}' not found", hint="pass a text file with one prompt per line")
-        out += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        try:
+            text = prompts_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise BadOption(f"prompts file '{prompts_file}' is not UTF-8 text",
+                            hint="pass a text file with one prompt per line") from None
+        if "\x00" in text:
+            raise BadOption(f"prompts file '{prompts_file}' holds binary data (NUL bytes)",
+                            hint="pass a text file with one prompt per line")
+        out += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not out:
         raise BadOption("no prompt given", hint='attnlens record "a red crown" or --prompts-file FILE')
     return out
@@ -117,13 +125,15 @@ def record(
     as_json: bool = JSON,
 ) -> None:
     """Record every cross-attention map of every step and layer, one run per (prompt, seed)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from ..models import load_pipeline
     from ..sweep import complete_run, run_name, sweep_paths
     from ..recording import RecordingConfig
     from ..selection import parse_steps
-    from ..sampler import sample
+    from ..cost import LargeRunWarning, available_memory, check_run_cost, free_disk, native_size, run_cost
+    from ..sampler import check_sampling_options, sample
     from ..tokens import check_prompt
     from ._app import quiet_model_loading
 
@@ -149,31 +159,46 @@ def record(
         if not overwrite and complete_run(path):
             prepare_run_dir(path, overwrite=False)
 
+    for s in seeds:  # values no sampler can use are refused before the model is loaded
+        check_sampling_options(seed=s, num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height,
+                               width=width)
     with err_console.status(f"loading {model} ..."), quiet_model_loading():
         pipe = load_pipeline(model, device=device, dtype=model_dtype)
     for p in prompts:
         for w in check_prompt(p, pipe.tokenizer).warnings:
             warn(w)
 
+    native = native_size(pipe)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err_console, transient=False)
+                        TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False)
     done = []
     try:
         with progress:
             for p, s, path in targets:
+                if (height or native) and (width or native):  # what the run will cost, before it starts
+                    cost = run_cost(pipe, height=height or native, width=width or native, n_steps=n_steps,
+                                    config=config, n_tokens=len(check_prompt(p, pipe.tokenizer).pieces) + 2,
+                                    cfg=guidance_scale > 1)
+                    for note in check_run_cost(cost, memory=available_memory(pipe.device), disk=free_disk(path)):
+                        progress.console.print(f"warning: {note}", markup=False)
                 task = progress.add_task(f"{method} seed {s}: {p[:40]}", total=None)
 
                 def tick(i: int, n: int, task=task) -> None:
                     progress.update(task, completed=i, total=n)
 
-                with warnings.catch_warnings(record=True) as caught:  # the library's warnings as the CLI's own lines
-                    warnings.simplefilter("always", UserWarning)
-                    run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
-                                 num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height,
-                                 width=width, spacy_model=spacy_model, bind=list(bind) or None,
-                                 include_entities=include_entities, recording=config, overwrite=overwrite,
-                                 progress=tick, manifest={"model_id": model})
-                for w in dict.fromkeys(str(c.message) for c in caught if issubclass(c.category, UserWarning)):
+                try:
+                    with warnings.catch_warnings(record=True) as caught:  # library warnings as the CLI's own lines
+                        warnings.simplefilter("always", UserWarning)
+                        run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
+                                     num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height,
+                                     width=width, spacy_model=spacy_model, bind=list(bind) or None,
+                                     include_entities=include_entities, recording=config, overwrite=overwrite,
+                                     progress=tick, manifest={"model_id": model})
+                except BaseException:
+                    progress.remove_task(task)  # a refused or failed run leaves its error line, not an empty bar
+                    raise
+                for w in dict.fromkeys(str(c.message) for c in caught if issubclass(c.category, UserWarning)
+                                       and not issubclass(c.category, LargeRunWarning)):  # shown before the run
                     warn(w)
                 done.append(run)
     except KeyboardInterrupt:

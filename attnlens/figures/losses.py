@@ -16,11 +16,13 @@ from .tables import _draw_curves, _groups, step_curves
 @_styled
 def losses_figure(df, terms: Sequence[str] | None = None, *, by: str = "method", iteration: str = "first",
                   width: str | float = "page", height: float | None = None, n_boot: int = 1000, ci: float = 0.95,
-                  seed: int = 0) -> Figure:
-    """Guidance loss terms (``scalar/<term>`` rows) per step: one panel per term, one line per group with a
-    bootstrap band over (prompt, seed) units. ``iteration``: ``first`` (the loss of the step's first guidance
-    forward, before refinement), ``last`` (after the last refinement pass) or ``mean``. Default terms: every
-    recorded scalar except the bookkeeping ones (:data:`BOOKKEEPING`)."""
+                  seed: int = 0, per_group: bool = True) -> Figure:
+    """Guidance loss terms (``scalar/<term>`` rows) per step, with a bootstrap band over (prompt, seed) units.
+    ``per_group`` (default): one panel per (group, term), each on its own y axis — the methods' losses differ by
+    orders of magnitude (Divide & Bind's beside SynGen's lies flat on a shared axis); else one panel per term with one
+    line per group. ``iteration``: ``first`` (the loss of the step's first guidance forward, before refinement),
+    ``last`` (after the last refinement pass) or ``mean``. Default terms: every recorded scalar except the
+    bookkeeping ones (:data:`BOOKKEEPING`)."""
 
     if df is None or not len(df):
         raise EmptySelection("the metrics table is empty", hint="analyse runs first: attnlens analyze runs/")
@@ -39,22 +41,28 @@ def losses_figure(df, terms: Sequence[str] | None = None, *, by: str = "method",
             raise MetricNotFound(f"no loss term '{bad[0]}' in the table", hint=f"terms: {', '.join(available)}")
     if iteration not in ("first", "last", "mean"):
         raise BadOption(f"unknown iteration '{iteration}'", hint="first, last or mean")
-    n = len(terms)
+    groups_all = _groups(df, by)
+    panels: list[tuple[str, str | None]] = [(t, None) for t in terms]
+    if per_group:  # the (group, term) pairs that have rows, groups in the table's order
+        have = sc.groupby([by, "metric"], observed=True).size()
+        panels = [(t, g) for g in groups_all for t in terms if have.get((g, SCALAR_PREFIX + t), 0)]
+    n = len(panels)
     ncols = min(n, 3 if figure_width(width) > 4 else 2)
     nrows = math.ceil(n / ncols)
     fig = _new_figure(width, height or (0.5 + 1.5 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    groups_all = _groups(df, by)
-    for i, term in enumerate(terms):
+    for i, (term, group) in enumerate(panels):
         ax = axes[i // ncols][i % ncols]
         rows = sc[sc["metric"] == SCALAR_PREFIX + term]
+        if group is not None:
+            rows = rows[rows[by] == group]
         if iteration == "first":
             rows = rows[rows["iteration"] == 0]
         elif iteration == "last":
             last = rows.groupby(["run", "step"], observed=True)["iteration"].transform("max")
             rows = rows[rows["iteration"] == last]
         _draw_curves(ax, step_curves(rows, by=by, n_boot=n_boot, ci=ci, seed=seed), groups_all, label_n=False)
-        ax.set_title(term)
+        ax.set_title(term if group is None else f"{group}: {term}")
         ax.set_xlabel("step")
         _integer_steps(ax)
         _panel(fig, ax)

@@ -84,7 +84,11 @@ def figure_width(width: str | float) -> float:
             return float(width)
         except ValueError:
             raise BadOption(f"unknown width '{width}'", hint="use column, page or inches (e.g. 5)") from None
-    return float(width)
+    w = float(width)
+    if not 0.5 <= w <= 100:  # matplotlib refuses ≤ 0, nan and inf; a figure wider than 100 in is a typo
+        raise BadOption(f"figure width must be between 0.5 and 100 inches, got {width}",
+                        hint="use column, page or inches (e.g. 5)")
+    return w
 
 
 

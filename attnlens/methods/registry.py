@@ -62,7 +62,10 @@ def function_method(fn: Callable[..., Any], name: str) -> type[GuidanceMethod]:
         source = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
         def loss(self, maps: Mapping[str, Any], parse: Any, i: int) -> LossOutput:
-            result = fn(maps, parse, i)
+            try:
+                result = fn(maps, parse, i)
+            except Exception as exc:  # the user's code failed: name it and the step (the run is marked failed)
+                raise user_loss_error(self.name or self.source, i, exc) from exc
             if isinstance(result, LossOutput):
                 return result
             if isinstance(result, tuple):
@@ -76,6 +79,30 @@ def function_method(fn: Callable[..., Any], name: str) -> type[GuidanceMethod]:
     FunctionMethod.Config = Config
     FunctionMethod.__name__ = f"FunctionMethod_{name}"
     return FunctionMethod
+
+
+def user_loss_error(name: str, step: int, exc: BaseException) -> AttnlensError:
+    """The one-line error for a user's loss that raised: which method, which step, what it raised."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return AttnlensError(f"the loss of method '{name}' raised {type(exc).__name__} at step {step}: {line}",
+                         hint="fix the loss function (the run is marked failed); attnlens --debug shows the traceback")
+
+
+def _guarded(cls: type[GuidanceMethod]) -> type[GuidanceMethod]:
+    """A user's GuidanceMethod subclass whose ``loss`` errors are reported like a loss function's."""
+
+    class Guarded(cls):  # type: ignore[misc,valid-type]
+        def loss(self, maps, parse, i):
+            try:
+                return super().loss(maps, parse, i)
+            except AttnlensError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise user_loss_error(self.name, i, exc) from exc
+
+    Guarded.__name__ = Guarded.__qualname__ = cls.__name__
+    Guarded.__doc__ = cls.__doc__
+    return Guarded
 
 
 def available_methods() -> list[str]:
@@ -100,7 +127,7 @@ def _load_from_file(spec: str) -> type[GuidanceMethod]:
         raise AttnlensError(f"'{path_str}' has no attribute '{attr}'", hint="name a loss function or a method class")
     obj = getattr(module, attr)
     if inspect.isclass(obj) and issubclass(obj, GuidanceMethod):
-        cls = obj
+        cls = _guarded(obj)
     elif callable(obj):
         cls = function_method(obj, spec)
     else:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import AttnlensError, ConfigError, ModelNotFound
+from ..errors import AttnlensError, BadOption, ConfigError, ModelNotFound
 from .families import build_sd3
 from .shapes import BOW_ASSET_DIR, build_shapes, shapes_version
 from .tiny import build_tiny
@@ -111,10 +111,22 @@ def default_device_dtype(device: str | torch.device | None, dtype: torch.dtype |
     """cuda + fp16 when a GPU is present, CPU + fp32 otherwise; explicit arguments win."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BadOption(f"unknown device '{device}'", hint="use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadOption(f"device '{device}' asked for, but this machine has no CUDA GPU (torch {torch.__version__} "
+                        f"{'is a CPU build' if torch.version.cuda is None else 'sees none'})",
+                        hint="leave --device out (the CPU is used), or install a CUDA build of torch on a GPU machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise BadOption(f"device '{device}' is not supported", hint="use cpu or cuda")
     if isinstance(dtype, str):
-        dtype = {"fp16": torch.float16, "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32,
-                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+        names = {"fp16": torch.float16, "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+        if dtype not in names:
+            raise BadOption(f"unknown model dtype '{dtype}'", hint="choose one of: fp16, fp32, bf16")
+        dtype = names[dtype]
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     return device, dtype

@@ -9,6 +9,7 @@ checksums match, so a truncated or Git-LFS-pointer checkout fails with one clear
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,29 @@ from ..tokenizer import clip_tokenizer
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "shapes"
 #: the bag-of-words variant ``attnlens-shapes-bow`` (docs/testbed.md): same world, a text encoder that mixes no words
 BOW_ASSET_DIR = ASSET_DIR.parent / "shapes-bow"
+
+#: every word the testbed models saw in training (the renderer's captions: attnlens.testbed.render; a test keeps the
+#: two equal). Any other word reaches their text encoder as word pieces it never learned.
+SHAPES_WORDS = frozenset({"a", "and", "next", "to", "big", "small", "red", "yellow", "green", "blue", "purple", "pink",
+                          "circle", "square", "triangle", "cross"})
+TRAINED_WORDS: dict[str, frozenset[str]] = {"attnlens-shapes": SHAPES_WORDS, "attnlens-shapes-bow": SHAPES_WORDS}
+
+
+def unknown_words(model_id: str | None, prompt: str) -> list[str]:
+    """The words of ``prompt`` an embedded testbed model never saw in training (empty for any other model).
+
+    Examples::
+
+        >>> unknown_words("attnlens-shapes", "a red crown and a golden strawberry")
+        ['crown', 'golden', 'strawberry']
+        >>> unknown_words("CompVis/stable-diffusion-v1-4", "a red crown")
+        []
+    """
+    known = TRAINED_WORDS.get(model_id or "")
+    if known is None:
+        return []
+    words = [w for w in re.findall(r"[^\W\d_]+|\d+", prompt.casefold())]
+    return list(dict.fromkeys(w for w in words if w not in known))
 
 
 def asset_dir_for(name: str) -> Path:

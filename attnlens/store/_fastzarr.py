@@ -241,5 +241,6 @@ class ChunkReader:
             return np.full(self.shape, np.nan, dtype=self.dtype)
         try:
             return np.frombuffer(self.codec.decode(raw), dtype=self.dtype).reshape(self.shape)
-        except (RuntimeError, ValueError, TypeError) as exc:  # numcodecs: "error during blosc decompression", ...
+        except (RuntimeError, ValueError, TypeError, SystemError) as exc:  # numcodecs: "error during blosc
+            # decompression"; a truncated blosc frame: SystemError "Negative size passed to PyBytes_..."
             raise ValueError(f"chunk {key} does not decode ({exc})") from exc

@@ -201,6 +201,54 @@ class Manifest:
         return m
 
 
+#: the manifest keys readers rely on, with the JSON type each must have when present (None is always allowed)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "prompt": (str,), "seed": (int,), "steps": (int,), "guidance_scale": (int, float),
+    "height": (int,), "width": (int,), "samples": (list,), "model": (dict,), "method": (dict,), "recording": (dict,),
+    "records": (dict,), "recorded_layers": (list,), "layers": (dict,), "scalars": (list,), "images": (dict,),
+    "prompt_warnings": (list,), "parse": (dict,), "bind": (list,), "timings": (dict,), "schema_version": (int,),
+}
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object",
+               bool: "true/false"}
+#: the largest seed torch's generator takes, and a bound on step counts no schedule reaches
+_MAX_SEED = 2**64
+_MAX_STEPS = 1_000_000
+
+
+def validate_manifest(data: Any, where: str = "the manifest") -> dict[str, Any]:
+    """Check that ``data`` has the shape readers rely on (``StoreError`` naming the first bad field, else ``data``).
+
+    Types of the schema's keys (``_FIELD_TYPES``); ``seed`` in [-2^63, 2^64) and ``steps`` in [0, 10^6];
+    ``records`` maps phase → {step: [iterations]} with integer keys and values; ``images`` maps sample → file name.
+    Unknown keys are the caller's own (``extra``) and are not checked."""
+    hint = "the run's manifest.json was damaged or hand-edited; record the run again (or fix that field)"
+    if not isinstance(data, dict):
+        raise StoreError(f"{where} is not a JSON object (it holds {_JSON_NAMES.get(type(data), type(data).__name__)})",
+                         hint=hint)
+    for key, types in _FIELD_TYPES.items():
+        v = data.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, types):
+            raise StoreError(f"{where}: field '{key}' should be {_JSON_NAMES[types[0]]}, not "
+                             f"{_JSON_NAMES.get(type(v), type(v).__name__)} ({str(v)[:40]!r})", hint=hint)
+    seed, steps = data.get("seed"), data.get("steps")
+    if seed is not None and not -2**63 <= seed < _MAX_SEED:
+        raise StoreError(f"{where}: seed {seed} is outside [-2^63, 2^64)", hint=hint)
+    if steps is not None and not 0 <= steps <= _MAX_STEPS:
+        raise StoreError(f"{where}: steps {steps} is outside [0, {_MAX_STEPS}]", hint=hint)
+    for phase, index in (data.get("records") or {}).items():
+        ok = isinstance(index, dict) and all(
+            str(k).lstrip("-").isdigit() and isinstance(its, list) and all(type(i) is int for i in its)
+            for k, its in index.items())
+        if not ok:
+            raise StoreError(f"{where}: records of phase '{phase}' should map steps to lists of iterations", hint=hint)
+    for k, name in (data.get("images") or {}).items():
+        if not isinstance(name, str):
+            raise StoreError(f"{where}: image of sample {k} should be a file name", hint=hint)
+    return data
+
+
 def _int_or_none(v: Any) -> int | None:
     try:
         return int(v) if v is not None and not isinstance(v, bool) else None

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import AttnlensError, NotFoundError, RunNotFound, StoreError
 from ._fastzarr import ChunkReader
-from .layout import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, data_path, layer_sort_key
+from .layout import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, data_path, layer_sort_key, validate_manifest
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -29,14 +29,14 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     f = path / MANIFEST
     if not f.is_file():
         raise RunNotFound(f"'{path}' is not an attnlens run (no {MANIFEST})", hint="run 'attnlens ls ROOT' to list runs")
+    if f.is_symlink() and not f.resolve().is_relative_to(path.resolve()):
+        raise StoreError(f"'{path}/{MANIFEST}' is a link to a file outside the run folder; it is not followed",
+                         hint="copy the manifest into the run folder instead of linking it")
     try:
         data = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"'{path}/{MANIFEST}' is corrupted ({exc.__class__.__name__})") from exc
-    if not isinstance(data, dict):
-        raise StoreError(f"'{path}/{MANIFEST}' is not a JSON object (it holds a {type(data).__name__})",
-                         hint="the run is damaged; record it again")
-    return data
+    return validate_manifest(data, f"'{path}/{MANIFEST}'")
 
 
 def is_run(path: str | Path) -> bool:
@@ -87,18 +87,35 @@ class Run:
         """The run's zarr group folder (``RUN/data.zarr``; ``RUN`` itself for stores of schema 1)."""
         return data_path(self.path)
 
+    def _unreadable(self, what: str, exc: BaseException) -> StoreError:
+        line = (str(exc).strip().splitlines() or [""])[0][:120]
+        return StoreError(f"run '{self.path}' is damaged: {what} cannot be read ({type(exc).__name__}: {line})",
+                          hint="record the run again (attnlens record ... --overwrite)")
+
     @functools.cached_property
     def group(self):
-        return zarr.open_group(str(self.data_path), mode="r", zarr_format=3)
+        try:
+            return zarr.open_group(str(self.data_path), mode="r", zarr_format=3)
+        except (ValueError, TypeError, KeyError) as exc:  # a garbage zarr.json (JSONDecodeError is a ValueError)
+            raise self._unreadable(f"its zarr group ({self.data_path.name}/zarr.json)", exc) from None
+        except FileNotFoundError as exc:
+            raise self._unreadable(f"its data folder ({self.data_path.name})", exc) from None
 
     @functools.cached_property
     def layers(self) -> list[str]:
         g = self.group
-        if "attention" not in g:
-            return []
-        att = g["attention"]
-        # a run killed while creating a layer can leave its group without the array: that layer has no data
-        names = [name for name in att.group_keys() if "maps" in att[name]]
+        try:
+            att = g["attention"] if "attention" in g else None
+            # a run killed while creating a layer can leave its group without the array: that layer has no data
+            names = [name for name in att.group_keys() if "maps" in att[name]] if att is not None else []
+        except (ValueError, TypeError, KeyError) as exc:
+            raise self._unreadable("its attention group", exc) from None
+        if self.complete:  # every layer the complete run says it recorded must be there
+            missing = [n for n in self.manifest.get("recorded_layers") or [] if n not in names]
+            if missing:
+                raise StoreError(f"run '{self.path}' is damaged: layer {missing[0]} is in the manifest but its maps "
+                                 f"cannot be opened" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                                 hint="record the run again (attnlens record ... --overwrite)")
         return sorted(names, key=layer_sort_key)
 
     @functools.cached_property
@@ -115,6 +132,8 @@ class Run:
         except KeyError:
             close = difflib.get_close_matches(layer, self.layers, n=3)
             raise NotFoundError(f"no layer '{layer}' in {self.path}", hint=f"closest: {', '.join(close) or 'none'}")
+        except (ValueError, TypeError) as exc:
+            raise self._unreadable(f"the maps of layer {layer} (zarr.json)", exc) from None
         self._arrays[layer] = arr
         return arr
 
@@ -142,7 +161,11 @@ class Run:
         it = iteration if iteration < arr.shape[2] else None
         if it is None:
             raise NotFoundError(f"iteration {iteration} was not recorded (max {arr.shape[2] - 1})")
-        return np.asarray(arr[step, PHASES.index(phase), it, sample]).astype(np.float32)
+        try:
+            return np.asarray(arr[step, PHASES.index(phase), it, sample]).astype(np.float32)
+        except (RuntimeError, SystemError, ValueError, TypeError) as exc:  # a chunk that does not decode
+            raise self._damaged(layer, phase, step, iteration,
+                                f"a map chunk does not decode ({type(exc).__name__}: {exc})") from None
 
     def read(self, layer: str, steps: Sequence[int], phase: str | int = "sample", iteration: int = 0,
              sample: int | None = None, head: int | None = None) -> np.ndarray:
@@ -161,10 +184,14 @@ class Run:
             sel += (sample,)
             if head is not None:
                 sel += (head,)
-        if steps == list(range(steps[0], steps[-1] + 1)):
-            data = arr[(slice(steps[0], steps[-1] + 1), *sel)]
-        else:
-            data = arr.get_orthogonal_selection((np.asarray(steps), *sel))
+        try:
+            if steps == list(range(steps[0], steps[-1] + 1)):
+                data = arr[(slice(steps[0], steps[-1] + 1), *sel)]
+            else:
+                data = arr.get_orthogonal_selection((np.asarray(steps), *sel))
+        except (RuntimeError, SystemError, ValueError, TypeError) as exc:  # a chunk that does not decode
+            raise self._damaged(layer, PHASES[ph], steps[0] if len(steps) == 1 else f"{steps[0]}..{steps[-1]}",
+                                iteration, f"a map chunk does not decode ({type(exc).__name__}: {exc})") from None
         data = np.asarray(data, dtype=np.float64)
         if sample is None and head is not None:
             data = data[:, :, head]
@@ -278,7 +305,10 @@ class Run:
         name = self.manifest.get("images", {}).get(str(sample))
         if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
             return None  # no image, or a manifest naming a file outside the run folder: never followed
-        with Image.open(self.path / name) as image:
+        f = self.path / name
+        if not f.resolve().is_relative_to(self.path.resolve()):
+            return None  # a link to a file outside the run folder: never followed
+        with Image.open(f) as image:
             image.load()  # read now: no file handle stays open
         return image
 

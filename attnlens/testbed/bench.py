@@ -40,7 +40,7 @@ from ..sampler import sample
 from ..store import open_run
 from ..sweep import reusable, run_name, run_path
 from .evaluate import parse_caption, score
-from .predictive import auc_figure, best_predictors, fixed_point, metric_auc
+from .predictive import auc_figure, best_predictors, fixed_point, metric_auc, small_n_note
 from .protocol import check_split, split_of
 from .render import scene_at
 
@@ -240,6 +240,9 @@ def _auc_tables(best, out: Path, name: str = "auc") -> list[Path]:
                       fmt(r["auc_final_all"]), f"{int(r['n_pos'])} / {int(r['n_neg'])}"])
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(x) + " |" for x in lines]
+    note = small_n_note(int(best["n_pos"].min()), int(best["n_neg"].min())) if len(best) else None
+    if note:
+        md += ["", note]
     tex = ["\\begin{tabular}{" + "l" * 4 + "r" + "l" + "rr" + "}", "\\toprule", " & ".join(cols) + " \\\\",
            "\\midrule"]
     tex += [" & ".join(latex_escape(x) for x in line) + " \\\\" for line in lines]
@@ -274,7 +277,13 @@ def _fixed_tables(tables: Sequence[tuple[str, Any, Any]], out: Path) -> list[Pat
             u = none.get((r["metric"], r["role"]))
             lines.append(f"| {r['metric']} | {r['role']} | {ci(r)} | {'' if u is None else ci(u)} | {r['direction']} |")
         lines += ["", f"Layer aggregate `all` (trajectory metrics: `latent`), last step; positives / negatives: all runs "
-                      f"{counts(fixed)}, unguided runs {counts(fixed_none)}. DeLong 95% intervals.", ""]
+                      f"{counts(fixed)}, unguided runs {counts(fixed_none)}. DeLong 95% intervals. AUC > 0.5: higher "
+                      "values go with the label (direction `higher`); < 0.5: lower values do.", ""]
+        for t in (fixed, fixed_none):
+            note = small_n_note(int(t["n_pos"].min()), int(t["n_neg"].min())) if t is not None and len(t) else None
+            if note:
+                lines += [note, ""]
+                break
         merged = fixed if fixed_none is None else fixed.merge(
             fixed_none[["metric", "role", "auc", "low", "high", "n_pos", "n_neg"]], on=["metric", "role"], how="left",
             suffixes=("", "_unguided"))

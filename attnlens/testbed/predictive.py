@@ -29,6 +29,18 @@ from ..figures import OKABE_ITO, _integer_steps, _new_figure, _panel, _styled, g
 
 GROUP = ("metric", "role", "layer", "phase", "step")
 
+#: below this many positives or negatives a DeLong interval is not to be trusted (it can collapse to a point:
+#: "1.00 [1.00, 1.00]" at 2 successes and 2 failures); tables built from fewer say so
+AUC_MIN_N = 10
+
+
+def small_n_note(n_pos: int, n_neg: int, minimum: int = AUC_MIN_N) -> str | None:
+    """The warning a table of AUCs carries when it rests on fewer than ``minimum`` positives or negatives."""
+    if min(n_pos, n_neg) >= minimum:
+        return None
+    return (f"note: only {n_pos} positive and {n_neg} negative run(s): an AUC and its DeLong interval are not "
+            f"reliable below {minimum} of each (an interval can collapse to a point); record more units")
+
 
 def _midranks(x: np.ndarray) -> np.ndarray:
     """Mid-ranks (1-based, ties averaged) along the last axis."""

@@ -487,3 +487,14 @@ def test_cli_dashboard_command(root, capsys, monkeypatch):
     assert "does not exist" in capsys.readouterr().err
     monkeypatch.setenv("ATTNLENS_DASHBOARD_APP", str(root / "nope.py"))
     assert main(["dashboard", str(root), "--print-command"]) == 0  # falls back to the checkout's dashboard/app.py
+
+
+def test_the_colour_bar_has_tick_labels():
+    from dashboard import plots as P
+
+    bare = P.colorbar(0.1, 3.7, ticks=False)
+    bar = P.colorbar(0.1, 3.7)
+    assert bare.shape == (12, 256, 3) and bar.shape[0] > bare.shape[0] + 10  # room for the labels below the bar
+    below = bar[-14:].astype(int).sum(axis=-1)  # the label strip: dark text on white
+    assert (below < 300).sum() > 50 and (below > 700).mean() > 0.5
+    assert np.array_equal(P.colorbar(1.0, 1.0), P.colorbar(1.0, 1.0, ticks=False))  # no range: no ticks to draw

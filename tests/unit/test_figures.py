@@ -91,8 +91,13 @@ def test_layers_and_losses_panels(table, tmp_path):
     assert F.save_figure(fig, tmp_path / "layers.pdf").read_bytes().startswith(b"%PDF")
     fig = F.layers_figure(table, "jsd", role="bound", groups=["syngen"], width="column")
     assert F.panel_count(fig) == 1
-    fig = F.losses_figure(table, width="page")
+    fig = F.losses_figure(table, width="page", per_group=False)
     assert F.panel_count(fig) == 2  # loss, positive (step_size is bookkeeping)
+    fig = F.losses_figure(table, width="page")  # one panel per (method, term), each on its own scale
+    sc = table[table.metric.str.startswith("scalar/") & ~table.metric.isin(["scalar/step_size"])]
+    expected = {f"{m}: {t[len('scalar/'):]}" for m, t in sc.groupby(["method", "metric"], observed=True).size().index
+                if t[len("scalar/"):] not in F.BOOKKEEPING}
+    assert {ax.get_title() for ax in fig.attnlens_panels} == expected and len(expected) >= 2
     fig = F.losses_figure(table, terms=["loss"], iteration="last", width="column")
     assert F.panel_count(fig) == 1
     out = F.save_figure(fig, tmp_path / "losses.svg")

@@ -84,5 +84,14 @@ def test_guidance_that_can_act_is_silent(tiny_pipe, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
+        run = attnlens.sample(tiny_pipe, "a red crown", method="syngen", out=tmp_path / "r", num_inference_steps=2,
+                              method_options={"intervention_steps": 1})  # a schedule that fits 2 steps: no warning
+    assert not run.manifest["prompt_warnings"]
+
+
+def test_a_50_step_schedule_at_fewer_steps_is_announced(tiny_pipe, tmp_path):
+    from attnlens.methods._schedule import ScheduleWarning
+
+    with pytest.warns(ScheduleWarning, match="at 2 steps it guides every step"):
         run = attnlens.sample(tiny_pipe, "a red crown", method="syngen", out=tmp_path / "r", num_inference_steps=2)
-    assert not any("same as --method none" in w for w in run.manifest["prompt_warnings"])
+    assert any("written for 50 steps" in w for w in run.manifest["prompt_warnings"])
