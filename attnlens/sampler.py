@@ -25,11 +25,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
+from .interventions import Editor, Intervention, as_interventions
 from .methods import GuidanceMethod, LossOutput, get_method
 from .parse import parse_prompt
 from .recording import Recorder, RecordingConfig
@@ -252,6 +253,7 @@ def sample(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     manifest: dict[str, Any] | None = None,
+    interventions: Sequence[Intervention | str | dict[str, Any]] | None = None,
 ) -> Run | SampleResult:
     """Parse, guide, sample and record one (prompt, seed): the library form of ``attnlens record``.
 
@@ -264,6 +266,9 @@ def sample(
         seed (`int`, defaults to 0): generator seed.
         out (`str`, *optional*): run folder; None samples without storing.
         bind (`list[str]`, *optional*): manual sets ``["red>crown", "golden>strawberry"]`` overriding the parse.
+        interventions (`list`, *optional*): edits of the cross-attention probabilities (``Intervention`` objects,
+            their text forms such as ``"swap red blue steps=0:10 layers=res16"``, or dicts; docs/interventions.md),
+            applied in the guidance and sampling forwards and listed in the manifest.
 
     Returns:
         The opened ``Run`` when ``out`` is given, else the ``SampleResult``.
@@ -302,6 +307,10 @@ def sample(
         "prompt_warnings": prompt_info.warnings,
         **(manifest or {}),
     }
+    edits = as_interventions(interventions)
+    if edits:  # a word that is not in the prompt is refused before sampling
+        tok = pipe.tokenizer
+        Editor(edits).check_tokens(tok.convert_ids_to_tokens(tok(prompt_info.text, truncation=True).input_ids))
     cfg = recording or RecordingConfig()
     if cfg.steps is not None:
         wanted = step_predicate(cfg.steps)
@@ -309,7 +318,8 @@ def sample(
             raise EmptySelection(f"the step selection {cfg.to_dict()['steps']!r} keeps none of the "
                                  f"{num_inference_steps} denoising steps (0..{num_inference_steps - 1})",
                                  hint="select steps inside the schedule, e.g. --steps 0:10, or leave --steps out")
-    rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
+    rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite,
+                   interventions=edits)
     with rec:
         height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
         width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
