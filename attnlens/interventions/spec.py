@@ -196,8 +196,14 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def parse_intervention(text: str) -> Intervention:
-    """Read one intervention from its text form (see the module docstring), e.g. ``"swap red blue steps=0:10
-    layers=res16"``. Bad text raises ``BadOption`` naming what is wrong."""
+    """Read one intervention from its text form (see the module docstring). Bad text raises ``BadOption`` naming
+    what is wrong.
+
+    >>> parse_intervention("swap red blue steps=0:10 layers=res16").label()
+    'swap(red,blue; steps 0:10; res16)'
+    >>> parse_intervention("mask red box=0,0,0.5,0.5").to_dict()["box"]
+    [0.0, 0.0, 0.5, 0.5]
+    """
     try:
         words = shlex.split(text)
     except ValueError as exc:

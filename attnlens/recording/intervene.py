@@ -3,7 +3,7 @@
     >>> import attnlens, torch
     >>> pipe = attnlens.load_pipeline("attnlens-tiny")
     >>> with attnlens.intervene(pipe, ["swap red blue steps=0:2 layers=res16"]):
-    ...     out = pipe("a red cube and a blue ball", num_inference_steps=3,
+    ...     out = pipe("a red cube and a blue ball", num_inference_steps=3, height=64, width=64,
     ...                generator=torch.Generator().manual_seed(0), output_type="np")
 
 It is a ``Recorder`` without a store that carries interventions: it swaps the ``attn2`` processors for the
