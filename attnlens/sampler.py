@@ -32,6 +32,7 @@ import torch
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .interventions import Editor, Intervention, as_interventions
 from .methods import GuidanceMethod, LossOutput, get_method
+from .models import model_info
 from .parse import parse_prompt
 from .recording import Recorder, RecordingConfig
 from .selection import step_predicate
@@ -234,6 +235,23 @@ def guided_sample(
                         timings={"total_s": total, "guidance_s": t_guid, "steps": n})
 
 
+def check_interventions(pipe, edits: Sequence[Intervention], prompt: str, num_inference_steps: int,
+                        height: int | None, width: int | None) -> None:
+    """Refuse, before anything is written, interventions that cannot apply to this call: a word that is not in the
+    prompt, a layer selection that matches nothing, a patch source of another model, image size or schedule."""
+    tok = pipe.tokenizer
+    editor = Editor(edits)
+    editor.check_tokens(tok.convert_ids_to_tokens(tok(prompt, truncation=True).input_ids))
+    f = pipe.vae_scale_factor
+    height = height or pipe.unet.config.sample_size * f
+    width = width or pipe.unet.config.sample_size * f
+    probe = Recorder(pipe, None)  # only for the layers' resolutions at this latent size; never entered
+    probe.latent_hw = (height // f, width // f)
+    pipe.scheduler.set_timesteps(num_inference_steps, device=pipe.unet.device)
+    editor.bind(list(probe.attn2), probe.resolutions(), (height, width), n_steps=len(pipe.scheduler.timesteps),
+                timesteps=[float(t) for t in pipe.scheduler.timesteps], model_id=model_info(pipe).get("id"))
+
+
 def sample(
     pipe,
     prompt: str,
@@ -308,9 +326,8 @@ def sample(
         **(manifest or {}),
     }
     edits = as_interventions(interventions)
-    if edits:  # a word that is not in the prompt is refused before sampling
-        tok = pipe.tokenizer
-        Editor(edits).check_tokens(tok.convert_ids_to_tokens(tok(prompt_info.text, truncation=True).input_ids))
+    if edits:
+        check_interventions(pipe, edits, prompt_info.text, num_inference_steps, height, width)
     cfg = recording or RecordingConfig()
     if cfg.steps is not None:
         wanted = step_predicate(cfg.steps)
