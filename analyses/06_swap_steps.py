@@ -17,12 +17,10 @@ differences to none) and OUT/swap.{pdf,png}.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _causal import Condition, bar_figure, heldout_scenes, paired_tables, parser, run_conditions, summary_table  # noqa: E402
-from _common import markdown_table, write_figure  # noqa: E402
+from _causal import Condition, parser, run_experiment  # noqa: E402
 
 
 def swap_spec(extra: str):
@@ -44,32 +42,8 @@ def main() -> None:
     p.add_argument("--ks", default="2,5,12", help="steps k of the swaps over [0, k) (default 2,5,12; all steps too)")
     p.add_argument("--groups", default="res16,res8", help="resolution groups swapped over all steps (default res16,res8)")
     args = p.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    root = args.runs or out / "runs"
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    scenes = heldout_scenes(args.prompts)
     conds = conditions([int(k) for k in args.ks.split(",") if k.strip()], [g for g in args.groups.split(",") if g])
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    import pandas as pd
-
-    frames = [run_conditions(m, scenes, seeds, conds, root / m, args.steps, args.guidance, log=log)
-              for m in args.models.split(",") if m]
-    outcomes = pd.concat(frames, ignore_index=True)
-    outcomes.to_csv(out / "outcomes.csv", index=False)
-    table = summary_table(outcomes, [c.label for c in conds])
-    (out / "swap.md").write_text(markdown_table(table, ".3f"))
-    files = paired_tables(outcomes, out, args.n_boot)
-    files += write_figure(bar_figure(table, "swapped", "colour words' maps swapped: images whose colours swap"),
-                          out, "swap")
-    log(markdown_table(table, ".3f"))
-    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out}")
-    for f in files:
-        print(f)
+    run_experiment(args, conds, "swap", "swapped", "colour words' maps swapped: images whose colours swap")
 
 
 if __name__ == "__main__":

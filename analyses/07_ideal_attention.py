@@ -20,14 +20,10 @@ Writes OUT/outcomes.csv, OUT/ideal.md, OUT/paired-MODEL.{md,csv,tex} and OUT/ide
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _causal import (  # noqa: E402
-    Condition, bar_figure, fraction_box, heldout_scenes, paired_tables, parser, run_conditions, summary_table,
-)
-from _common import markdown_table, write_figure  # noqa: E402
+from _causal import Condition, fraction_box, parser, run_experiment  # noqa: E402
 
 
 def copy_specs(scene) -> list[str]:
@@ -48,31 +44,7 @@ CONDITIONS = [
 
 def main() -> None:
     args = parser(__doc__, "07").parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    root = args.runs or out / "runs"
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    scenes = heldout_scenes(args.prompts)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    import pandas as pd
-
-    frames = [run_conditions(m, scenes, seeds, CONDITIONS, root / m, args.steps, args.guidance, log=log)
-              for m in args.models.split(",") if m]
-    outcomes = pd.concat(frames, ignore_index=True)
-    outcomes.to_csv(out / "outcomes.csv", index=False)
-    table = summary_table(outcomes, [c.label for c in CONDITIONS])
-    (out / "ideal.md").write_text(markdown_table(table, ".3f"))
-    files = paired_tables(outcomes, out, args.n_boot)
-    files += write_figure(bar_figure(table, "bound", "ideal attention: images with every object in its own colour"),
-                          out, "ideal")
-    log(markdown_table(table, ".3f"))
-    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out}")
-    for f in files:
-        print(f)
+    run_experiment(args, CONDITIONS, "ideal", "bound", "ideal attention: images with every object in its own colour")
 
 
 if __name__ == "__main__":

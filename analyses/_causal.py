@@ -152,3 +152,35 @@ def bar_figure(table, metric: str, title: str):
             ax.text(min(v + 0.02, 0.9), i, f"{v:.2f}", va="center", fontsize=6)
     fig.suptitle(title, fontsize=8)
     return fig
+
+
+def run_experiment(args, conditions: Sequence[Condition], name: str, metric: str, title: str) -> None:
+    """The whole of one experiment script after its arguments: record/reuse and score every (model, condition,
+    scene, seed), then OUT/outcomes.csv, OUT/NAME.md (rates), OUT/paired-MODEL.* and the figure OUT/NAME.{pdf,png}
+    of ``metric``; prints the files written."""
+    import pandas as pd
+    import torch
+
+    sys.path.insert(0, str(REPO / "analyses"))
+    from _common import markdown_table, write_figure
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    root = args.runs or out / "runs"
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    scenes = heldout_scenes(args.prompts)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    frames = [run_conditions(m, scenes, seeds, conditions, root / m, args.steps, args.guidance, log=log)
+              for m in args.models.split(",") if m]
+    outcomes = pd.concat(frames, ignore_index=True)
+    outcomes.to_csv(out / "outcomes.csv", index=False)
+    table = summary_table(outcomes, [c.label for c in conditions])
+    (out / f"{name}.md").write_text(markdown_table(table, ".3f"))
+    files = paired_tables(outcomes, out, args.n_boot)
+    files += write_figure(bar_figure(table, metric, title), out, name)
+    log(markdown_table(table, ".3f"))
+    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out}")
+    for f in files:
+        print(f)
