@@ -16,7 +16,8 @@ Module map (dependencies point down: nothing imports the CLI, the store knows no
     testbed/        the shapes testbed: renderer, evaluator, training, the binding bench
     analysis/       metric tables (tokens, layers, kernels, runs, table, parquet); compare, report
     sampler         guided sampling (attnlens.sample); methods/ the guidance methods and their registry
-    recording/      the recorder: attention processors, writer thread, Recorder (attnlens.record)
+    recording/      the recorder: attention processors, writer thread, Recorder (attnlens.record), intervene
+    interventions/  edits of cross-attention probabilities: ops, Intervention specs, the Editor
     models/         the embedded models and load_pipeline
     store/          run stores: layout and the Manifest schema, fast chunk I/O, reader (Run), writer (RunWriter)
     parse, tokens, tokenizer, maps, metrics, selection, vocab, errors     pure helpers at the bottom
@@ -39,7 +40,8 @@ _EXPORTS = {
     "GuidanceMethod": "methods", "LossOutput": "methods", "StepPlan": "methods", "available_methods": "methods",
     "get_method": "methods", "register_method": "methods",
     "DEFAULT_MODEL": "models", "load_pipeline": "models",
-    "Recorder": "recording", "RecordingConfig": "recording", "record": "recording",
+    "Recorder": "recording", "RecordingConfig": "recording", "record": "recording", "intervene": "recording",
+    "Intervention": "interventions",
     "guided_sample": "sampler", "sample": "sampler",
     "Run": "store", "find_runs": "store", "open_run": "store",
 }
@@ -47,7 +49,8 @@ _EXPORTS = {
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .methods import GuidanceMethod, LossOutput, StepPlan, available_methods, get_method, register_method
     from .models import DEFAULT_MODEL, load_pipeline
-    from .recording import Recorder, RecordingConfig, record
+    from .interventions import Intervention
+    from .recording import Recorder, RecordingConfig, intervene, record
     from .sampler import guided_sample, sample
     from .store import Run, find_runs, open_run
 
@@ -73,5 +76,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "AttnlensError", "DEFAULT_MODEL", "GuidanceMethod", "LossOutput", "Recorder", "RecordingConfig", "Run", "StepPlan",
     "__version__", "available_methods", "find_runs", "get_method", "load_pipeline", "open_run", "record",
+    "Intervention", "intervene",
     "register_method", "sample", "guided_sample",
 ]

@@ -25,12 +25,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .cost import LargeRunWarning, available_memory, check_run_cost, free_disk, run_cost
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
+from .interventions import Editor, Intervention, as_interventions
 from .methods import GuidanceMethod, LossOutput, get_method
 from .models.registry import model_info
 from .models.shapes import unknown_words
@@ -237,6 +238,23 @@ def guided_sample(
                         timings={"total_s": total, "guidance_s": t_guid, "steps": n})
 
 
+def check_interventions(pipe, edits: Sequence[Intervention], prompt: str, num_inference_steps: int,
+                        height: int | None, width: int | None) -> None:
+    """Refuse, before anything is written, interventions that cannot apply to this call: a word that is not in the
+    prompt, a layer selection that matches nothing, a patch source of another model, image size or schedule."""
+    tok = pipe.tokenizer
+    editor = Editor(edits)
+    editor.check_tokens(tok.convert_ids_to_tokens(tok(prompt, truncation=True).input_ids))
+    f = pipe.vae_scale_factor
+    height = height or pipe.unet.config.sample_size * f
+    width = width or pipe.unet.config.sample_size * f
+    probe = Recorder(pipe, None)  # only for the layers' resolutions at this latent size; never entered
+    probe.latent_hw = (height // f, width // f)
+    pipe.scheduler.set_timesteps(num_inference_steps, device=pipe.unet.device)
+    editor.bind(list(probe.attn2), probe.resolutions(), (height, width), n_steps=len(pipe.scheduler.timesteps),
+                timesteps=[float(t) for t in pipe.scheduler.timesteps], model_id=model_info(pipe).get("id"))
+
+
 def sample(
     pipe,
     prompt: str,
@@ -256,6 +274,7 @@ def sample(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     manifest: dict[str, Any] | None = None,
+    interventions: Sequence[Intervention | str | dict[str, Any]] | None = None,
 ) -> Run | SampleResult:
     """Parse, guide, sample and record one (prompt, seed): the library form of ``attnlens record``.
 
@@ -268,6 +287,9 @@ def sample(
         seed (`int`, defaults to 0): generator seed.
         out (`str`, *optional*): run folder; None samples without storing.
         bind (`list[str]`, *optional*): manual sets ``["red>crown", "golden>strawberry"]`` overriding the parse.
+        interventions (`list`, *optional*): edits of the cross-attention probabilities (``Intervention`` objects,
+            their text forms such as ``"swap red blue steps=0:10 layers=res16"``, or dicts; docs/interventions.md),
+            applied in the guidance and sampling forwards and listed in the manifest.
 
     Returns:
         The opened ``Run`` when ``out`` is given, else the ``SampleResult``.
@@ -320,6 +342,9 @@ def sample(
         "prompt_warnings": prompt_info.warnings,
         **(manifest or {}),
     }
+    edits = as_interventions(interventions)
+    if edits:
+        check_interventions(pipe, edits, prompt_info.text, num_inference_steps, height, width)
     cfg = recording or RecordingConfig()
     if cfg.steps is not None:
         wanted = step_predicate(cfg.steps)
@@ -334,7 +359,8 @@ def sample(
                     n_tokens=len(prompt_info.pieces) + 2, cfg=guidance_scale > 1)
     for note in check_run_cost(cost, memory=available_memory(pipe.device), disk=free_disk(out)):
         warnings.warn(note, LargeRunWarning, stacklevel=2)
-    rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
+    rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite,
+                   interventions=edits)
     with rec:
         rec.annotate(height=height, width=width)
         result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,

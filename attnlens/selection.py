@@ -1,6 +1,6 @@
 """Layer, step and metric selections, shared by recording and analysis.
 
-One syntax everywhere: a layer filter is None (all), a module path, a glob (``up_blocks.*``), a resolution (``16``),
+One syntax everywhere: a layer filter is None (all), a module path, a glob (``up_blocks.*``), a resolution (``16`` or ``res16``),
 a list of those, or a predicate; a step selection is None (all), an index, a ``range``/``slice``, a list, or a
 predicate, and on the command line ``START:STOP[:STRIDE]``, ``0,10,20`` or ``7`` (:func:`parse_steps`).
 """
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from typing import Any, Callable, Iterable
 
 from .errors import BadOption, ConfigError, EmptySelection, NotFoundError
+
+_RES = re.compile(r"res\d+")
 
 LayerFilter = None | str | int | Iterable[str | int] | Callable[[str], bool]
 StepFilter = None | int | range | slice | Iterable[int] | Callable[[int], bool]
@@ -26,6 +29,8 @@ def select_layers(names: list[str], spec: LayerFilter, resolutions: dict[str, tu
     items = [spec] if isinstance(spec, (str, int)) else list(spec)
     chosen: set[str] = set()
     for item in items:
+        if isinstance(item, str) and _RES.fullmatch(item):  # a resolution group: res16 is the same as 16
+            item = int(item[3:])
         if isinstance(item, int):
             if resolutions is None:
                 raise ConfigError("selecting layers by resolution needs the latent size")

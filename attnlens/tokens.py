@@ -47,3 +47,19 @@ def check_prompt(prompt: str, tokenizer) -> PromptInfo:
     warning = (f"prompt has {len(pieces)} word pieces; CLIP reads only the first {MAX_PIECES}, "
                f"so these words are dropped: {' '.join(words)}")
     return PromptInfo(prompt, tuple(kept), tuple(words), [warning])
+
+
+def word_positions_in(pieces: list[str] | tuple[str, ...], word: str) -> list[int] | None:
+    """Positions of ``word`` among ``pieces`` (its consecutive pieces, case-insensitive, ``</w>`` ignored; the first
+    occurrence), or None when it is not there."""
+    target = word.lower().replace(" ", "")
+    clean = [p.replace("</w>", "").lower() for p in pieces]
+    for start in range(len(clean)):
+        acc = ""
+        for end in range(start, len(clean)):
+            acc += clean[end]
+            if acc == target:
+                return list(range(start, end + 1))
+            if not target.startswith(acc):
+                break
+    return None

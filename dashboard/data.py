@@ -94,9 +94,9 @@ def run_key(path: str | os.PathLike, status: str | None = None) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _variant(method_json: str, label: str | None) -> str:
+def _variant(method_json: str, label: str | None, interventions_json: str = "[]") -> str:
 
-    m = {"method": json.loads(method_json)}
+    m = {"method": json.loads(method_json), "interventions": json.loads(interventions_json)}
     if label:
         m["label"] = label
     return variant_label(m)
@@ -111,8 +111,9 @@ def _entry(root: Path, path: Path) -> RunEntry:
     except AttnlensError as exc:
         return RunEntry(rel, path, run_key(path), STATUS_CORRUPTED, error=exc.message)
     status = str(m.get("status", "unknown"))
-    try:  # attnlens.analysis.variant_label, memoised per (method, hyperparameters, label)
-        variant = _variant(json.dumps(m.get("method") or {}, sort_keys=True, default=str), m.get("label"))
+    try:  # attnlens.analysis.variant_label, memoised per (method, hyperparameters, label, interventions)
+        variant = _variant(json.dumps(m.get("method") or {}, sort_keys=True, default=str), m.get("label"),
+                           json.dumps(m.get("interventions") or [], sort_keys=True, default=str))
     except Exception:  # noqa: BLE001  (a manifest with odd hyperparameters still lists)
         variant = str((m.get("method") or {}).get("name") or "unknown")
     try:

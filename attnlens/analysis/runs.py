@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import AttnlensError, BadOption, EmptySelection, RunNotFound
+from ..interventions import label_of
 from ..methods import available_methods, get_method
 from ..store import Run, find_runs, open_run
 
@@ -29,9 +30,16 @@ def _fmt_value(v: Any) -> str:
 
 def variant_label(manifest: dict[str, Any]) -> str:
     """A run's variant: manifest ``label`` if present, else the method name plus the hyperparameters that differ
-    from the registered method's defaults, e.g. ``syngen(negative=False)``."""
+    from the registered method's defaults, e.g. ``syngen(negative=False)``, then the interventions, if any:
+    ``none + swap(red,blue; steps 0:10; res16)``."""
     if manifest.get("label"):
         return str(manifest["label"])
+    edits = manifest.get("interventions") or []
+    base = _method_label(manifest)
+    return f"{base} + {label_of(edits)}" if edits else base
+
+
+def _method_label(manifest: dict[str, Any]) -> str:
     method = manifest.get("method") or {}
     name = str(method.get("name") or "unknown")
     hp = method.get("hyperparameters") or {}

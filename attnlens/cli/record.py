@@ -28,6 +28,20 @@ Examples:
 
   attnlens record "a red crown" --model CompVis/stable-diffusion-v1-4      # on a GPU
 
+Interventions (docs/interventions.md) edit the cross-attention probabilities the layers use and record:
+
+  attnlens record "a red circle and a blue square" --intervene "swap red blue steps=0:10 layers=res16"
+
+  attnlens record "a red circle and a blue square" --intervene "ablate red" --intervene "scale blue 2 layers=up_blocks.*"
+
+  attnlens record "a red circle and a blue square" --intervene "mask red box=0,0,0.5,0.5" --intervene-file more.toml
+
+  attnlens record "a red circle and a blue square" --intervene "patch runs/a-red-circle-and-a-blue-square/none-seed0"
+
+Grammar: OP TOKEN... [steps=SEL] [layers=L,...] [phases=sample,guidance]; OP is ablate WORD..., scale WORD... K,
+swap A B, copy SOURCE TARGET, mask WORD... box=r0,c0,r1,c1 (fractions or pixels), patch RUN. A run with
+interventions is written to OUT/<prompt-slug>/<method>+<interventions>-seed<N>.
+
 Each run is written to OUT/<prompt-slug>/<method>-seed<N>; `attnlens ls OUT` lists them. --n-steps is how many
 denoising steps to run; --steps (as in analyze, compare and figure) selects which of them are recorded.
 """
@@ -121,6 +135,12 @@ def record(
     uncond: bool = typer.Option(False, "--uncond", help="Also record the unconditional CFG half."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
     model_dtype: Optional[str] = typer.Option(None, "--model-dtype", help="fp16 | fp32 (default: fp16 on cuda, fp32 on cpu)."),
+    intervene: list[str] = typer.Option([], "--intervene", "-I",
+                                        help='Edit the attention, e.g. "swap red blue steps=0:10 layers=res16" '
+                                             "(repeatable; applied in order; see the examples below)."),
+    intervene_file: Optional[Path] = typer.Option(None, "--intervene-file",
+                                                  help="JSON or TOML file of interventions (a list of specs, or "
+                                                       "[[intervention]] tables), applied after --intervene."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -149,10 +169,14 @@ def record(
     if steps is not None and steps.strip().isdigit():
         warn(f"--steps {steps.strip()} records only step {steps.strip()} of {n_steps}; "
              f"for {steps.strip()} denoising steps use --n-steps {steps.strip()}")
+    from ..interventions import label_of, parse_intervention, read_spec_file
     from ..methods import get_method
+    from ..sweep import slugify
 
     get_method(method, **options)  # validate before loading a model
-    targets = sweep_paths(out, prompts, seeds, run_name(method))
+    edits = [parse_intervention(t) for t in intervene] + (read_spec_file(intervene_file) if intervene_file else [])
+    name = run_name(method) + (f"+{slugify(label_of(edits), limit=60)}" if edits else "")
+    targets = sweep_paths(out, prompts, seeds, name)
     from ..store import prepare_run_dir
 
     for _, _, path in targets:  # refuse early, before any sampling, when an output is a complete run
@@ -193,7 +217,8 @@ def record(
                                      num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height,
                                      width=width, spacy_model=spacy_model, bind=list(bind) or None,
                                      include_entities=include_entities, recording=config, overwrite=overwrite,
-                                     progress=tick, manifest={"model_id": model})
+                                     progress=tick, manifest={"model_id": model},
+                                     interventions=edits or None)
                 except BaseException:
                     progress.remove_task(task)  # a refused or failed run leaves its error line, not an empty bar
                     raise

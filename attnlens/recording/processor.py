@@ -1,5 +1,6 @@
-"""The recording attention processor: computes a cross-attention layer's output exactly as the processor it replaces
-and hands the softmax probabilities to the recorder."""
+"""The recording attention processor: computes a cross-attention layer's output exactly as the processor it replaces,
+lets the recorder's interventions edit the softmax probabilities (the edited ones are what the layer uses), and hands
+the probabilities to the recorder."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # the recorder drives the processor; the processor only calls back into it
     from .recorder import Recorder
@@ -33,8 +36,14 @@ class RecordingProcessor:
         self._lse: bool | None = None if _FLASH_CPU is not None else False  # see _sdpa
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        if not self.recorder.wants(self.name):
+        which = self.recorder.edits_at(self.name)
+        wants = self.recorder.wants(self.name)
+        if not wants and not which:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if which and self.mode == "delegate":
+            raise ConfigError(f"interventions edit the probabilities computed by diffusers' AttnProcessor2_0 or "
+                              f"AttnProcessor; {self.name} has {type(self.original).__name__}",
+                              hint="pipe.unet.set_attn_processor(AttnProcessor2_0()) before intervening")
         if self.mode == "delegate":
             out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
             self._probs_only(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
@@ -74,22 +83,39 @@ class RecordingProcessor:
             if attn.norm_k is not None:
                 key = attn.norm_k(key)
             # the probabilities beside SDPA, only for the samples that are recorded (the conditional half by default)
-            r0 = self.recorder.first_recorded_sample(batch_size)
+            # or edited (the prompt's samples)
+            r0 = self.recorder.first_recorded_sample(batch_size) if wants else batch_size
+            e0 = self.recorder.first_edited_sample(batch_size) if which else batch_size
+            s0 = min(r0, e0)
             hidden_states, lse = self._sdpa(query, key, value, attention_mask)
-            q, k = query[r0:], key[r0:]
+            q, k = query[s0:], key[s0:]
             if lse is not None:
-                # p = exp(scale·q·k − logsumexp): only the recorded text positions, no softmax over all 77
-                n, t = q.shape[0] * attn.heads, min(self.recorder.token_count(), k.shape[2])
-                probs = torch.baddbmm(lse[r0:].reshape(n, -1, 1), q.reshape(n, -1, head_dim).to(lse.dtype),
+                # p = exp(scale·q·k − logsumexp): only the recorded text positions (all of them to edit), no
+                # softmax over all 77
+                n = q.shape[0] * attn.heads
+                t = k.shape[2] if which else min(self.recorder.token_count(), k.shape[2])
+                probs = torch.baddbmm(lse[s0:].reshape(n, -1, 1), q.reshape(n, -1, head_dim).to(lse.dtype),
                                       k[:, :, :t].reshape(n, t, head_dim).transpose(1, 2).to(lse.dtype),
                                       beta=-1, alpha=head_dim ** -0.5).exp_()  # fp32 for fp16/bf16 inputs
             else:
                 mask3 = None
                 if attention_mask is not None:
-                    m = attention_mask if attention_mask.shape[0] == 1 else attention_mask[r0:]
+                    m = attention_mask if attention_mask.shape[0] == 1 else attention_mask[s0:]
                     mask3 = m.expand(q.shape[0], *m.shape[1:]).reshape(q.shape[0] * attn.heads, -1, m.shape[-1])
                 probs = attn.get_attention_scores(q.reshape(-1, q.shape[2], head_dim),
                                                   k.reshape(-1, k.shape[2], head_dim), mask3)
+            if which:
+                cut = (e0 - s0) * attn.heads
+                mine = probs[cut:]
+                edited = self.recorder.edit(self.name, which, mine, attn.heads, e0)
+                if edited is not mine:
+                    # the layer's output becomes edited·V: SDPA's output plus (edited − p)·V, so an edit that leaves
+                    # the probabilities as they are leaves the output bit for bit as it is
+                    v = value[e0:].reshape(-1, value.shape[2], head_dim)
+                    delta = torch.bmm((edited - mine).to(v.dtype), v).view(batch_size - e0, attn.heads, -1, head_dim)
+                    hidden_states = torch.cat([hidden_states[:e0], hidden_states[e0:] + delta.to(hidden_states.dtype)])
+                    probs = torch.cat([probs[:cut], edited])
+            probs = probs[(r0 - s0) * attn.heads:]
             hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
             hidden_states = hidden_states.to(query.dtype)
         else:
@@ -97,12 +123,19 @@ class RecordingProcessor:
             key = attn.head_to_batch_dim(key)
             value = attn.head_to_batch_dim(value)
             probs = attn.get_attention_scores(query, key, attention_mask)
+            if which:
+                e0 = self.recorder.first_edited_sample(batch_size)
+                mine = probs[e0 * attn.heads:]
+                edited = self.recorder.edit(self.name, which, mine, attn.heads, e0)
+                if edited is not mine:
+                    probs = torch.cat([probs[:e0 * attn.heads], edited.to(probs.dtype)])
             hidden_states = torch.bmm(probs, value)
             hidden_states = attn.batch_to_head_dim(hidden_states)
             r0 = self.recorder.first_recorded_sample(batch_size)
             probs = probs[r0 * attn.heads:]
 
-        self.recorder.on_probs(self.name, probs, attn.heads, first=r0)
+        if wants:
+            self.recorder.on_probs(self.name, probs, attn.heads, first=r0)
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

@@ -26,12 +26,13 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .._version import __version__
 from ..environment import library_versions
+from ..interventions import Editor, Intervention, as_interventions
 from ..errors import AttnlensError, BadOption, ConfigError, StoreError
 from ..models import model_info
 from ..selection import select_layers, step_predicate
@@ -109,8 +110,11 @@ class Recorder:
 
     def __init__(self, pipe, store: str | Path | RunWriter | None, *, config: RecordingConfig | None = None,
                  prompts: list[str] | None = None, seeds: list[int | None] | None = None,
-                 manifest: dict[str, Any] | None = None, overwrite: bool = False, queue_size: int | None = None):
+                 manifest: dict[str, Any] | None = None, overwrite: bool = False, queue_size: int | None = None,
+                 interventions: Sequence[Intervention | str | dict[str, Any]] | None = None):
         self.pipe = pipe
+        self.editor = Editor(as_interventions(interventions))
+        self._intervene_only = False  # set by attnlens.intervene: a recorder that only carries interventions
         self.unet = pipe.unet
         self.config = config or RecordingConfig()
         self._store_arg = store
@@ -150,20 +154,31 @@ class Recorder:
         self._tokens_cache: tuple[list[list[str]], int] | None = None
         self.records: dict[str, dict[int, set[int]]] = {}
         self.scalar_names: set[str] = set()
+        self._unet_since_text = False
+        self._editor_key: tuple | None = None
+        self._logged_interventions = [it.to_dict() for it in self.editor.items]
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def __enter__(self) -> "Recorder":
         if self._entered:
             raise ConfigError("this recorder is already active; one `with attnlens.record(...)` records one run")
         self._entered = True
+        outer = None
         for name, module in self.attn2.items():
             if isinstance(module.processor, RecordingProcessor):
-                raise ConfigError(f"{name} is already being recorded by another recorder; nested recording is not supported")
+                if not module.processor.recorder._intervene_only:
+                    raise ConfigError(f"{name} is already being recorded by another recorder; nested recording is not "
+                                      "supported")
+                outer = module.processor.recorder
+        if outer is not None:  # inside `with attnlens.intervene(...)`: this recorder applies its interventions too
+            self.editor = Editor(list(outer.editor.items) + self.editor.items)
+            self._logged_interventions = [it.to_dict() for it in self.editor.items]
         try:
             self._open_store()
             for name, module in self.attn2.items():
                 self._originals[name] = module.processor
-                module.set_processor(RecordingProcessor(self, name, module.processor))
+                base = module.processor.original if outer is not None else module.processor
+                module.set_processor(RecordingProcessor(self, name, base))
             self._hooks.append(self.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True))
             enc = getattr(self.pipe, "text_encoder", None)
             if enc is not None and self.prompts is None and self.token_ids is None:
@@ -279,15 +294,21 @@ class Recorder:
             "device": str(self.unet.device),
             "versions": library_versions(),
         }
+        if self.editor:
+            m["interventions"] = [it.to_dict() for it in self.editor.items]
         m.update(self._manifest_extra)
         return m
 
     # -- tokens ---------------------------------------------------------------------------------------------------
     def _text_pre_hook(self, module, args, kwargs):
-        if self.token_ids is None:
+        # a recorder without a store may see several pipeline calls: the first text-encoder call after a UNet
+        # forward is the next call's prompt (the second call of a CFG encode is the negative prompt: not read)
+        if self.token_ids is None or (self._unet_since_text and self.store is None):
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is not None:
                 self.token_ids = ids.detach().cpu().tolist()
+                self._tokens_cache = None
+                self._unet_since_text = False
 
     def set_prompts(self, prompts: list[str]) -> None:
         self.prompts = list(prompts)
@@ -335,6 +356,7 @@ class Recorder:
 
     def _unet_pre_hook(self, module, args, kwargs):
         self._submit()  # the previous forward's maps
+        self._unet_since_text = True
         sample = kwargs.get("sample", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if self.latent_hw != tuple(sample.shape[-2:]):
@@ -348,6 +370,10 @@ class Recorder:
             self.phase, self.iteration = "sample", 0
             t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
             schedule = getattr(self.pipe.scheduler, "timesteps", None)
+            if schedule is not None and len(schedule) and self.store is None and (
+                    self.step >= len(schedule) or float(schedule[self.step]) != t) and float(schedule[0]) == t:
+                self.step = 0  # no store: the next pipeline call begins (attnlens.intervene around several calls)
+                self.n_steps = len(schedule)
             if schedule is not None and len(schedule):
                 if self.step >= len(schedule):
                     raise ConfigError("more UNet calls than scheduler steps: one recorder context records one pipeline call",
@@ -366,6 +392,64 @@ class Recorder:
             self._batch = sample.shape[0]
         if not self.layers:
             self._select_layers()
+        if self.editor and self._editor_key != (self.latent_hw, self.n_steps):
+            self._bind_editor()
+
+    def _bind_editor(self) -> None:
+        """Resolve the interventions' layer selections and check their patch sources (needs the latent size)."""
+        if not self.editor or self.latent_hw is None:
+            return
+        self._editor_key = (self.latent_hw, self.n_steps)
+        schedule = getattr(self.pipe.scheduler, "timesteps", None)
+        f = getattr(self.pipe, "vae_scale_factor", 8)
+        self.editor.bind(list(self.attn2), self.resolutions(), (self.latent_hw[0] * f, self.latent_hw[1] * f),
+                         n_steps=self.n_steps or (0 if schedule is None else len(schedule)),
+                         timesteps=None if schedule is None else [float(t) for t in schedule],
+                         model_id=model_info(self.pipe).get("id"))
+
+    # -- interventions --------------------------------------------------------------------------------------------
+    def edits_at(self, name: str) -> list[int]:
+        """The interventions that edit layer ``name`` in the current forward (its step and phase)."""
+        if not self.editor:
+            return []
+        phase = "guidance" if self.phase == "guidance" else "sample"
+        return self.editor.active(name, self.step, phase)
+
+    def first_edited_sample(self, batch_size: int) -> int:
+        """The first sample of a UNet batch that interventions edit: the conditional half of a CFG ``sample``
+        forward (the unconditional half reads the empty prompt, whose positions are not the prompt's words)."""
+        if self.phase == "sample" and self._cfg and batch_size == 2 * self._batch:
+            return self._batch
+        return 0
+
+    def edit(self, name: str, which: list[int], probs: torch.Tensor, heads: int, first: int) -> torch.Tensor:
+        """Apply the interventions ``which`` to ``(samples·heads, queries, keys)`` probabilities of the UNet batch's
+        samples ``first, first + 1, …`` (all of them edited); returns the same layout (``probs`` itself when
+        nothing changed)."""
+        hw = self._hw.get(probs.shape[1])
+        if hw is None:
+            hw = self._hw[probs.shape[1]] = spatial_shape(probs.shape[1], self.latent_hw)
+        n = probs.shape[0] // heads
+        p4 = probs.view(n, heads, probs.shape[1], probs.shape[2])
+        tokens = self._samples_tokens()
+        per = max(self._batch // max(len(tokens), 1), 1)
+        pieces = [tokens[min(k // per, len(tokens) - 1)] for k in range(max(self._batch, n))]
+        offset = self._batch if self.phase == "sample" and self._cfg and first >= self._batch else 0
+        phase = "guidance" if self.phase == "guidance" else "sample"
+        out = self.editor.apply(which, name, self.step, phase, self.iteration, p4, hw, pieces, first=first - offset)
+        return probs if out is p4 else out.reshape(probs.shape)
+
+    def push_interventions(self, items: Sequence[Intervention]) -> None:
+        """Add interventions while recording (``attnlens.intervene`` inside ``attnlens.record``); the manifest
+        lists every intervention that was active."""
+        self.editor.extend(items)
+        self._bind_editor()
+        self._logged_interventions += [it.to_dict() for it in items]
+        self.annotate(interventions=list(self._logged_interventions))
+
+    def pop_interventions(self, n: int) -> None:
+        self.editor.remove_last(n)
+        self._bind_editor()
 
     def set_batch_layout(self, cfg: bool) -> None:
         """Declare whether sampling forwards carry [uncond, cond] halves (used by attnlens's own sampler)."""

@@ -111,6 +111,7 @@ class Manifest:
     bind: list[str] | None = None
     prompt_warnings: list[str] = field(default_factory=list)
     label: str | None = None
+    interventions: list[dict[str, Any]] = field(default_factory=list)  # attnlens.interventions specs, in order
     records: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     recorded_layers: list[str] = field(default_factory=list)
     layers: dict[str, Any] = field(default_factory=dict)

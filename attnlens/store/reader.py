@@ -21,6 +21,7 @@ from PIL import Image
 from ..errors import AttnlensError, NotFoundError, RunNotFound, StoreError
 from ._fastzarr import ChunkReader
 from .layout import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, data_path, layer_sort_key, validate_manifest
+from ..tokens import word_positions_in
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -272,16 +273,9 @@ class Run:
     def token_positions(self, word: str, sample: int = 0) -> list[int]:
         """Positions of ``word`` in sample ``sample``: its pieces (case-insensitive, ``</w>`` ignored)."""
         pieces = self.tokens[sample]
-        target = word.lower().replace(" ", "")
-        clean = [p.replace("</w>", "").lower() for p in pieces]
-        for start in range(len(clean)):
-            acc = ""
-            for end in range(start, len(clean)):
-                acc += clean[end]
-                if acc == target:
-                    return list(range(start, end + 1))
-                if not target.startswith(acc):
-                    break
+        found = word_positions_in(pieces, word)
+        if found is not None:
+            return found
         raise NotFoundError(f"'{word}' is not a word of the prompt", hint=f"tokens: {' '.join(pieces)}")
 
     def timesteps(self) -> np.ndarray:
