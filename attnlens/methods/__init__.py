@@ -13,6 +13,7 @@ Module map (imports point down the list; a method module imports ``_shared``, ``
 """
 
 from . import attend_excite, conform, divide_bind, ebama, none, syngen, syngen_entropy  # noqa: F401  (registers the built-ins)
+from . import initno, structured  # noqa: F401  (registers initno and structured)
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import available_methods, get_method, register_method
 
