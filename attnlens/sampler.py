@@ -301,7 +301,8 @@ def sample(
         pipe: a pipeline from ``attnlens.load_pipeline``.
         prompt (`str`): the prompt (at most 75 word pieces; longer prompts are truncated with a warning).
         method (`str` or `GuidanceMethod`, defaults to `"none"`): ``none``, ``syngen``, ``syngen-entropy``,
-            ``attend-excite``, ``divide-bind``, a registered name, or ``path/to/file.py:function``.
+            ``attend-excite``, ``divide-bind``, ``initno``, ``structured``, a registered name, or
+            ``path/to/file.py:function``.
         method_options (`dict`, *optional*): hyperparameter overrides, e.g. ``{"step_size": 10}``.
         seed (`int`, defaults to 0): generator seed.
         out (`str`, *optional*): run folder; None samples without storing.

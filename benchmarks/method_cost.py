@@ -22,7 +22,7 @@ import attnlens
 from attnlens.parse import parse_prompt
 from attnlens.sampler import guidance_forward
 
-METHODS = ["none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "conform", "ebama"]
+METHODS = ["none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "conform", "ebama", "initno", "structured"]
 
 
 def per_call_costs(pipe, prompt: str, repeats: int) -> dict[str, float]:

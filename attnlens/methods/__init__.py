@@ -8,7 +8,9 @@ Module map (imports point down the list; a method module imports ``_shared``, ``
 * ``_shared`` — what several methods compute alike: the released divergences (``released_symmetric_kl``,
   ``released_jensen_shannon``), smoothing and token softmax, subject selection, step schedules;
 * ``_config`` — the config checkers;
-* ``none``, ``syngen``, ``syngen_entropy``, ``attend_excite``, ``divide_bind`` — one method each, registered on
+* ``none``, ``syngen``, ``syngen_entropy``, ``attend_excite``, ``divide_bind``, ``conform``, ``ebama``, ``initno``
+  (a noise-search hook before the loop), ``structured`` (an attention-processor hook, no loss) — one method each,
+  registered on
   import below.
 """
 

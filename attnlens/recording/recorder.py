@@ -6,10 +6,12 @@
     ...     out = pipe("a red crown", num_inference_steps=10, generator=torch.Generator().manual_seed(0))
     ...     rec.save_images(out.images)
 
-Only the cross-attention (``attn2``) processors are replaced, per module, with ``RecordingProcessor``; the originals
+Only the cross-attention (``attn2``) processors are replaced, per module, with ``RecordingProcessor`` (plus, when a
+guidance method asks for self-attention maps, the ``attn1`` processors of its layers, see ``watch_self_attention``); the originals
 (the very same objects) are put back on exit, also when the body raises. Each record is tagged with the loop index
 ``step``, the scheduler ``timestep``, the ``phase`` (``sample``: the ordinary CFG forward, conditional half;
-``sample_uncond``: its unconditional half, on request; ``guidance``: a grad-enabled forward of a guidance method; ``noise_search``: a forward of an initial-noise search)
+``sample_uncond``: its unconditional half, on request; ``guidance``: a grad-enabled forward of a guidance method;
+``noise_search``: a forward of an initial-noise search)
 and the ``iteration`` (refinement pass within a step).
 
 Step identity: attnlens's own sampler sets it explicitly (``rec.context``). Inside a plain ``pipe(...)`` call the
