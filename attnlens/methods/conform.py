@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..maps import aggregate, layers_at_resolution, to_token_first
-from ._config import check_bool, check_float, check_int, check_kernel_size, check_pair
+from ._config import check_bool, check_float, check_int, check_kernel_size, check_pair, check_step_list
 from ._shared import full_precision, layers_of, smooth, step_size
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import register_method
@@ -140,11 +140,7 @@ class Conform(GuidanceMethod):
             check_pair(self, "scale_range")
             check_int(self, "max_iter_to_alter")
             check_int(self, "refinement_steps")
-            ok = isinstance(self.refinement_at, (list, tuple)) and all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.refinement_at)
-            if not ok:
-                raise ValueError(f"refinement_at must be a list of step indices ≥ 0; got {self.refinement_at!r}")
-            object.__setattr__(self, "refinement_at", tuple(self.refinement_at))
+            check_step_list(self, "refinement_at")
             check_int(self, "resolution", low=1)
             check_float(self, "temperature", low=0.0, strict=True)
             check_bool(self, "softmax_normalize")

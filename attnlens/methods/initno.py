@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..maps import aggregate
-from ._config import check_bool, check_float, check_int, check_kernel_size, check_pair, check_subjects
+from ._config import (check_bool, check_float, check_int, check_kernel_size, check_pair, check_step_list,
+                      check_subjects)
 from ._shared import full_precision, resolve_subjects, smooth, step_size, token_softmax
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import register_method
@@ -311,11 +312,7 @@ class InitNO(GuidanceMethod):
             check_float(self, "scale_factor", low=0.0, strict=True)
             check_pair(self, "scale_range")
             check_int(self, "max_iter_to_alter")
-            ok = isinstance(self.refinement_at, (list, tuple)) and all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.refinement_at)
-            if not ok:
-                raise ValueError(f"refinement_at must be a list of step indices ≥ 0; got {self.refinement_at!r}")
-            object.__setattr__(self, "refinement_at", tuple(self.refinement_at))
+            check_step_list(self, "refinement_at")
             check_int(self, "max_refinement_steps")
             check_float(self, "cross_threshold", low=0.0)
             check_float(self, "self_threshold", low=0.0)

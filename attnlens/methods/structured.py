@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..attn_layer import layer_input, layer_output
 from ..errors import ConfigError
 from ..parse import NOUN_POS, piece_spans
 from .base import GuidanceMethod
@@ -152,15 +153,7 @@ class StructuredProcessor:
         return out
 
     def _structured(self, attn, hidden_states, ehs, temb):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, state = layer_input(attn, hidden_states, temb)
         values = self.values.to(ehs.dtype).unsqueeze(1).expand(-1, ehs.shape[0], -1, -1)  # (K, b, 77, D)
         if attn.norm_cross:
             ehs = attn.norm_encoder_hidden_states(ehs)
@@ -169,12 +162,7 @@ class StructuredProcessor:
         key = attn.head_to_batch_dim(attn.to_k(ehs))
         probs = attn.get_attention_scores(query, key, None)
         out = structured_attention(probs, [attn.head_to_batch_dim(attn.to_v(v)) for v in values])
-        out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(out)))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return layer_output(attn, attn.batch_to_head_dim(out), state)
 
 
 @register_method("structured")

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..attn_layer import layer_input, layer_output
+
 if TYPE_CHECKING:  # the recorder drives the processor; the processor only calls back into it
     from .recorder import Recorder
 
@@ -28,26 +30,11 @@ class SelfAttentionProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         if not self.recorder.wants_self(self.name) or encoder_hidden_states is not None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = hidden_states.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, state = layer_input(attn, hidden_states, temb)
+        attention_mask = attn.prepare_attention_mask(attention_mask, hidden_states.shape[1], hidden_states.shape[0])
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(hidden_states))
         probs = attn.get_attention_scores(query, key, attention_mask)
         self.recorder.on_self_probs(self.name, probs, attn.heads)
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return layer_output(attn, attn.batch_to_head_dim(torch.bmm(probs, value)), state)

@@ -6,46 +6,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import attnlens
 from attnlens.methods.structured import Structured, StructuredProcessor
 from attnlens.parse import parse_prompt
-from attnlens.sampler import guidance_forward
-from conftest import PROMPT
+from conftest import PROMPT, descend_at_fixed_step
 
 QUICK_SEARCH = {"search_rounds": 2, "search_steps": 2, "search_final_steps": 1}
 
 
 def test_initno_repeated_updates_at_a_fixed_step_lower_the_loss(tiny_pipe):
-    method = attnlens.get_method("initno")
-    parse = parse_prompt(PROMPT)
-    pipe = tiny_pipe
-    pipe.scheduler.set_timesteps(50)
-    t = pipe.scheduler.timesteps[0]
-    z = pipe.prepare_latents(1, 4, 64, 64, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        cond, _ = pipe.encode_prompt(PROMPT, torch.device("cpu"), 1, False)
-    losses, step_size = [], None
-    with attnlens.record(pipe, None) as rec:
-        rec.latent_hw = tuple(z.shape[-2:])
-        rec.need_live = set(method.layers(rec.resolutions()))
-        watched = rec.watch_self_attention(method.self_attention_layers(rec.resolutions()))
-        assert watched and all(n.endswith("attn1") for n in watched)
-        for it in range(6):
-            leaf, out = guidance_forward(pipe, rec, method, parse, z, t, cond, step=0, iteration=it)
-            assert set(watched) <= set(rec.live_maps)
-            # the step's own update descends the cross-attention term (the joint loss moves with the running
-            # average of the alignment term from call to call)
-            losses.append(float(out.step_loss.detach()))
-            grad = torch.autograd.grad(out.step_loss, [leaf])[0]
-            assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-            if step_size is None:
-                step_size = 0.01 * float(z.norm()) / float(grad.norm())
-            z = leaf.detach() - step_size * grad
+    # the step's own update descends the cross-attention term (the joint loss moves with the running average of
+    # the alignment term from call to call); the self-attention maps reach the loss through the watched attn1 layers
+    losses = descend_at_fixed_step(tiny_pipe, attnlens.get_method("initno"), parse_prompt(PROMPT),
+                                   objective=lambda out: out.step_loss)
     assert losses[-1] < losses[0], losses
-    # the self-attention processors are gone with the recorder
-    assert not any(type(p).__name__ == "SelfAttentionProcessor" for p in pipe.unet.attn_processors.values())
+    assert not any(type(p).__name__ == "SelfAttentionProcessor" for p in tiny_pipe.unet.attn_processors.values())
 
 
 def test_noise_search_is_recorded_as_its_own_phase(tiny_pipe, tmp_path):
