@@ -10,8 +10,14 @@ sampling forward of every step that the method's ``plan`` selects, the guidance 
    loop described in ``attnlens.methods.base``;
 3. then the ordinary CFG forward (phase ``sample``) and scheduler step on the updated latent.
 
+Two more hook points, both methods' and both optional: before the loop, ``method.initial_noise(NoiseSearch)`` may
+replace the initial latent (InitNO's noise search, recorded as phase ``noise_search``); around the whole sample,
+``method.attention_hook(pipe, prompt, parse)`` may install the method's own attention processors (Structured
+Diffusion), entered by ``sample`` before the recorder so that recording wraps them. The step's own update descends
+``LossOutput.step_loss`` when a method sets it (InitNO: the cross-attention term), the refinement passes ``loss``.
+
 Only cross-attention probabilities are computed explicitly, and only in ``attn2`` layers that are recorded or that
-the loss needs; every other attention layer keeps its fused kernel (the released code computes every layer's
+the loss needs (plus the ``attn1`` self-attention of the layers a method asks for, in its grad-enabled forwards); every other attention layer keeps its fused kernel (the released code computes every layer's
 attention explicitly, self-attention included, on every call).
 
 With ``method="none"`` the loop performs exactly the operations of ``pipe(...)``, so latents are bit-identical to

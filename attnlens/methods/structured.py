@@ -183,6 +183,18 @@ class Structured(GuidanceMethod):
     class Config:
         pass
 
+    def __init__(self, config: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        self._active = False  # inside attention_hook
+
+    def initial_noise(self, search: Any) -> None:
+        """Nothing to change in the noise; refuses a sampler run without the hook (it would be plain sampling)."""
+        if not self._active:
+            raise ConfigError("Structured Diffusion acts through its attention processors, which are not installed",
+                              hint="use attnlens.sample, or enter method.attention_hook(pipe, prompt, parse) before "
+                                   "attnlens.record")
+        return None
+
     def idle_reason(self, parse: Any) -> str | None:
         if parse is not None and not noun_phrase_spans(parse, _PieceTokenizer(parse)):
             return "the prompt has no noun phrase of two words or more to encode on its own"
@@ -206,8 +218,10 @@ class Structured(GuidanceMethod):
         try:
             for n, m in modules.items():
                 m.set_processor(StructuredProcessor(originals[n], cond, values))
+            self._active = True
             yield self
         finally:
+            self._active = False
             for n, m in modules.items():
                 m.set_processor(originals[n])
 

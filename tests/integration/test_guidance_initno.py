@@ -10,6 +10,7 @@ import pytest
 import attnlens
 from attnlens.methods.structured import Structured, StructuredProcessor
 from attnlens.parse import parse_prompt
+from attnlens.sampler import guided_sample
 from conftest import PROMPT, descend_at_fixed_step
 
 QUICK_SEARCH = {"search_rounds": 2, "search_steps": 2, "search_final_steps": 1}
@@ -70,6 +71,9 @@ def test_structured_hook_restores_processors_on_error_and_refuses_nesting(tiny_p
                     pass
             raise RuntimeError("boom")
     assert all(before[k] is v for k, v in tiny_pipe.unet.attn_processors.items())
+    # the sampler refuses the method without its hook (the run would silently be plain sampling)
+    with attnlens.record(tiny_pipe, None) as rec, pytest.raises(attnlens.errors.ConfigError, match="not installed"):
+        guided_sample(tiny_pipe, PROMPT, method=method, parse=parse, recorder=rec, num_inference_steps=1)
 
 
 @pytest.mark.parametrize("name,options", [
