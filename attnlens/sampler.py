@@ -10,8 +10,14 @@ sampling forward of every step that the method's ``plan`` selects, the guidance 
    loop described in ``attnlens.methods.base``;
 3. then the ordinary CFG forward (phase ``sample``) and scheduler step on the updated latent.
 
+Two more hook points, both methods' and both optional: before the loop, ``method.initial_noise(NoiseSearch)`` may
+replace the initial latent (InitNO's noise search, recorded as phase ``noise_search``); around the whole sample,
+``method.attention_hook(pipe, prompt, parse)`` may install the method's own attention processors (Structured
+Diffusion), entered by ``sample`` before the recorder so that recording wraps them. The step's own update descends
+``LossOutput.step_loss`` when a method sets it (InitNO: the cross-attention term), the refinement passes ``loss``.
+
 Only cross-attention probabilities are computed explicitly, and only in ``attn2`` layers that are recorded or that
-the loss needs; every other attention layer keeps its fused kernel (the released code computes every layer's
+the loss needs (plus the ``attn1`` self-attention of the layers a method asks for, in its grad-enabled forwards); every other attention layer keeps its fused kernel (the released code computes every layer's
 attention explicitly, self-attention included, on every call).
 
 With ``method="none"`` the loop performs exactly the operations of ``pipe(...)``, so latents are bit-identical to
@@ -20,6 +26,7 @@ a plain pipeline call with the same generator.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -72,6 +79,42 @@ def guidance_forward(pipe, recorder: Recorder, method: GuidanceMethod, parse: An
         pipe.unet(pipe.scheduler.scale_model_input(z, t), t, encoder_hidden_states=cond, return_dict=False)
         out = method.loss(recorder.live_maps, parse, step)
     return z, out
+
+
+@dataclass
+class NoiseSearch:
+    """What a method's ``initial_noise`` hook may use: the hook point for searches of the initial noise (InitNO).
+
+    Attributes:
+        latents: the initial latent the sampler drew, ``(1, C, h, w)``.
+        parse: the prompt's parse.
+    """
+
+    pipe: Any
+    recorder: Recorder
+    latents: torch.Tensor
+    parse: Any
+    t: Any
+    cond: torch.Tensor
+    generator: torch.Generator
+
+    def forward(self, z: torch.Tensor, iteration: int) -> dict[str, torch.Tensor]:
+        """A grad-enabled UNet forward of ``z`` (kept in the graph) on the conditional embedding at the first
+        timestep, recorded as phase ``noise_search``, iteration ``iteration``; returns the live maps."""
+        with self.recorder.context(0, float(self.t), phase="noise_search", iteration=iteration), torch.enable_grad():
+            self.pipe.unet(self.pipe.scheduler.scale_model_input(z, self.t), self.t,
+                           encoder_hidden_states=self.cond, return_dict=False)
+            return dict(self.recorder.live_maps)
+
+    def draw(self) -> torch.Tensor:
+        """Fresh initial noise from the run's generator (the next draw of its stream), shaped like ``latents``."""
+        _, c, h, w = self.latents.shape
+        f = self.pipe.vae_scale_factor
+        return self.pipe.prepare_latents(1, c, h * f, w * f, self.latents.dtype, self.latents.device, self.generator)
+
+    def log(self, iteration: int, values: dict[str, float]) -> None:
+        """Store scalars of search iteration ``iteration`` (at step 0) as ``noise_search_<name>``."""
+        self.recorder.log_scalars(0, iteration, {f"noise_search_{k}": v for k, v in values.items()})
 
 
 def check_sampling_options(*, seed: int | None, num_inference_steps: int, guidance_scale: float,
@@ -149,7 +192,8 @@ def guided_sample(
         recorder.set_batch_layout(do_cfg)
         if guided:
             recorder.need_live = set(method.layers(recorder.resolutions()))
-            if not recorder.need_live:
+            recorder.watch_self_attention(method.self_attention_layers(recorder.resolutions()))
+            if not recorder.need_live and method.needs_maps:
                 res = sorted({r[0] for r in recorder.resolutions().values()})
                 raise EmptySelection(f"method '{method.name}' found no cross-attention layers it can use",
                                     hint=f"this model has maps at resolutions {res}; set the method's resolution option")
@@ -163,9 +207,9 @@ def guided_sample(
     def forward_loss(z: torch.Tensor, i: int, t, it: int) -> tuple[torch.Tensor, LossOutput]:
         return guidance_forward(pipe, recorder, method, parse, z, t, cond, i, it)
 
-    def update(z: torch.Tensor, out: LossOutput, i: int, it: int, step_size: float) -> torch.Tensor:
+    def update(z: torch.Tensor, out: LossOutput, i: int, it: int, step_size: float, final: bool = False) -> torch.Tensor:
         nonlocal warned
-        loss = out.loss
+        loss = out.step_loss if final and out.step_loss is not None else out.loss
         entry = {"loss": float(loss.detach()), **{k: float(v.detach()) if torch.is_tensor(v) else float(v)
                                                     for k, v in out.terms.items()}}
         applied = 0.0
@@ -191,6 +235,10 @@ def guided_sample(
         log.append({"step": i, "iteration": it, **entry})
         return z.detach()
 
+    if guided:
+        found = method.initial_noise(NoiseSearch(pipe, recorder, latents, parse, timesteps[0], cond, generator))
+        if found is not None:
+            latents = found.detach()
     for i, t in enumerate(timesteps):
         plan = method.plan(i, n) if guided else None
         if plan is not None:
@@ -205,7 +253,7 @@ def guided_sample(
                     z, out = forward_loss(z, i, t, it)
                     if it >= plan.max_refinement or not method.refine(i, prev):
                         break
-            latents = update(z, out, i, it, plan.step_size)
+            latents = update(z, out, i, it, plan.step_size, final=True)
             recorder.log_scalars(i, 0, {"refinement_iterations": it})
             t_guid += time.perf_counter() - tg
         if recorder is not None:
@@ -282,7 +330,8 @@ def sample(
         pipe: a pipeline from ``attnlens.load_pipeline``.
         prompt (`str`): the prompt (at most 75 word pieces; longer prompts are truncated with a warning).
         method (`str` or `GuidanceMethod`, defaults to `"none"`): ``none``, ``syngen``, ``syngen-entropy``,
-            ``attend-excite``, ``divide-bind``, a registered name, or ``path/to/file.py:function``.
+            ``attend-excite``, ``divide-bind``, ``initno``, ``structured``, a registered name, or
+            ``path/to/file.py:function``.
         method_options (`dict`, *optional*): hyperparameter overrides, e.g. ``{"step_size": 10}``.
         seed (`int`, defaults to 0): generator seed.
         out (`str`, *optional*): run folder; None samples without storing.
@@ -361,7 +410,11 @@ def sample(
         warnings.warn(note, LargeRunWarning, stacklevel=2)
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite,
                    interventions=edits)
-    with rec:
+    with contextlib.ExitStack() as hooks:
+        hook = m.attention_hook(pipe, prompt_info.text, parse) if m.name != "none" else None
+        if hook is not None:  # the method's processors first: the recorder wraps them, so maps stay the real ones
+            hooks.enter_context(hook)
+        hooks.enter_context(rec)
         rec.annotate(height=height, width=width)
         result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

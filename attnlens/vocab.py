@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from . import metrics as M
 
-#: what a recorded forward was: the ordinary CFG forward (conditional half), a guidance forward, the unconditional half
-PHASES = ("sample", "guidance", "sample_uncond")
+#: what a recorded forward was: the ordinary CFG forward (conditional half), a guidance forward, the unconditional half,
+#: a forward of an initial-noise search (InitNO)
+PHASES = ("sample", "guidance", "sample_uncond", "noise_search")
 #: the named axes of every stored map array
 MAP_DIMS = ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
 

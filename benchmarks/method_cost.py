@@ -22,7 +22,7 @@ import attnlens
 from attnlens.parse import parse_prompt
 from attnlens.sampler import guidance_forward
 
-METHODS = ["none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "conform", "ebama"]
+METHODS = ["none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "conform", "ebama", "initno", "structured"]
 METHODS += ["a-star", "predicated"]  # issue 17
 
 

@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
+METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "initno", "structured")
 PLAYER = 'iframe[src*="step_player"]'  # the Compare view's step player (custom component, same origin)
 STATE_JS = """
 const app = document.querySelector('[data-testid="stApp"]');

@@ -391,7 +391,7 @@ def _map_controls(runs: list[D.RunEntry], labels: dict[str, str], show_tokens: b
     resolutions: dict[str, tuple[int, int]] = {}
     for e in readable:
         resolutions.update(infos[e.rel]["resolutions"])
-    phases = [ph for ph in ("sample", "guidance", "sample_uncond")
+    phases = [ph for ph in ("sample", "guidance", "sample_uncond", "noise_search")
               if any(ph in infos[e.rel]["records"] for e in readable)]
     if not readable or not resolutions or not phases:
         for rel, msg in errors.items():
@@ -795,7 +795,7 @@ def _across_view(root: Path, filtered: list[D.RunEntry]) -> None:
     layer_label = dict(layer_opts)
     layer = _widget(st.selectbox, "layer", "Layer / resolution", [v for v, _ in layer_opts], default="all",
                     container=c1, format_func=lambda v: layer_label.get(v, v))
-    phase = _widget(st.selectbox, "phase", "Phase", ["sample", "guidance", "sample_uncond"], default="sample",
+    phase = _widget(st.selectbox, "phase", "Phase", ["sample", "guidance", "sample_uncond", "noise_search"], default="sample",
                     container=c2)
     by = _widget(st.radio, "by", "Group by", BY, default="method", container=c3, horizontal=True)
     with st.spinner(f"Analysing {len(runs)} run(s): {metric} at {layer} ..."):

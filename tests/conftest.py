@@ -93,3 +93,33 @@ def run_cli(tiny_pipe, monkeypatch, capsys):
         return code, captured.out, captured.err
 
     return call
+
+
+def descend_at_fixed_step(pipe, method, parse, *, iterations: int = 6, objective=lambda out: out.loss) -> list[float]:
+    """Repeated gradient updates of one latent at the first of 50 timesteps (α = 1 % of |z| / |∇| of the first
+    gradient): ``objective(out)`` at each iteration. The method's self-attention layers are watched when it asks."""
+    import torch
+
+    import attnlens
+    from attnlens.sampler import guidance_forward
+
+    pipe.scheduler.set_timesteps(50)
+    t = pipe.scheduler.timesteps[0]
+    z = pipe.prepare_latents(1, 4, 64, 64, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cond, _ = pipe.encode_prompt(parse.prompt, torch.device("cpu"), 1, False)
+    losses, step_size = [], None
+    with attnlens.record(pipe, None) as rec:
+        rec.latent_hw = tuple(z.shape[-2:])
+        rec.need_live = set(method.layers(rec.resolutions()))
+        rec.watch_self_attention(method.self_attention_layers(rec.resolutions()))
+        for it in range(iterations):
+            leaf, out = guidance_forward(pipe, rec, method, parse, z, t, cond, step=0, iteration=it)
+            loss = objective(out)
+            losses.append(float(loss.detach()))
+            grad = torch.autograd.grad(loss, [leaf])[0]
+            assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+            if step_size is None:
+                step_size = 0.01 * float(z.norm()) / float(grad.norm())
+            z = leaf.detach() - step_size * grad
+    return losses

@@ -9,11 +9,13 @@ Module map (imports point down the list; a method module imports ``_shared``, ``
   ``released_jensen_shannon``), smoothing and token softmax, subject selection, step schedules;
 * ``_config`` — the config checkers;
 * ``none``, ``syngen``, ``syngen_entropy``, ``attend_excite``, ``divide_bind``, ``conform``, ``ebama``, ``a_star``,
-  ``predicated`` — one method each, registered on import below.
+  ``predicated``, ``initno`` (a noise-search hook before the loop), ``structured`` (an attention-processor hook, no
+  loss) — one method each, registered on import below.
 """
 
 from . import attend_excite, conform, divide_bind, ebama, none, syngen, syngen_entropy  # noqa: F401  (registers the built-ins)
 from . import a_star, predicated  # noqa: F401  (issue 17: A-STAR, Predicated Diffusion)
+from . import initno, structured  # noqa: F401  (issue 17: InitNO, Structured Diffusion)
 from .base import GuidanceMethod, LossOutput, StepPlan
 from .registry import available_methods, get_method, register_method
 

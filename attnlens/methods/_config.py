@@ -84,6 +84,15 @@ def check_pair(cfg: Any, name: str, *, low: float = 0.0) -> None:
     set_field(cfg, name, (float(v[0]), float(v[1])))
 
 
+def check_step_list(cfg: Any, name: str) -> None:
+    """Require a list of step indices (integers ≥ 0); store a tuple."""
+    v = getattr(cfg, name)
+    ok = isinstance(v, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)
+    if not ok:
+        raise ValueError(f"{name} must be a list of step indices ≥ 0; got {v!r}")
+    set_field(cfg, name, tuple(v))
+
+
 def check_subjects(cfg: Any, name: str = "subjects") -> None:
     """Require None or a list of words (str) and token positions (int ≥ 1); store a tuple."""
     v = getattr(cfg, name)
@@ -120,15 +129,6 @@ def check_syngen_config(cfg: Any) -> None:
     check_bool(cfg, "negative")
     if not (cfg.positive or cfg.negative):
         raise ValueError("positive and negative are both false: at least one term must be enabled")
-
-
-def check_step_list(cfg: Any, name: str) -> None:
-    """Require a list of step indices ≥ 0; store a tuple."""
-    v = getattr(cfg, name)
-    ok = isinstance(v, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)
-    if not ok:
-        raise ValueError(f"{name} must be a list of step indices ≥ 0; got {v!r}")
-    set_field(cfg, name, tuple(v))
 
 
 def check_refinement_schedule(cfg: Any) -> None:

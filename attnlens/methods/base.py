@@ -55,6 +55,7 @@ class LossOutput:
     loss: torch.Tensor
     terms: dict[str, Any] = field(default_factory=dict)
     indicator: float | None = None
+    step_loss: torch.Tensor | None = None  # the step's own update descends this instead of ``loss`` (InitNO)
 
 
 class GuidanceMethod:
@@ -107,6 +108,28 @@ class GuidanceMethod:
     def refine(self, i: int, out: LossOutput) -> bool:
         """Whether another refinement pass should run at step ``i`` after seeing ``out``."""
         return False
+
+    #: whether the method reads live attention maps (False for a method that only installs an attention hook)
+    needs_maps: ClassVar[bool] = True
+
+    def self_attention_layers(self, resolutions: Mapping[str, tuple[int, int]]) -> list[str]:
+        """Cross-attention layers (``attn2`` paths) whose sibling ``attn1`` self-attention probabilities the loss
+        also needs; they reach ``loss`` in ``maps`` under the ``attn1`` path, shaped ``(heads, h, w, h·w)``."""
+        return []
+
+    def initial_noise(self, search: Any) -> torch.Tensor | None:
+        """A hook before the denoising loop: return a replacement for the initial latent, or None to keep it.
+
+        ``search`` (``attnlens.sampler.NoiseSearch``) holds ``latents`` and ``parse`` and offers ``forward(z, it)``
+        (a grad-enabled conditional UNet forward at the first timestep, recorded as phase ``noise_search``,
+        iteration ``it``, returning the live maps), ``draw()`` (fresh noise from the run's generator) and
+        ``log(it, values)`` (scalars)."""
+        return None
+
+    def attention_hook(self, pipe: Any, prompt: str, parse: Any):
+        """A context manager installing the method's own attention processors for one sample (entered by
+        ``attnlens.sample`` before the recorder, so that recording wraps them), or None."""
+        return None
 
 
 def _jsonable(value: Any) -> Any:

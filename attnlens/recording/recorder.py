@@ -6,10 +6,12 @@
     ...     out = pipe("a red crown", num_inference_steps=10, generator=torch.Generator().manual_seed(0))
     ...     rec.save_images(out.images)
 
-Only the cross-attention (``attn2``) processors are replaced, per module, with ``RecordingProcessor``; the originals
+Only the cross-attention (``attn2``) processors are replaced, per module, with ``RecordingProcessor`` (plus, when a
+guidance method asks for self-attention maps, the ``attn1`` processors of its layers, see ``watch_self_attention``); the originals
 (the very same objects) are put back on exit, also when the body raises. Each record is tagged with the loop index
 ``step``, the scheduler ``timestep``, the ``phase`` (``sample``: the ordinary CFG forward, conditional half;
-``sample_uncond``: its unconditional half, on request; ``guidance``: a grad-enabled forward of a guidance method)
+``sample_uncond``: its unconditional half, on request; ``guidance``: a grad-enabled forward of a guidance method;
+``noise_search``: a forward of an initial-noise search)
 and the ``iteration`` (refinement pass within a step).
 
 Step identity: attnlens's own sampler sets it explicitly (``rec.context``). Inside a plain ``pipe(...)`` call the
@@ -39,7 +41,12 @@ from ..selection import select_layers, step_predicate
 from ..store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
 from ..store.layout import STATUS_INTERRUPTED
 from .processor import RecordingProcessor
+from .self_attention import SelfAttentionProcessor
 from .writer import _PinnedPool, _Writer
+
+
+#: phases whose forwards are grad-enabled and hand live maps to a guidance method
+LIVE_PHASES = ("guidance", "noise_search")
 
 
 def cross_attention_layers(unet) -> dict[str, Any]:
@@ -146,6 +153,7 @@ class Recorder:
         self.latent_hw: tuple[int, int] | None = None
         self.n_steps = 0
         self.need_live: set[str] = set()
+        self._self_originals: dict[str, Any] = {}  # attn1 path → its processor, while live self-attention is on
         self.live_maps: dict[str, torch.Tensor] = {}
         self.layers: list[str] = []
         self._layer_set: set[str] = set()
@@ -249,6 +257,10 @@ class Recorder:
         for name, original in self._originals.items():
             self.attn2[name].set_processor(original)
         self._originals.clear()
+        modules = dict(self.unet.named_modules()) if self._self_originals else {}
+        for name, original in self._self_originals.items():
+            modules[name].set_processor(original)
+        self._self_originals.clear()
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
@@ -347,7 +359,7 @@ class Recorder:
         """Tag every UNet forward inside the block with (step, timestep, phase, iteration)."""
         prev = (self.step, self.timestep, self.phase, self.iteration, self._explicit)
         self.step, self.timestep, self.phase, self.iteration, self._explicit = step, float(timestep), phase, iteration, True
-        if phase == "guidance":
+        if phase in LIVE_PHASES:
             self.live_maps = {}
         try:
             yield self
@@ -476,8 +488,38 @@ class Recorder:
             out[name] = (max(H // f, 1), max(W // f, 1))
         return out
 
+    def watch_self_attention(self, layers: list[str]) -> list[str]:
+        """Hand the self-attention probabilities of the ``attn1`` siblings of ``layers`` (``attn2`` paths) to
+        ``live_maps`` during guidance and noise-search forwards (under the ``attn1`` path, ``(heads, h, w, h·w)``).
+
+        Installs ``SelfAttentionProcessor`` on those modules only (restored on exit with the others); every other
+        forward runs their original processor. Returns the ``attn1`` paths."""
+        modules = dict(self.unet.named_modules())
+        names = []
+        for layer in layers:
+            name = layer[: -len("attn2")] + "attn1"
+            module = modules.get(name)
+            if module is None or not hasattr(module, "set_processor"):
+                raise ConfigError(f"{layer} has no self-attention sibling {name}")
+            if name not in self._self_originals:
+                self._self_originals[name] = module.processor
+                module.set_processor(SelfAttentionProcessor(self, name, module.processor))
+            names.append(name)
+        return names
+
+    def wants_self(self, name: str) -> bool:
+        """Whether the self-attention processor of ``name`` hands its probabilities over in this forward."""
+        return self.phase in LIVE_PHASES and name in self._self_originals
+
+    def on_self_probs(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        """Self-attention probabilities ``(samples·heads, queries, queries)``: the first sample's, live."""
+        hw = self._hw.get(probs.shape[1])
+        if hw is None:
+            hw = self._hw[probs.shape[1]] = spatial_shape(probs.shape[1], self.latent_hw)
+        self.live_maps[name] = probs[:heads].view(heads, hw[0], hw[1], probs.shape[-1])
+
     def wants(self, name: str) -> bool:
-        if self.phase == "guidance":
+        if self.phase in LIVE_PHASES:
             return name in self.need_live or (self.config.guidance and name in self._layer_set and self._want_step(self.step))
         return name in self._layer_set and self._want_step(self.step) and self.store is not None
 
@@ -497,11 +539,11 @@ class Recorder:
             hw = self._hw[probs.shape[1]] = spatial_shape(probs.shape[1], self.latent_hw)
         total = probs.shape[0] // heads
         p4 = probs.view(total, heads, hw[0], hw[1], probs.shape[-1])
-        if self.phase == "guidance":
+        if self.phase in LIVE_PHASES:
             if name in self.need_live:
                 self.live_maps[name] = p4[0]
             if self.config.guidance and name in self._layer_set:
-                self._enqueue_map(name, "guidance", p4)
+                self._enqueue_map(name, self.phase, p4)
             return
         b = self._batch
         if self._cfg and first:  # only the conditional half was computed (see first_recorded_sample)

@@ -44,10 +44,10 @@ from .predictive import auc_figure, best_predictors, fixed_point, metric_auc, sm
 from .protocol import check_split, split_of
 from .render import scene_at
 
-METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind")
+METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "initno", "structured")
 #: the hyperparameter each method calls its step size (released default 20 for all four)
 STEP_PARAM = {"syngen": "step_size", "syngen-entropy": "step_size", "attend-excite": "scale_factor",
-              "divide-bind": "scale_factor"}
+              "divide-bind": "scale_factor", "initno": "scale_factor"}  # structured: no step size
 STEP_PARAM.update({"a-star": "scale_factor", "predicated": "scale_factor"})  # issue 17 (not in the default METHODS)
 OUTCOMES = ("success", "bound", "misbinding", "swapped", "leakage", "neglect", "object_accuracy")
 #: which way is better, for the tables
