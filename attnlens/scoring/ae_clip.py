@@ -38,8 +38,9 @@ Examples::
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -175,20 +176,25 @@ class AeTextTextScorer:
         caption_model_id (`str`, *optional*, defaults to ``"Salesforce/blip-image-captioning-base"``): BLIP
             captioner; hub id, folder or ``attnlens-tiny-blip-caption``.
         clip, captioner: already-loaded ``(model, processor)`` pairs.
+        caption_fn (`callable`, *optional*): ``caption_fn(image) → str`` in place of BLIP (a stub in tests, another
+            captioner); then no captioning model is loaded.
     """
 
     name = "ae-text-text"
 
     def __init__(self, model_id: str = CLIP_MODEL, caption_model_id: str = CAPTION_MODEL, *, device=None,
                  dtype=None, clip: tuple[Any, Any] | None = None, captioner: tuple[Any, Any] | None = None,
-                 templates: Sequence[str] = IMAGENET_TEMPLATES):
+                 templates: Sequence[str] = IMAGENET_TEMPLATES, caption_fn: Callable[[Any], str] | None = None):
         self.model_id, self.caption_model_id, self.templates = str(model_id), str(caption_model_id), tuple(templates)
         self.clip = clip or load_clip(model_id, device, dtype)
-        self.captioner = captioner or load_captioner(caption_model_id, device, dtype)
+        if caption_fn is None:
+            captioner = captioner or load_captioner(caption_model_id, device, dtype)
+            caption_fn = functools.partial(caption, *captioner)
+        self.caption_fn = caption_fn
         self.last_caption: str | None = None
 
     def score(self, run_or_image, prompt: str | None = None) -> dict[str, float]:
         image, prompt = resolve_input(run_or_image, prompt)
-        self.last_caption = caption(*self.captioner, image)
+        self.last_caption = str(self.caption_fn(image))
         c = unit(encode_texts(*self.clip, [self.last_caption])[0])
         return {"ae_text_text": float(c @ prompt_embedding(*self.clip, prompt, self.templates))}

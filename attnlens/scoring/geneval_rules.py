@@ -187,7 +187,7 @@ def shapes_detector(image) -> list[Box]:
     return out
 
 
-def testbed_metadata(caption: str) -> dict[str, Any]:
+def caption_metadata(caption: str) -> dict[str, Any]:
     """GenEval metadata for a shapes-testbed caption: one include entry per distinct (shape, colour), counted;
     tag ``colors`` for one object, ``color_attr`` for more ("next to" asks for no side, so no position)."""
     try:
@@ -206,7 +206,7 @@ class GenEvalScorer:
 
     Args:
         detector (`callable`, *optional*, defaults to :func:`shapes_detector`): ``detector(image) → [Box, ...]``.
-        metadata_for (`callable`, *optional*, defaults to :func:`testbed_metadata`): prompt → GenEval metadata,
+        metadata_for (`callable`, *optional*, defaults to :func:`caption_metadata`): prompt → GenEval metadata,
             used when ``score`` is given none.
         threshold, counting_threshold, max_objects, max_overlap, position_threshold: GenEval's options (released
             defaults 0.3, 0.9, 16, 1.0, 0.1).
@@ -220,7 +220,7 @@ class GenEvalScorer:
                  max_objects: int = MAX_OBJECTS, max_overlap: float = MAX_OVERLAP,
                  position_threshold: float = POSITION_THRESHOLD, colour_of=None):
         self.detector = detector or shapes_detector
-        self.metadata_for = metadata_for or testbed_metadata
+        self.metadata_for = metadata_for or caption_metadata
         self.threshold, self.counting_threshold = float(threshold), float(counting_threshold)
         self.max_objects, self.max_overlap = int(max_objects), float(max_overlap)
         self.position_threshold, self.colour_of = float(position_threshold), colour_of
