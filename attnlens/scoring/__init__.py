@@ -36,95 +36,18 @@ Your own scorer plugs in by name::
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
-
-from ..errors import BadOption, NotFoundError
 from ._common import load_pretrained, model_location, resolve_input
 from ._tiny import TINY_MODELS, tiny_model_path
 from .ae_clip import AeClipScorer, AeTextTextScorer
 from .clip_score import ClipScorer
 from .compbench_vqa import CompBenchVqaScorer, compbench_prompts
 from .geneval_rules import Box, GenEvalScorer, shapes_detector
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """What ``get_scorer`` returns: ``score(run_or_image, prompt=None) -> dict[str, float]``."""
-
-    name: str
-
-    def score(self, run_or_image: Any, prompt: str | None = None) -> dict[str, float]: ...
-
-
-@dataclass(frozen=True)
-class ScorerInfo:
-    """A registered scorer: ``factory(**options)`` builds it; ``models`` names its model options and the model
-    ids of the published protocol (what a GPU user passes)."""
-
-    name: str
-    factory: Callable[..., Scorer]
-    description: str = ""
-    models: tuple[tuple[str, str], ...] = ()  # (option, published model id)
-
-
-_SCORERS: dict[str, ScorerInfo] = {}
-
-
-def register_scorer(name: str, factory: Callable[..., Scorer], *, description: str = "",
-                    models: tuple[tuple[str, str], ...] = (), overwrite: bool = False) -> None:
-    """Register ``factory`` (a class or function: ``factory(**options)`` returns a scorer) under ``name``.
-
-    Raises:
-        BadOption: the name is taken (pass ``overwrite=True`` to replace it).
-    """
-    if name in _SCORERS and not overwrite:
-        raise BadOption(f"a scorer named '{name}' is already registered", hint="pick another name or overwrite=True")
-    _SCORERS[name] = ScorerInfo(name, factory, description, tuple(models))
-
-
-def available_scorers() -> list[str]:
-    """The registered scorer names, sorted."""
-    return sorted(_SCORERS)
-
-
-def scorer_info(name: str) -> ScorerInfo:
-    """The registration of ``name``.
-
-    Raises:
-        NotFoundError: no scorer has that name (the message lists the closest and all names).
-    """
-    if name not in _SCORERS:
-        close = difflib.get_close_matches(name, list(_SCORERS), n=3)
-        raise NotFoundError(f"unknown scorer '{name}'", hint=(f"did you mean {', '.join(close)}? " if close else "")
-                            + f"available: {', '.join(available_scorers())}")
-    return _SCORERS[name]
-
-
-def get_scorer(name: str, **options: Any) -> Scorer:
-    """Build the scorer registered as ``name`` with ``options`` (model ids, device, dtype, ...)."""
-    return scorer_info(name).factory(**options)
-
-
-register_scorer("clip", ClipScorer, description="CLIPScore 100·max(cos(image, prompt), 0)",
-                models=(("model_id", "openai/clip-vit-large-patch14"),))
-register_scorer("ae-clip", AeClipScorer,
-                description="Attend-and-Excite: CLIP similarity of the full prompt and min over its two halves",
-                models=(("model_id", "openai/clip-vit-base-patch16"),))
-register_scorer("ae-text-text", AeTextTextScorer,
-                description="Attend-and-Excite: BLIP caption -> CLIP text-text similarity with the prompt",
-                models=(("model_id", "openai/clip-vit-base-patch16"),
-                        ("caption_model_id", "Salesforce/blip-image-captioning-base")))
-register_scorer("compbench-vqa", CompBenchVqaScorer,
-                description="T2I-CompBench attribute binding: product over noun phrases of BLIP-VQA P(yes)",
-                models=(("model_id", "Salesforce/blip-vqa-capfilt-large"),))
-register_scorer("geneval", GenEvalScorer,
-                description="GenEval rules (counts, colours, positions) over a detector's boxes (default: the "
-                            "shapes evaluator)")
+from .registry import Scorer, ScorerInfo, available_scorers, get_scorer, register_scorer, scorer_info
+from .runs import ScoreResult, score_rows, score_runs
 
 __all__ = [
-    "AeClipScorer", "AeTextTextScorer", "Box", "ClipScorer", "CompBenchVqaScorer", "GenEvalScorer", "Scorer",
-    "ScorerInfo", "TINY_MODELS", "available_scorers", "compbench_prompts", "get_scorer", "load_pretrained",
-    "model_location", "register_scorer", "resolve_input", "scorer_info", "shapes_detector", "tiny_model_path",
+    "AeClipScorer", "AeTextTextScorer", "Box", "ClipScorer", "CompBenchVqaScorer", "GenEvalScorer", "ScoreResult",
+    "Scorer", "ScorerInfo", "TINY_MODELS", "available_scorers", "compbench_prompts", "get_scorer", "load_pretrained",
+    "model_location", "register_scorer", "resolve_input", "score_rows", "score_runs", "scorer_info",
+    "shapes_detector", "tiny_model_path",
 ]
