@@ -10,8 +10,10 @@ and import the same attnlens (start the nodes with it installed or on ``PYTHONPA
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import BadOption
 from .local import OnResult, failure
@@ -22,19 +24,28 @@ from .worker import run_cell
 MAX_RETRIES = 3
 
 
-def connect(address: str | None) -> Any:
-    """``ray`` connected to the cluster at ``address`` (``HOST:PORT``; None: start or join a local one)."""
+@contextlib.contextmanager
+def session(address: str | None) -> Iterator[Any]:
+    """``ray`` connected to the cluster at ``address`` (``HOST:PORT``; None: start or join a local one), and
+    disconnected afterwards when this call connected. Ray's own messages (a worker that died, ...) go to stderr
+    meanwhile, so that stdout keeps only the command's result."""
     try:
         import ray
     except ModuleNotFoundError:
         raise BadOption("--executor ray needs Ray", hint="pip install 'attnlens[ray]'") from None
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    with contextlib.redirect_stdout(sys.stderr):
+        if started:
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+            except ConnectionError as exc:
+                raise BadOption(f"no Ray cluster at {address}: {str(exc).splitlines()[0]}",
+                                hint="start one with 'ray start --head --port PORT' and pass --address HOST:PORT") from None
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
-        except ConnectionError as exc:
-            raise BadOption(f"no Ray cluster at {address}: {str(exc).splitlines()[0]}",
-                            hint="start one with 'ray start --head --port PORT' and pass --address HOST:PORT") from None
-    return ray
+            yield ray
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def remote(ray: Any, fn: Any, *, max_retries: int = MAX_RETRIES):
@@ -47,23 +58,23 @@ def run_ray(spec: SweepSpec, cells: Sequence[Cell], root: str | Path, on_result:
             address: str | None = None, max_retries: int = MAX_RETRIES) -> None:
     """Run ``cells`` as Ray tasks, calling ``on_result(cell, result)`` here as each finishes (in finishing order).
     Ctrl-C cancels the tasks not finished and re-raises."""
-    ray = connect(address)
-    task = remote(ray, run_cell, max_retries=max_retries)
-    refs = {task.remote(spec, c, str(root)): c for c in cells}
-    pending = list(refs)
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                try:
-                    result = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001  (retries exhausted, or a bug: the cell failed)
-                    result = failure(refs[ref], exc)
-                on_result(refs[ref], result)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+    with session(address) as ray:
+        task = remote(ray, run_cell, max_retries=max_retries)
+        refs = {task.remote(spec, c, str(root)): c for c in cells}
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    try:
+                        result = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001  (retries exhausted, or a bug: the cell failed)
+                        result = failure(refs[ref], exc)
+                    on_result(refs[ref], result)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
 
 
-__all__ = ["MAX_RETRIES", "connect", "remote", "run_ray"]
+__all__ = ["MAX_RETRIES", "remote", "run_ray", "session"]
