@@ -153,6 +153,17 @@ class _Summary:
                 a[0] += float(v.sum())
                 a[1] += int(v.size)
 
+    def merge(self, acc: dict, runs: dict, methods: dict) -> None:
+        """Add another summary's state (``acc``, ``runs``, ``methods``): the analyses of disjoint runs computed
+        elsewhere (``attnlens analyze --executor ray``)."""
+        for key, (s, n) in acc.items():
+            a = self.acc.setdefault(tuple(key), [0.0, 0])
+            a[0] += s
+            a[1] += n
+        for variant, paths in runs.items():
+            self.runs.setdefault(variant, set()).update(paths)
+        self.methods.update(methods)
+
     def frame(self):
 
         rows = []

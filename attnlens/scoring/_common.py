@@ -25,6 +25,19 @@ from ..store import Run, is_run, open_run
 from ._tiny import TINY_MODELS, tiny_model_path
 
 
+class ImageScorer:
+    """Base of the scorers that judge an image against its prompt: ``scorer(run)`` or ``scorer(image, prompt)``
+    calls ``scorer.score(...)``, so an instance is a scorer in the registry's sense (``scorer(run) -> dict``)."""
+
+    name = "scorer"
+
+    def __call__(self, run_or_image: Any, prompt: str | None = None) -> dict[str, float]:
+        return self.score(run_or_image, prompt)
+
+    def score(self, run_or_image: Any, prompt: str | None = None) -> dict[str, float]:
+        raise NotImplementedError
+
+
 def resolve_input(run_or_image: Any, prompt: str | None = None, sample: int = 0) -> tuple[Image.Image, str]:
     """``(RGB image, prompt)`` of what a scorer was given.
 

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ._common import load_pretrained, model_device, model_dtype, resolve_input, unit
+from ._common import ImageScorer, load_pretrained, model_device, model_dtype, resolve_input, unit
 from .clip_score import encode_images, encode_texts, load_clip
 
 CLIP_MODEL = "openai/clip-vit-base-patch16"
@@ -140,7 +140,7 @@ def caption(model, processor, image, prompt: str = CAPTION_PROMPT, num_beams: in
     return text[len(head):].strip() if text.startswith(head) else text
 
 
-class AeClipScorer:
+class AeClipScorer(ImageScorer):
     """``score(run_or_image, prompt) → {"ae_full_text", "ae_min_object", "ae_first_half", "ae_second_half"}``:
     A&E's CLIP image–text similarities (module docstring).
 
@@ -167,7 +167,7 @@ class AeClipScorer:
         return ae_similarities(v, emb(prompt), None if halves is None else (emb(halves[0]), emb(halves[1])))
 
 
-class AeTextTextScorer:
+class AeTextTextScorer(ImageScorer):
     """``score(run_or_image, prompt) → {"ae_text_text"}``: BLIP caption → CLIP text–text similarity (module
     docstring). The last caption is kept in ``last_caption``.
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ._common import load_pretrained, model_device, model_dtype, resolve_input, unit
+from ._common import ImageScorer, load_pretrained, model_device, model_dtype, resolve_input, unit
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
@@ -63,7 +63,7 @@ def encode_texts(model, processor, texts) -> torch.Tensor:
     return getattr(out, "pooler_output", out)
 
 
-class ClipScorer:
+class ClipScorer(ImageScorer):
     """``score(run_or_image, prompt) → {"clip_score": CLIPScore}`` (module docstring).
 
     Args:

@@ -45,7 +45,7 @@ import torch
 
 from ..errors import BadOption, NotFoundError
 from ..parse import load_spacy
-from ._common import load_pretrained, model_device, model_dtype, resolve_input
+from ._common import ImageScorer, load_pretrained, model_device, model_dtype, resolve_input
 
 VQA_MODEL = "Salesforce/blip-vqa-capfilt-large"
 CATEGORIES = ("color", "shape", "texture")
@@ -154,7 +154,7 @@ def compbench_prompts(category: str, split: str = "val", root: str | os.PathLike
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-class CompBenchVqaScorer:
+class CompBenchVqaScorer(ImageScorer):
     """``score(run_or_image, prompt) → {"compbench_vqa": S}`` (module docstring); the per-phrase answers of the
     last image are kept in ``last_answers`` (``[(question, P(yes)), ...]``).
 

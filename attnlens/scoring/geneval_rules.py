@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import BadOption
 from ..testbed.evaluate import detect, parse_caption
-from ._common import resolve_input
+from ._common import ImageScorer, resolve_input
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
@@ -201,7 +201,7 @@ def caption_metadata(caption: str) -> dict[str, Any]:
     return {"tag": "colors" if len(specs) == 1 else "color_attr", "include": include, "prompt": caption}
 
 
-class GenEvalScorer:
+class GenEvalScorer(ImageScorer):
     """``score(run_or_image, prompt, metadata=None) → {"geneval_correct": 1.0 | 0.0}`` (module docstring).
 
     Args:

@@ -104,8 +104,9 @@ def score_runs(paths: Sequence[str | Path] | str | Path, scorer: str, options: M
         if run in todo:
             lock = RunLock.acquire(run.path)
             try:
-                values = {k: instance.score(run) if n == 1 else
-                          instance.score(run.image(k).convert("RGB"), run.info.sample_prompt(k)) for k in range(n)}
+                values = {k: _numbers(instance(run) if n == 1 else
+                                      instance(run.image(k).convert("RGB"), run.info.sample_prompt(k)))
+                          for k in range(n)}
                 write_scores(run.path, scorer, key, values)
             finally:
                 lock.release()
@@ -126,6 +127,12 @@ def score_runs(paths: Sequence[str | Path] | str | Path, scorer: str, options: M
     for note in result.notes:
         log(note)
     return result
+
+
+def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric values of a scorer's row (booleans as 0/1); text columns (e.g. per-object statuses) are left
+    out of scores.json and the table."""
+    return {k: float(v) for k, v in row.items() if isinstance(v, (bool, int, float))}
 
 
 def score_rows(table):

@@ -249,14 +249,24 @@ def test_the_shapes_evaluator_is_a_geneval_detector():
 
 
 # ------------------------------------------------------------------------------------------------ registry
-def test_registry_builds_by_name_and_refuses_unknown_or_taken_names():
-    assert {"clip", "ae-clip", "ae-text-text", "compbench-vqa", "geneval"} <= set(S.available_scorers())
-    scorer = S.get_scorer("geneval")
-    assert isinstance(scorer, S.Scorer)
-    with pytest.raises(NotFoundError, match="did you mean clip"):
+def test_one_registry_for_sweep_and_score():
+    assert {"shapes", "clip", "ae-clip", "ae-text-text", "compbench-vqa", "geneval"} <= set(S.available_scorers())
+    lazy = S.get_scorer("clip")  # defaults: the published model, loaded on the first call only
+    assert isinstance(lazy, S.LazyScorer) and lazy._built is None
+    geneval = S.get_scorer("geneval", threshold=0.5)  # with options: built now, a scorer(run_or_image, prompt)
+    assert isinstance(geneval, GenEvalScorer) and geneval.threshold == 0.5
+    assert geneval(IMAGE, "a red circle") == {"geneval_correct": 0.0}  # nothing drawn
+    with pytest.raises(NotFoundError, match="unknown scorer 'clips'"):
         S.get_scorer("clips")
-    with pytest.raises(BadOption, match="already registered"):
-        S.register_scorer("clip", ClipScorer)
+    with pytest.raises(BadOption, match="takes no option 'model_id'"):
+        S.get_scorer("geneval", model_id="x")
+    with pytest.raises(BadOption, match="'shapes' takes no options"):
+        S.get_scorer("shapes", threshold=0.5)
+    calls = []
+
+    lazy = S.register_scorer("test-lazy", factory=lambda: (lambda run, prompt=None: calls.append(run) or {"x": 1.0}))
+    assert S.get_scorer("test-lazy") is lazy
+    assert calls == [] and S.get_scorer("test-lazy")("run") == {"x": 1.0} and calls == ["run"]
 
 
 def test_inputs_and_model_locations_fail_with_one_line_errors(tmp_path):
