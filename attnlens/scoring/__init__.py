@@ -1,4 +1,4 @@
-"""Scorers: functions that judge a finished run — the shapes evaluator, and the image–prompt scores papers report —
+"""Scorers: functions that judge a finished run (the shapes evaluator, and the image–prompt scores papers report),
 run by ``attnlens sweep`` (the spec's ``scorers = [...]``) on the workers that record, and by ``attnlens score`` on
 a folder of runs.
 

@@ -21,17 +21,14 @@ A folder is built once per version into ``$ATTNLENS_HOME/scorers`` (atomically, 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import string
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..models.registry import cache_dir
+from ..models.registry import build_once, cache_dir
 from ..testbed.render import COLOURS, SHAPES, SIZE_WORDS
 from ..tokenizer import write_tokenizer_files
 
@@ -116,7 +113,8 @@ def build_tiny_clip(directory: Path) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     tok_dir = write_tokenizer_files(directory / ".tokenizer")
     tok = CLIPTokenizer.from_pretrained(tok_dir)
-    image = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    image = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=square)
     CLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(directory)
     shutil.rmtree(tok_dir)
     return directory
@@ -136,19 +134,5 @@ def tiny_model_path(name: str) -> Path:
 
     build, version = TINY_MODELS[name]
     key = hashlib.sha256(f"{name}:{version}:{transformers.__version__}".encode()).hexdigest()[:10]
-    target = cache_dir() / "scorers" / f"{name}-{key}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        build(tmp)
-        (tmp / "attnlens_model.json").write_text(json.dumps({"name": name, "version": version}))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(cache_dir() / "scorers" / f"{name}-{key}", build, "config.json",
+                      {"name": name, "version": version})

@@ -164,7 +164,8 @@ def check(detected: Mapping[str, Sequence[Box]], metadata: Mapping[str, Any], im
                         if bad is not None:
                             ok = False
                             rel = relative_position(obj, bad, position_threshold)
-                            reasons.append(f"expected {cls} {relation} target, found {' and '.join(sorted(rel))} target")
+                            found_rel = " and ".join(sorted(rel))
+                            reasons.append(f"expected {cls} {relation} target, found {found_rel} target")
                             break
         correct &= ok
         matched.append(found if ok else None)

@@ -52,6 +52,9 @@ class LazyScorer:
                 self._built = self.factory()
         return self._built(run_or_image, prompt)
 
+    def score(self, run_or_image: Any, prompt: str | None = None) -> dict[str, Any]:
+        return self(run_or_image, prompt)
+
 
 _SCORERS: dict[str, ScorerInfo] = {}
 

@@ -76,7 +76,8 @@ def score_runs(paths: Sequence[str | Path] | str | Path, scorer: str, options: M
             raise RunNotFound(f"'{p}' does not exist", hint="pass a run folder or a folder holding runs")
         hits = list(find_runs(p))
         if not hits:
-            raise RunNotFound(f"no runs under '{p}'", hint=f"record some first: attnlens record \"a red apple\" --out {p}")
+            raise RunNotFound(f"no runs under '{p}'",
+                              hint=f"record some first: attnlens record \"a red apple\" --out {p}")
         found += [h for h in hits if h.resolve() not in {f.resolve() for f in found}]
     result = ScoreResult(table=None)
     runs = []
@@ -87,7 +88,8 @@ def score_runs(paths: Sequence[str | Path] | str | Path, scorer: str, options: M
             result.notes.append(f"skipped {path}: {exc.message}")
             continue
         if not run.complete or _n_samples(run) == 0:
-            result.notes.append(f"skipped {path}: " + ("no image" if run.complete else f"incomplete (status {run.status})"))
+            why = "no image" if run.complete else f"incomplete (status {run.status})"
+            result.notes.append(f"skipped {path}: {why}")
             continue
         runs.append(run)
     if not runs:

@@ -47,7 +47,8 @@ def read_scores(run: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise StoreError(f"cannot read '{path}': {exc}", hint="score the run again (attnlens score --rescore)") from None
+        raise StoreError(f"cannot read '{path}': {exc}",
+                         hint="score the run again (attnlens score --rescore)") from None
     if not isinstance(data, dict) or not isinstance(data.get("scorers"), dict):
         raise StoreError(f"'{path}' is not an attnlens scores file", hint="move it away and score the run again")
     return data

@@ -35,13 +35,13 @@ CASES = [
 
 @pytest.mark.parametrize("name, options, ranges", CASES, ids=[c[0] for c in CASES])
 def test_scorer_on_a_recorded_run_is_finite_in_range_and_deterministic(run, name, options, ranges):
-    first = get_scorer(name, **options).score(run)
+    first = get_scorer(name, **options)(run)
     assert set(first) == set(ranges)
     for key, (lo, hi) in ranges.items():
         assert math.isfinite(first[key]) and lo - 1e-6 <= first[key] <= hi + 1e-6, (key, first[key])
     # a second scorer, loaded again from the folder (the path a user's --model-id PATH takes), on the run folder
     folders = {k: model_location(v) for k, v in options.items()}
-    assert get_scorer(name, **folders).score(str(run.path)) == first
+    assert get_scorer(name, **folders).score(str(run.path)) == first  # the method form, on the run folder
 
 
 def test_the_halves_are_the_two_objects_and_min_object_is_their_minimum(run):
@@ -70,3 +70,18 @@ def test_tiny_models_are_built_deterministically(tmp_path):
     cached = CLIPModel.from_pretrained(tiny_model_path("attnlens-tiny-clip")).state_dict()
     assert fresh.keys() == cached.keys()
     assert all(torch.equal(fresh[k], cached[k]) for k in fresh)
+
+
+def test_the_python_example_of_docs_scoring_runs(tmp_path, monkeypatch):
+    """docs/scoring.md's ```python blocks run as written (tiny models, offline), in a fresh folder."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scoring.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", doc, re.S | re.M)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/scoring.md python block {i + 1}", "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "runs" / "scoring-demo" / "scores.csv").is_file()
