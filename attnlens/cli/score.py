@@ -22,8 +22,7 @@ Examples:
 
   attnlens score runs/ --scorer ae-clip --model-id openai/clip-vit-base-patch16
 
-  attnlens score runs/ --scorer ae-text-text --model-id openai/clip-vit-base-patch16 \\
-      --caption-model-id Salesforce/blip-image-captioning-base
+  attnlens score runs/ --scorer ae-text-text --caption-model-id Salesforce/blip-image-captioning-base
 
   attnlens score runs/ --scorer compbench-vqa --model-id Salesforce/blip-vqa-capfilt-large -O spacy_model=en_core_web_sm
 
@@ -56,7 +55,7 @@ def _options(pairs: list[str]) -> dict:
 def score(
     paths: list[Path] = typer.Argument(None, help="Run folders and/or folders holding runs."),
     scorer: Optional[str] = typer.Option(None, "--scorer", "-s", help="Scorer name (see --list)."),
-    model_id: Optional[str] = typer.Option(None, "--model-id", "-m",
+    model_id: Optional[str] = typer.Option(None, "--model-id",
                                            help="The scorer's model: hub id, save_pretrained folder or tiny model."),
     caption_model_id: Optional[str] = typer.Option(None, "--caption-model-id",
                                                    help="ae-text-text: the BLIP captioning model."),
