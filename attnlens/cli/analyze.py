@@ -82,7 +82,7 @@ def analyze(
     out: Path = typer.Option(Path("metrics.parquet"), "--out", "-o", help="Parquet file to write (replaced)."),
     partial: bool = typer.Option(False, "--partial", help="Analyse incomplete runs up to their last complete step."),
     metric: list[str] = typer.Option([], "--metric", "-m",
-                                     help="Metric name or glob, or scalar/<name> (repeatable). Default: all."),
+                                     help="Metric name or glob, scalar/<name> or score/<key> (repeatable). Default: all."),
     layers: list[str] = typer.Option([], "--layers", "-l",
                                      help="Layer name, glob, resolution (16) or aggregate (all, res16); repeatable."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Steps to analyse: 0:25, ::5, 0,10,20."),
