@@ -11,7 +11,8 @@ For a prompt P with spaCy noun chunks n₁ … n_k (``en_core_web_sm`` in the re
 
        P_j(yes) = p("yes") / (p("yes") + p("no")),   written with 4 decimals as released;
 
-3. the image's score is the product ``S = Π_j P_j(yes)`` (1 for a prompt with no noun chunk).
+3. the image's score is the product ``S = Π_j P_j(yes)`` (1 for a prompt with no noun chunk), written with 4
+   decimals as released.
 
 The benchmark's number is the mean of S over its images. The same procedure scores the ``color``, ``shape`` and
 ``texture`` categories; :func:`compbench_prompts` reads their prompt files (the ``val`` split has 300 prompts each).
@@ -70,11 +71,15 @@ def noun_phrases(prompt: str, nlp) -> list[str]:
 
 
 def binding_score(yes_probabilities: Sequence[float], decimals: int | None = 4) -> float:
-    """``Π_j round(P_j(yes), decimals)`` (no rounding when ``decimals`` is None); 1.0 for no questions."""
+    """``round(Π_j round(P_j(yes), decimals), decimals)``: the released code writes each answer, and then each
+    image's product, with 4 decimals (no rounding when ``decimals`` is None); 1.0 for no questions."""
+    def rounded(x: float) -> float:
+        return float(x) if decimals is None else float(f"{float(x):.{decimals}f}")
+
     out = 1.0
     for p in yes_probabilities:
-        out *= float(p) if decimals is None else float(f"{float(p):.{decimals}f}")
-    return out
+        out *= rounded(p)
+    return rounded(out)
 
 
 def yes_probability_from_logits(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:

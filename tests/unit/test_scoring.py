@@ -135,7 +135,8 @@ def test_vqa_question_and_product_of_rounded_answers():
     assert vqa_question("the (red) apple:") == "the red apple?"
     assert binding_score([]) == 1.0
     assert binding_score([0.9, 0.5, 0.2]) == pytest.approx(0.09)
-    assert binding_score([0.33333, 0.5]) == pytest.approx(0.3333 * 0.5)
+    assert binding_score([0.66666, 0.66666]) == 0.4445  # each answer rounded first: 0.6667² = 0.44449
+    assert binding_score([0.33333, 0.3]) == 0.1  # and the product: 0.3333 · 0.3 = 0.09999
     assert binding_score([0.33333], decimals=None) == pytest.approx(0.33333)
 
 
