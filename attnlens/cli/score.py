@@ -54,7 +54,8 @@ def _options(pairs: list[str]) -> dict:
 @app.command(epilog=SCORE_EXAMPLES)
 def score(
     paths: list[Path] = typer.Argument(None, help="Run folders and/or folders holding runs."),
-    scorer: Optional[str] = typer.Option(None, "--scorer", "-s", help="Scorer name (see --list)."),
+    scorer: Optional[str] = typer.Option(None, "--scorer", "-s",
+                                         help="Scorer name (see --list), optionally with options: name:key=value,..."),
     model_id: Optional[str] = typer.Option(None, "--model-id",
                                            help="The scorer's model: hub id, save_pretrained folder or tiny model."),
     caption_model_id: Optional[str] = typer.Option(None, "--caption-model-id",
@@ -70,6 +71,7 @@ def score(
 ) -> None:
     """Score the images of recorded runs: CLIPScore, Attend-and-Excite, T2I-CompBench BLIP-VQA, GenEval rules."""
     from ..scoring import available_scorers, score_runs, scorer_info
+    from ..scoring.registry import parse_scorer_spec
 
     fmt = resolve_format(fmt, as_json)
     if list_scorers:
@@ -82,7 +84,7 @@ def score(
         raise BadOption("no run or root given", hint="attnlens score runs/ --scorer clip (attnlens score --list)")
     if not scorer:
         raise BadOption("no --scorer given", hint=f"choose one of: {', '.join(available_scorers())}")
-    scorer_info(scorer)  # an unknown name fails before any model loads
+    scorer_info(parse_scorer_spec(scorer)[0])  # an unknown name fails before any model loads
     opts = _options(option)
     given = {"model_id": model_id, "caption_model_id": caption_model_id, "device": device, "dtype": dtype}
     opts.update({k: v for k, v in given.items() if v is not None})

@@ -10,7 +10,9 @@ is then built on first use with its defaults (the published protocol's model ids
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -47,13 +49,18 @@ class LazyScorer:
         self._lock = threading.Lock()
 
     def __call__(self, run_or_image: Any, prompt: str | None = None) -> dict[str, Any]:
-        with self._lock:
-            if self._built is None:
-                self._built = self.factory()
-        return self._built(run_or_image, prompt)
+        return self.built(run_or_image, prompt)
 
     def score(self, run_or_image: Any, prompt: str | None = None) -> dict[str, Any]:
         return self(run_or_image, prompt)
+
+    @property
+    def built(self) -> Scorer:
+        """The scorer itself (built now if it was not yet)."""
+        with self._lock:
+            if self._built is None:
+                self._built = self.factory()
+        return self._built
 
 
 _SCORERS: dict[str, ScorerInfo] = {}
@@ -85,13 +92,41 @@ def scorer_info(name: str) -> ScorerInfo:
                             + f"known: {', '.join(available_scorers())}") from None
 
 
+def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name:key=value,key=value"`` → ``(name, {key: value})`` (a value is read as JSON when it parses, else
+    kept as text): how a sweep spec names a scorer with options, e.g. ``"clip:model_id=attnlens-tiny-clip"``.
+
+    Raises:
+        BadOption: a part after the ``:`` is not ``key=value``.
+    """
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise BadOption(f"scorer option '{part}' in '{spec}' is not key=value",
+                            hint="e.g. clip:model_id=openai/clip-vit-large-patch14,weight=2.5")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+_CONFIGURED: dict[tuple[str, str], LazyScorer] = {}
+
+
 def get_scorer(name: str, **options: Any) -> Scorer:
-    """The scorer registered under ``name``; with ``options`` (model ids, device, dtype, ...), one built with them.
+    """The scorer registered under ``name``; with options (model ids, device, dtype, ...; as keywords, or in the
+    name as ``"name:key=value,..."``), one built with them on its first call, the same object for the same options
+    (its models load once per process).
 
     Raises:
         NotFoundError: no scorer has that name.
         BadOption: an option the scorer does not take (the message lists the ones it takes).
     """
+    name, given = parse_scorer_spec(name)
+    options = {**given, **options}
     info = scorer_info(name)
     if not options:
         return info.scorer
@@ -102,7 +137,10 @@ def get_scorer(name: str, **options: Any) -> Scorer:
     bad = [k for k in options if k not in names]
     if bad and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise BadOption(f"scorer '{name}' takes no option '{bad[0]}'", hint=f"its options: {', '.join(names)}")
-    return info.factory(**options)
+    key = (name, json.dumps(options, sort_keys=True, default=repr))
+    if key not in _CONFIGURED:
+        _CONFIGURED[key] = LazyScorer(functools.partial(info.factory, **options))
+    return _CONFIGURED[key]
 
 
 def available_scorers() -> list[str]:

@@ -28,7 +28,7 @@ from ..store import find_runs, open_run
 from ..store.scores import read_scores, write_scores
 from ..store.writer import RunLock
 from ..vocab import SCORE_PREFIX
-from .registry import get_scorer
+from .registry import get_scorer, parse_scorer_spec
 
 TABLE = "scores.csv"
 ID_COLUMNS = ("run", "method", "variant", "prompt", "seed", "sample")
@@ -69,7 +69,8 @@ def score_runs(paths: Sequence[str | Path] | str | Path, scorer: str, options: M
 
     log = log or (lambda s: print(s, file=sys.stderr))
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    options = dict(options or {})
+    scorer, given = parse_scorer_spec(scorer)
+    options = {**given, **(options or {})}
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():

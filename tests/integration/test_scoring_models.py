@@ -52,8 +52,8 @@ def test_the_halves_are_the_two_objects_and_min_object_is_their_minimum(run):
 
 
 def test_vqa_asks_one_question_per_noun_phrase_with_blips_special_tokens(run):
-    s = get_scorer("compbench-vqa", model_id="attnlens-tiny-blip-vqa")
-    out = s.score(run)
+    out = get_scorer("compbench-vqa", model_id="attnlens-tiny-blip-vqa")(run)
+    s = get_scorer("compbench-vqa", model_id="attnlens-tiny-blip-vqa").built  # the same scorer: models loaded once
     assert [q for q, _ in s.last_answers] == ["a red circle?", "a blue square?"]
     assert all(0.0 < p < 1.0 for _, p in s.last_answers)
     assert out["compbench_vqa"] == round(math.prod(float(f"{p:.4f}") for _, p in s.last_answers), 4)

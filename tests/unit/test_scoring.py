@@ -254,9 +254,14 @@ def test_one_registry_for_sweep_and_score():
     assert {"shapes", "clip", "ae-clip", "ae-text-text", "compbench-vqa", "geneval"} <= set(S.available_scorers())
     lazy = S.get_scorer("clip")  # defaults: the published model, loaded on the first call only
     assert isinstance(lazy, S.LazyScorer) and lazy._built is None
-    geneval = S.get_scorer("geneval", threshold=0.5)  # with options: built now, a scorer(run_or_image, prompt)
-    assert isinstance(geneval, GenEvalScorer) and geneval.threshold == 0.5
+    geneval = S.get_scorer("geneval", threshold=0.5)  # with options: built on its first call, then kept
+    assert S.get_scorer("geneval:threshold=0.5") is geneval and S.get_scorer("geneval", threshold=0.6) is not geneval
     assert geneval(IMAGE, "a red circle") == {"geneval_correct": 0.0}  # nothing drawn
+    assert isinstance(geneval.built, GenEvalScorer) and geneval.built.threshold == 0.5
+    assert S.registry.parse_scorer_spec("clip:model_id=a/b, weight=2.5,prefix=A photo") == (
+        "clip", {"model_id": "a/b", "weight": 2.5, "prefix": "A photo"})
+    with pytest.raises(BadOption, match="is not key=value"):
+        S.get_scorer("clip:model_id")
     with pytest.raises(NotFoundError, match="unknown scorer 'clips'"):
         S.get_scorer("clips")
     with pytest.raises(BadOption, match="takes no option 'model_id'"):
