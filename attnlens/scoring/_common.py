@@ -104,14 +104,14 @@ def load_pretrained(model_cls, processor_cls, model_id: str | os.PathLike, devic
     location = model_location(model_id)
     device, dtype = default_device_dtype(device, dtype)
     try:
-        model = model_cls.from_pretrained(location, dtype=dtype)
+        model = model_cls.from_pretrained(location)  # then .to(dtype): the same on every transformers version
         processor = processor_cls.from_pretrained(location)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(f"could not load {model_cls.__name__} from '{model_id}': {first}",
                             hint="download it once with network access (it then loads from the Hugging Face cache) "
                                  "or pass a folder written by save_pretrained") from exc
-    return model.to(device).eval(), processor
+    return model.to(device=device, dtype=dtype).eval(), processor
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
