@@ -58,9 +58,11 @@ METRICS = MAP_METRICS + TRAJECTORY_METRICS
 
 
 SCALAR_PREFIX = "scalar/"
+#: metric prefix of the image scores ``attnlens score`` wrote into a run (``score/clip_score``; role ``image``)
+SCORE_PREFIX = "score/"
 
 
-ROLES = ("modifier", "noun", "bound", "unbound", "entities", "prompt", "latent", "scalar")
+ROLES = ("modifier", "noun", "bound", "unbound", "entities", "prompt", "latent", "scalar", "image")
 
 
 #: :data:`attnlens.metrics.METRIC_INFO` plus ``neglect_mean`` (the one neglect statistic comparable across layers).

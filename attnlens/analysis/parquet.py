@@ -37,11 +37,13 @@ def write_parquet(source: Analysis | Sequence[str | Path] | str | Path, path: st
                   row_group_rows: int = 250_000, **kwargs: Any) -> AnalysisReport:
     """Stream an analysis into a Parquet file (one ``ParquetWriter``, row groups of about ``row_group_rows``).
 
-    ``source`` is an :class:`Analysis` or the paths to analyse (then ``kwargs`` go to :class:`Analysis`). The file
+    ``source`` is an :class:`Analysis` (or an object with its ``tables``, ``rows``, ``runs``, ``notes`` and
+    ``summary``) or the paths to analyse (then ``kwargs`` go to :class:`Analysis`). The file
     is written to a temporary name and renamed at the end, so an interrupted analysis leaves no partial table.
     """
 
-    analysis = source if isinstance(source, Analysis) else Analysis(source, **kwargs)
+    # an Analysis, or anything with its streaming surface (attnlens.sweeps.analyze.ClusterAnalysis)
+    analysis = source if hasattr(source, "tables") else Analysis(source, **kwargs)
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from .. import metrics as M
 from ..errors import AttnlensError, BadOption, MetricNotFound, StoreError
 from ..selection import step_filter
 from ..store import PHASES, Run
-from ..vocab import AGGREGATE_ALL, COLUMNS, HEADLINE, MAP_METRICS, METRICS, SCALAR_PREFIX, TRAJECTORY_METRICS
+from ..vocab import (AGGREGATE_ALL, COLUMNS, HEADLINE, MAP_METRICS, METRICS, SCALAR_PREFIX, SCORE_PREFIX,
+                     TRAJECTORY_METRICS)
 from .kernels import MetricBlock, map_metrics
 from .layers import LayerPlan, _aggregate_metrics, available_records, plan_layers
 from .runs import _sample_info, discover_runs, variant_label
@@ -42,6 +43,9 @@ def resolve_metrics(metrics: Sequence[str] | None) -> tuple[set[str], list[str] 
                 continue
             if name.startswith(SCALAR_PREFIX):
                 scalars.append(name[len(SCALAR_PREFIX):] or "*")
+                continue
+            if name.startswith(SCORE_PREFIX):  # image scores (attnlens score), kept whole: no scalar name has "/"
+                scalars.append(name if name != SCORE_PREFIX else SCORE_PREFIX + "*")
                 continue
             if any(c in name for c in "*?["):
                 hits = fnmatch.filter(METRICS, name)
@@ -148,6 +152,17 @@ class _Summary:
                 a = self.acc.setdefault((variant, metric, role), [0.0, 0])
                 a[0] += float(v.sum())
                 a[1] += int(v.size)
+
+    def merge(self, acc: dict, runs: dict, methods: dict) -> None:
+        """Add another summary's state (``acc``, ``runs``, ``methods``): the analyses of disjoint runs computed
+        elsewhere (``attnlens analyze --executor ray``)."""
+        for key, (s, n) in acc.items():
+            a = self.acc.setdefault(tuple(key), [0.0, 0])
+            a[0] += s
+            a[1] += n
+        for variant, paths in runs.items():
+            self.runs.setdefault(variant, set()).update(paths)
+        self.methods.update(methods)
 
     def frame(self):
 
@@ -310,6 +325,7 @@ class Analysis:
         for k in range(n_samples):
             self._trajectory(run, k, last, timesteps, rows[k])
             self._scalars(run, k, last, timesteps, rows[k])
+            self._scores(run, k, rows[k])
             if rows[k].n:
                 self.rows += rows[k].n
                 yield rows[k].table()
@@ -442,6 +458,17 @@ class Analysis:
             ts = np.array([timesteps[s] if s < len(timesteps) else np.nan for s in s_idx])
             rows.add(s_idx, ts, "guidance", i_idx.astype(np.int32), "-", 0, SCALAR_PREFIX + name,
                      v[s_idx, i_idx].astype(np.float64)[:, None], ["-"], ["scalar"])
+
+    def _scores(self, run: Run, k: int, rows: _Rows) -> None:
+        """The image scores of ``attnlens score`` (``RUN/scores.json``): metric ``score/<key>``, role ``image``,
+        layer ``-``, step −1 (one value per image, as the binding bench's outcomes)."""
+        patterns = None if self.scalar_patterns is None else [
+            p for p in self.scalar_patterns if p.startswith(SCORE_PREFIX)]
+        for key, value in sorted(run.scores(k).items()):
+            name = SCORE_PREFIX + key
+            if patterns is None or any(fnmatch.fnmatch(name, p) for p in patterns):
+                rows.add(np.array([-1]), np.array([np.nan]), "sample", np.zeros(1, np.int32), "-", 0, name,
+                         np.array([[value]], np.float64), [""], ["image"])
 
 
 def _timesteps(run: Run) -> np.ndarray:

@@ -22,7 +22,7 @@ from ._app import _DEBUG, CommandInterrupted, app, quiet_model_loading  # noqa: 
 def _register() -> None:
     from . import record as _record  # noqa: F401  (commands register themselves on `app`)
     from . import inspect as _inspect  # noqa: F401
-    for optional in ("analyze", "dashboard", "bench", "testbed"):
+    for optional in ("analyze", "dashboard", "bench", "testbed", "sweep", "score"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:

@@ -82,11 +82,14 @@ def analyze(
     out: Path = typer.Option(Path("metrics.parquet"), "--out", "-o", help="Parquet file to write (replaced)."),
     partial: bool = typer.Option(False, "--partial", help="Analyse incomplete runs up to their last complete step."),
     metric: list[str] = typer.Option([], "--metric", "-m",
-                                     help="Metric name or glob, or scalar/<name> (repeatable). Default: all."),
+                                     help="Metric name or glob, scalar/<name> or score/<key> (repeatable). Default: all."),
     layers: list[str] = typer.Option([], "--layers", "-l",
                                      help="Layer name, glob, resolution (16) or aggregate (all, res16); repeatable."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Steps to analyse: 0:25, ::5, 0,10,20."),
     phase: list[str] = typer.Option([], "--phase", help="sample | guidance | sample_uncond (repeatable)."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) | ray (one task per prompt on "
+                                                             "a Ray cluster; see attnlens sweep)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster HOST:PORT (with --executor ray)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -96,8 +99,16 @@ def analyze(
     fmt = resolve_format(fmt, as_json)
     if out.suffix.lower() != ".parquet":
         raise BadOption(f"--out '{out}' should end in .parquet", hint="e.g. --out metrics.parquet")
-    analysis = Analysis(paths, partial=partial, metrics=_split(metric) or None, layers=_split(layers) or None,
-                        steps=steps, phases=_split(phase) or None)
+    if executor not in ("local", "ray"):
+        raise BadOption(f"unknown executor '{executor}'", hint="choose one of: local, ray")
+    options = dict(partial=partial, metrics=_split(metric) or None, layers=_split(layers) or None, steps=steps,
+                   phases=_split(phase) or None)
+    if executor == "ray":
+        from ..sweeps.analyze import ClusterAnalysis
+
+        analysis = ClusterAnalysis(paths, address=address, **options)
+    else:
+        analysis = Analysis(paths, **options)
     with err_console.status(f"analysing {len(analysis.runs)} run(s) ..."):
         result = write_parquet(analysis, out)
     for n in result.notes:

@@ -89,18 +89,25 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
 
     version = spec.version() if callable(spec.version) else spec.version
     key = hashlib.sha256(f"{spec.name}:{version}:{diffusers.__version__}".encode()).hexdigest()[:10]
-    target = cache_dir() / "models" / f"{spec.name}-{key}"
-    if (target / "model_index.json").exists():
+    return build_once(cache_dir() / "models" / f"{spec.name}-{key}", spec.build, "model_index.json",
+                      {"name": spec.name, "version": version})
+
+
+def build_once(target: Path, build: Callable[[Path], Any], marker: str, meta: dict[str, Any]) -> Path:
+    """``target``, written by ``build(folder)`` unless it already holds ``marker``: built in a temporary folder
+    beside it (with ``attnlens_model.json`` = ``meta``) and moved into place in one rename, so a concurrent
+    reader never sees half a model and two builders race harmlessly."""
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{meta.get('name', 'model')}-", dir=target.parent))
     try:
-        spec.build(tmp)
-        (tmp / "attnlens_model.json").write_text(json.dumps({"name": spec.name, "version": version}))
+        build(tmp)
+        (tmp / "attnlens_model.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race
-            if not (target / "model_index.json").exists():
+            if not (target / marker).exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

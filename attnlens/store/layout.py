@@ -7,6 +7,7 @@ A run is one folder::
                            the run is complete (``running``, ``complete``, ``failed`` or ``interrupted``)
       .attnlens-lock       while a recording writes the run: the file it holds a lock on (its pid and host)
       image.png            final image of a one-sample run (``image-<k>.png`` for sample k of several)
+      scores.json          (optional) image scores written by ``attnlens score`` (``attnlens.store.scores``)
       data.zarr/           the Zarr v3 group with every array (see ``docs/store.md``); its attributes repeat the
                            manifest under ``attnlens`` so a plain-zarr user sees what the run is
 
@@ -35,6 +36,7 @@ from ..vocab import MAP_DIMS, PHASES  # noqa: F401  (the store's words, re-expor
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 DATA = "data.zarr"
+SCORES = "scores.json"  # what `attnlens score` measured on the run's images (attnlens.store.scores)
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
@@ -52,9 +54,9 @@ def data_path(run: str | Path) -> Path:
 
 
 #: what attnlens writes at the top of a run folder (schema 2, and schema 1's zarr group beside the manifest)
-_RUN_ENTRIES = {MANIFEST, DATA, "zarr.json", "attention", "latents", "scalars", ".attnlens-write-test", LOCK}
+_RUN_ENTRIES = {MANIFEST, DATA, SCORES, "zarr.json", "attention", "latents", "scalars", ".attnlens-write-test", LOCK}
 _IMAGE = re.compile(r"^image(-\d+)?\.png$")
-_TEMP = re.compile(r"^\.(manifest\.json|image(-\d+)?\.png)\..*")
+_TEMP = re.compile(r"^\.(manifest\.json|scores\.json|image(-\d+)?\.png)\..*")
 
 
 def run_entries(run: str | Path) -> tuple[list[Path], list[Path]]:

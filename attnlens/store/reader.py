@@ -22,6 +22,7 @@ from ..errors import AttnlensError, NotFoundError, RunNotFound, StoreError
 from ._fastzarr import ChunkReader
 from .layout import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, data_path, layer_sort_key, validate_manifest
 from ..tokens import word_positions_in
+from .scores import read_sample_scores
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -294,6 +295,11 @@ class Run:
         if "scalars" not in g:
             return {}
         return {name: np.asarray(a[:]) for name, a in g["scalars"].arrays()}
+
+    def scores(self, sample: int = 0) -> dict[str, float]:
+        """``{key: value}`` of every score ``attnlens score`` wrote for image ``sample`` (``RUN/scores.json``;
+        ``attnlens.store.scores``); empty when the run was not scored."""
+        return read_sample_scores(self.path, sample)
 
     def image(self, sample: int = 0):
         name = self.manifest.get("images", {}).get(str(sample))

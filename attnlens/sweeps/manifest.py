@@ -1,0 +1,182 @@
+"""The sweep manifest ``ROOT/sweep.json``: the protocol a sweep pins and every cell with its state.
+
+One writer: :class:`SweepManifest` in the process that drives the sweep (workers return results to it; they never
+touch ``sweep.json``). Every write is atomic (a temporary file and ``os.replace``), so a killed sweep leaves the
+last complete version. The states it holds are a record, not the truth: a cell is done when its run folder holds a
+complete run with the cell's settings (``attnlens.sweep.reusable``), which :func:`cell_states` checks again.
+
+Cell states: ``pending`` (not started), ``running`` (handed to a worker), ``complete``, ``reused`` (a complete run
+was already there), ``failed`` (``error`` says why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import ConfigError, StoreError
+from ..store import STATUS_COMPLETE, is_run, read_manifest, write_json_atomic
+from ..sweep import reusable
+from .spec import Cell, SweepSpec, prompts_hash
+
+SWEEP_MANIFEST = "sweep.json"
+SCHEMA = 1
+PENDING, RUNNING, COMPLETE, REUSED, FAILED = "pending", "running", "complete", "reused", "failed"
+DONE = (COMPLETE, REUSED)
+
+
+def model_digest(location: str | None) -> str | None:
+    """SHA-256 over a local diffusers folder's files (relative path, size and content, sorted), or None for a
+    model that is not a local folder (a hub id not in the cache)."""
+    if not location or not Path(location).is_dir():
+        return None
+    h = hashlib.sha256()
+    root = Path(location)
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + str(f.stat().st_size).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def scheduler_name(location: str | None) -> str | None:
+    """The scheduler class of a local diffusers folder (``scheduler/scheduler_config.json``), else None."""
+    f = Path(location or "") / "scheduler" / "scheduler_config.json"
+    try:
+        return json.loads(f.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+
+
+def protocol(spec: SweepSpec, location: str | None) -> dict[str, Any]:
+    """What the sweep pins: model (+ digest, scheduler), steps, guidance, image size, prompt set (+ hash), seeds,
+    variants, recording options, scorers, interventions. Two sweeps with equal protocols make the same runs."""
+    return {
+        "model": spec.model, "model_digest": model_digest(location), "scheduler": scheduler_name(location),
+        "steps": spec.steps, "guidance_scale": spec.guidance_scale, "height": spec.height, "width": spec.width,
+        "prompt_set": {"source": spec.prompt_source, "n": len(spec.prompts), "sha256": prompts_hash(spec.prompts)},
+        "seeds": spec.seeds,
+        "variants": [{"label": v.label, "method": v.method, "options": v.options} for v in spec.variants],
+        "recording": spec.recording, "scorers": spec.scorers, "interventions": spec.interventions,
+        "attnlens_version": __version__,
+    }
+
+
+def _comparable(p: dict[str, Any]) -> dict[str, Any]:
+    # a newer attnlens may continue a sweep; scorers may be added (they only add columns)
+    return {k: v for k, v in p.items() if k not in ("attnlens_version", "scorers")}
+
+
+class SweepManifest:
+    """The one writer of ``ROOT/sweep.json`` (:meth:`create` or :meth:`open`, then :meth:`set`)."""
+
+    def __init__(self, root: Path, data: dict[str, Any]):
+        self.root = Path(root)
+        self.data = data
+
+    @property
+    def path(self) -> Path:
+        return self.root / SWEEP_MANIFEST
+
+    @classmethod
+    def create(cls, root: str | Path, spec: SweepSpec, location: str | None) -> "SweepManifest":
+        """A new manifest for ``spec`` under ``root``; when ``root`` already holds one, it must pin the same
+        protocol (its cells' states are kept, and checked again by the caller)."""
+        root = Path(root)
+        proto = protocol(spec, location)
+        cells = spec.cells(root)
+        old = read_sweep(root) if (root / SWEEP_MANIFEST).exists() else None
+        if old is not None and _comparable(old.get("protocol", {})) != _comparable(proto):
+            diff = sorted(k for k in _comparable(proto) if old.get("protocol", {}).get(k) != proto[k])
+            raise ConfigError(f"'{root}' holds a sweep with another protocol (differs in: {', '.join(diff)})",
+                              hint="use a new --out for a new protocol, or restore the spec that made this sweep")
+        prev = {c["id"]: c for c in (old or {}).get("cells", [])}
+        data = {
+            "schema": SCHEMA, "name": spec.name, "protocol": proto, "spec": spec.raw, "created":
+            (old or {}).get("created", time.time()), "updated": time.time(),
+            "cells": [{"id": c.id, "path": c.rel, "variant": c.variant.label, "method": c.variant.method,
+                       "options": c.variant.options, "prompt": c.prompt, "seed": c.seed,
+                       "state": prev.get(c.id, {}).get("state", PENDING), "attempts": prev.get(c.id, {}).get("attempts", 0),
+                       "error": prev.get(c.id, {}).get("error"), "scores": prev.get(c.id, {}).get("scores", {})}
+                      for c in cells],
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        m = cls(root, json.loads(json.dumps(data, default=str)))
+        m.write()
+        return m
+
+    def cell(self, cell_id: str) -> dict[str, Any]:
+        for c in self.data["cells"]:
+            if c["id"] == cell_id:
+                return c
+        raise KeyError(cell_id)
+
+    def set(self, cell_id: str, state: str, *, write: bool = True, **values: Any) -> None:
+        """Set a cell's state (and ``error``, ``scores``, ``worker``, ``seconds``); ``running`` counts an attempt."""
+        c = self.cell(cell_id)
+        c["state"] = state
+        if state == RUNNING:
+            c["attempts"] = int(c.get("attempts", 0)) + 1
+            c["error"] = None
+        c.update(json.loads(json.dumps(values, default=str)))
+        if write:
+            self.write()
+
+    def write(self) -> None:
+        self.data["updated"] = time.time()
+        write_json_atomic(self.path, self.data)
+
+
+def read_sweep(root: str | Path) -> dict[str, Any]:
+    """``ROOT/sweep.json`` as a dict; StoreError when ``root`` holds no sweep or the file is damaged."""
+    f = Path(root) / SWEEP_MANIFEST
+    if not f.is_file():
+        raise StoreError(f"'{root}' holds no sweep (no {SWEEP_MANIFEST})", hint="run 'attnlens sweep SPEC --out ROOT' first")
+    try:
+        data = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"'{f}' is damaged ({type(exc).__name__})", hint="rerun the sweep: it rewrites it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise StoreError(f"'{f}' is not a sweep manifest", hint="rerun the sweep: it rewrites it")
+    return data
+
+
+def cell_done(spec: SweepSpec, cell: Cell) -> bool:
+    """True when the cell's folder holds a complete run made with exactly the cell's settings."""
+    return reusable(cell.path, prompt=cell.prompt, seed=cell.seed, method=cell.variant.method, steps=spec.steps,
+                    settings={"sweep_cell": spec.cell_settings(cell)})
+
+
+def cell_states(root: str | Path) -> list[dict[str, Any]]:
+    """Every cell of the sweep under ``root`` with its state checked against its run folder: a cell recorded as
+    done whose run is gone or incomplete reads ``pending``; a ``running`` cell whose run is complete (the driver
+    was killed before it heard back) reads ``complete``; a ``running`` cell with no run being recorded reads
+    ``pending``."""
+    data = read_sweep(root)
+    out = []
+    for c in data["cells"]:
+        run = Path(root) / c["path"]
+        status = None
+        if is_run(run):
+            try:
+                status = read_manifest(run).get("status")
+            except Exception:  # noqa: BLE001  (a damaged manifest: the cell is not done)
+                status = "corrupted"
+        state = c.get("state", PENDING)
+        if state in DONE and status != STATUS_COMPLETE:
+            state = PENDING
+        elif state in (PENDING, RUNNING) and status == STATUS_COMPLETE:
+            state = COMPLETE
+        elif state == RUNNING and status != "running":
+            state = PENDING  # handed out, but nothing is being recorded there: the driver that sent it is gone
+        out.append({**c, "state": state, "run_status": status})
+    return out
+
+
+__all__ = ["COMPLETE", "DONE", "FAILED", "PENDING", "REUSED", "RUNNING", "SWEEP_MANIFEST", "SweepManifest",
+           "cell_done", "cell_states", "model_digest", "protocol", "read_sweep", "scheduler_name"]
