@@ -167,9 +167,10 @@ def free_disk(path: str | os.PathLike | None) -> int | None:
     while not p.exists() and p != p.parent:
         p = p.parent
     try:
-        return int(shutil.disk_usage(p).free)
+        usage = shutil.disk_usage(p)
     except OSError:
         return None
+    return int(usage.free) if usage.total > 0 else None  # a pseudo file system (/sys, /proc) says nothing
 
 
 def check_run_cost(cost: RunCost, *, memory: int | None, disk: int | None) -> list[str]:

@@ -98,8 +98,10 @@ def test_layers_and_losses_panels(table, tmp_path):
     expected = {f"{m}: {t[len('scalar/'):]}" for m, t in sc.groupby(["method", "metric"], observed=True).size().index
                 if t[len("scalar/"):] not in F.BOOKKEEPING}
     assert {ax.get_title() for ax in fig.attnlens_panels} == expected and len(expected) >= 2
-    fig = F.losses_figure(table, terms=["loss"], iteration="last", width="column")
+    fig = F.losses_figure(table, terms=["loss"], iteration="last", width="column", per_group=False)
     assert F.panel_count(fig) == 1
+    fig = F.losses_figure(table, terms=["loss"], iteration="last", width="column")
+    assert sorted(ax.get_title() for ax in fig.attnlens_panels) == ["attend-excite: loss", "syngen: loss"]
     out = F.save_figure(fig, tmp_path / "losses.svg")
     assert out.read_text().startswith("<?xml")
 
