@@ -3,6 +3,7 @@ parse."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import BadOption, NotFoundError
-from ..parse import Parse, parse_prompt
+from ..parse import BindingSet, Parse, Unit, parse_prompt
 from ..store import Run
 from ..textctx import USES, remap_positions
 from .runs import _sample_info
@@ -195,3 +196,26 @@ def run_selection(run: Run, sample: int = 0, known: dict[str, Any] | None = None
         return sel
     prompt = _sample_info(run, sample)[0]
     return remap_selection(sel, parse, prompt, run.tokens[sample], list(layout["encoders"]), text)
+
+
+def remap_parse(parse: Any, pieces: list[str], encoders: list[str], use: str = "both") -> Parse:
+    """A parse whose units' positions are a transformer run's stored positions (every piece of the ``use``
+    encoders that covers the word; a word's map is then the plain mean over them) and whose pieces are the run's:
+    for displays that take a parse (the dashboard, the notebook)."""
+    p = Parse.from_dict(parse) if isinstance(parse, dict) else parse
+
+    def unit(u: Unit) -> Unit:
+        found = remap_positions(p.prompt, list(p.pieces), u.positions, pieces, encoders, use)
+        return Unit(u.word, tuple(sorted(q for qs in found.values() for q in qs)))
+
+    sets = tuple(BindingSet(tuple(unit(m) for m in s.modifiers), unit(s.noun), s.rule) for s in p.sets)
+    return dataclasses.replace(p, pieces=tuple(pieces), sets=sets, nouns=tuple(unit(u) for u in p.nouns))
+
+
+def run_display_parse(run: Run, sample: int = 0, known: dict[str, Any] | None = None, text: str = "both") -> Parse:
+    """:func:`run_parse`, on the run's own token axis for transformer runs (:func:`remap_parse`)."""
+    parse = run_parse(run, sample, known)
+    layout = run.manifest.get("text") or {}
+    if not layout.get("encoders"):
+        return parse
+    return remap_parse(parse, run.tokens[sample], list(layout["encoders"]), text)
