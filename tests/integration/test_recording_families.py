@@ -149,3 +149,58 @@ def test_a_pipeline_built_in_the_test(pipes, tmp_path):
     run = attnlens.open_run(tmp_path / "run")
     assert run.layers == ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn"]
     assert run.maps(run.layers[1]).shape == (2, 1, 3, len(run.tokens[0]), 6, 4)  # (step, sample, head, token, y, x)
+
+
+@pytest.fixture(scope="module")
+def dit_root(pipes, tmp_path_factory):
+    """SD3 and Flux runs of the same prompt and seed (2 steps, images saved), labelled by family."""
+    root = tmp_path_factory.mktemp("dit-root")
+    for family in ("sd3", "flux"):
+        with attnlens.record(pipes[family], root / family, prompts=[PROMPT], seeds=[1],
+                             manifest={"label": family}) as rec:
+            out = pipes[family](PROMPT, num_inference_steps=2, height=64, width=64, max_sequence_length=32,
+                                generator=torch.Generator().manual_seed(1))
+            rec.save_images(out.images, seeds=[1])
+    return root
+
+
+def test_analyze_compare_and_figures_on_transformer_runs(dit_root, tmp_path):
+    from attnlens.analysis import read_table, write_parquet
+    from attnlens.compare import compare
+    from attnlens.figures import FigureSpec, draw
+
+    both = write_parquet([dit_root], tmp_path / "both.parquet").path
+    t5 = write_parquet([dit_root], tmp_path / "t5.parquet", text="t5").path
+    renorm = write_parquet([dit_root], tmp_path / "renorm.parquet", text="t5", renormalize_text=True).path
+    sel = lambda df: df[(df.metric == "neglect_mass") & (df.layer == "all") & (df.token == "red")]  # noqa: E731
+    b, t, r = (read_table(p) for p in (both, t5, renorm))
+    assert set(b.variant) == {"sd3", "flux"} and np.isfinite(sel(b).value).all()
+    flux_b = sel(b)[sel(b).variant == "flux"].value.to_numpy()
+    flux_t = sel(t)[sel(t).variant == "flux"].value.to_numpy()
+    np.testing.assert_allclose(flux_b, flux_t)  # Flux has only T5: both = t5
+    sd3_b = sel(b)[sel(b).variant == "sd3"].value.to_numpy()
+    sd3_t = sel(t)[sel(t).variant == "sd3"].value.to_numpy()
+    assert not np.allclose(sd3_b, sd3_t)  # SD3: the mean with CLIP's map differs from T5's alone
+    # joint attention: renormalised over the text, a word's mass grows (its softmax also covered the image keys)
+    assert (sel(r)[sel(r).variant == "sd3"].value.to_numpy() > sd3_t).all()
+    cmp = compare(b, by="variant", baseline="sd3")
+    assert set(cmp.groups) == {"sd3", "flux"} and len(cmp.table)
+    fig = draw(FigureSpec(kind="maps", sources=(str(dit_root / "flux"),), tokens=("red", "crown")))
+    assert len(fig.axes) > 4
+
+
+def test_dashboard_data_on_transformer_runs(dit_root):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from dashboard import data as D
+
+    run = attnlens.open_run(dit_root / "sd3")
+    parse = D.parse_of(run)
+    assert list(parse.pieces) == run.tokens[0]
+    red = next(u for s in parse.sets for u in s.modifiers if u.word == "red")
+    assert [run.tokens[0][p] for p in red.positions] == ["red</w>", "▁red"]  # CLIP's piece and T5's
+    maps = run.maps(run.layers[0], step=1)[0, 0].astype(np.float64)
+    got = D.token_maps(maps, parse, ["red"])[0]
+    np.testing.assert_allclose(got, maps[list(red.positions)].mean(axis=0))
