@@ -273,7 +273,7 @@ def test_dashboard_on_transformer_runs(dit_server, driver, tmp_path):
     url, _ = dit_server
     d = driver
     d.get(url + "/")
-    s = wait_for(d, lambda s: s["finals"] >= 1 and s["cells"] >= 4 and s["pending"] == 0,
+    s = wait_for(d, lambda s: s["finals"] == 2 and s["cells"] == 8 and s["pending"] == 0,
                  what="the first paint of the transformer runs")
     assert s["errors"] == 0
     shot = screenshot(d, tmp_path / "dashboard-dit.png")
