@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 #: the encoders' names as stored
 ENCODERS = ("clip", "t5", "gemma")
@@ -90,14 +90,16 @@ def piece_text(piece: str) -> str:
     return piece.replace("</w>", "").replace("▁", " ").strip()
 
 
-def piece_spans(text: str, pieces: Sequence[str]) -> list[tuple[int, int] | None]:
+def piece_spans(text: str, pieces: Sequence[str],
+                text_of: Callable[[str], str] = piece_text) -> list[tuple[int, int] | None]:
     """Character span ``[start, end)`` in ``text`` of each piece (searched case-insensitively from the end of the
-    previous match, so the k-th "red" piece lands on the k-th "red"); ``None`` for pieces that stand for no text."""
+    previous match, so the k-th "red" piece lands on the k-th "red"); ``None`` for pieces that stand for no text.
+    ``text_of`` gives a piece's text (default :func:`piece_text`; ``attnlens.parse`` passes its tokenizer's)."""
     folded = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
     spans: list[tuple[int, int] | None] = []
     cursor = 0
     for piece in pieces:
-        t = piece_text(piece).lower()
+        t = text_of(piece).lower()
         start = folded.find(t, cursor) if t else -1
         if start < 0:
             spans.append(None)

@@ -70,22 +70,29 @@ def t5_spiece_model() -> bytes:
     return buf.getvalue()
 
 
-def write_t5_tokenizer(directory: str | Path, max_length: int = 512) -> Path:
-    """Write a T5 tokenizer folder (``spiece.model``, ``tokenizer.json``, ``tokenizer_config.json``) into
-    ``directory``, loadable by ``T5TokenizerFast.from_pretrained`` as a hub T5 tokenizer is."""
-    from transformers import T5TokenizerFast
+def _write_spm_tokenizer(directory: str | Path, cls_name: str, filename: str, model: bytes, **kwargs) -> Path:
+    """Write the tokenizer folder of a sentencepiece ``model`` (``filename``, ``tokenizer.json``,
+    ``tokenizer_config.json``) as ``transformers.<cls_name>.from_pretrained`` converts and saves it."""
+    import transformers
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".spiece-"))
     try:
-        (tmp / "spiece.model").write_bytes(t5_spiece_model())
-        tok = T5TokenizerFast.from_pretrained(tmp, extra_ids=T5_EXTRA_IDS, model_max_length=max_length)
+        (tmp / filename).write_bytes(model)
+        tok = getattr(transformers, cls_name).from_pretrained(tmp, **kwargs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(directory)
-    (directory / "spiece.model").write_bytes(t5_spiece_model())
+    (directory / filename).write_bytes(model)
     return directory
+
+
+def write_t5_tokenizer(directory: str | Path, max_length: int = 512) -> Path:
+    """Write a T5 tokenizer folder (``spiece.model``, ``tokenizer.json``, ``tokenizer_config.json``) into
+    ``directory``, loadable by ``T5TokenizerFast.from_pretrained`` as a hub T5 tokenizer is."""
+    return _write_spm_tokenizer(directory, "T5TokenizerFast", "spiece.model", t5_spiece_model(),
+                                extra_ids=T5_EXTRA_IDS, model_max_length=max_length)
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,20 +129,8 @@ def gemma_spiece_model() -> bytes:
 def write_gemma_tokenizer(directory: str | Path, max_length: int = 8192) -> Path:
     """Write a Gemma tokenizer folder (``tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``) into
     ``directory``, loadable by ``GemmaTokenizerFast.from_pretrained`` as a hub Gemma tokenizer is."""
-    from transformers import GemmaTokenizerFast
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gemma-"))
-    try:
-        (tmp / "tokenizer.model").write_bytes(gemma_spiece_model())
-        tok = GemmaTokenizerFast.from_pretrained(tmp, add_bos_token=True, add_eos_token=False,
-                                                 model_max_length=max_length)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    tok.save_pretrained(directory)
-    (directory / "tokenizer.model").write_bytes(gemma_spiece_model())
-    return directory
+    return _write_spm_tokenizer(directory, "GemmaTokenizerFast", "tokenizer.model", gemma_spiece_model(),
+                                add_bos_token=True, add_eos_token=False, model_max_length=max_length)
 
 
 def _t5_encoder(d_model: int = 64):
