@@ -370,6 +370,12 @@ class Recorder:
         for enc, attr, tok_attr in specs:
             n = clip_len if enc == "clip" else self.text_len - start
             seg = Segment(enc, start, n)
+            if getattr(self.pipe, attr, None) is None:  # an encoder left out (SD3 without T5): zeros, no pieces
+                segments.append(seg)
+                full.append([[""] * n])
+                lengths.append([0])
+                start += n
+                continue
             tok, ids = self._segment_ids(attr, tok_attr, n)
             rows, lens = [], []
             for row in ids:
@@ -654,11 +660,14 @@ class Recorder:
         prompts = self.prompts
         if not prompts and self.token_ids:  # the pipeline was called without prompts=: the text encoder's input
             prompts = [self.pipe.tokenizer.decode(row, skip_special_tokens=True).strip() for row in self.token_ids]
-        if not prompts and self.dit:
-            _, attr, tok_attr = TEXT_SEGMENTS[self.family][0]
-            tok, ids = getattr(self.pipe, tok_attr, None), self._encoder_ids.get(attr)
-            if tok is not None and ids:
-                prompts = [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
+        if not prompts and self.dit:  # the first encoder's recorded pieces (not its whole input: Sana's prefix)
+            enc, _, tok_attr = TEXT_SEGMENTS[self.family][0]
+            tok, layout = getattr(self.pipe, tok_attr, None), self.text_layout()
+            if tok is not None:
+                special = set(tok.all_special_tokens)
+                prompts = [tok.convert_tokens_to_string([p for p, e in zip(row, layout["encoders"])
+                                                         if e == enc and p and p not in special]).strip()
+                           for row in layout["pieces"]]
         prompts = prompts or [None] * len(tokens)
         per = max(n // max(len(tokens), 1), 1)
         if self.dit:  # the pieces at the recorded positions, whatever encoder each came from

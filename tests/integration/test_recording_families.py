@@ -204,3 +204,22 @@ def test_dashboard_data_on_transformer_runs(dit_root):
     maps = run.maps(run.layers[0], step=1)[0, 0].astype(np.float64)
     got = D.token_maps(maps, parse, ["red"])[0]
     np.testing.assert_allclose(got, maps[list(red.positions)].mean(axis=0))
+
+
+def test_sana_instruction_prefix_and_sd3_without_t5(pipes, tmp_path):
+    """Sana's default instruction prefix: the recorded pieces are the prompt's (the pipeline keeps the first and the
+    last positions), and the prompt read back is the user's. SD3 with its T5 left out: only CLIP positions."""
+    with attnlens.record(pipes["sana"], tmp_path / "sana"):
+        pipes["sana"](PROMPT, num_inference_steps=2, height=64, width=64, use_resolution_binning=False,
+                      max_sequence_length=32, output_type="latent")
+    run = attnlens.open_run(tmp_path / "sana")
+    assert run.info.prompt == PROMPT and run.tokens[0][0] == "<bos>"
+    assert "".join(piece_text(p) for p in run.tokens[0]) == PROMPT.replace(" ", "")
+
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(**{**pipes["sd3"].components, "text_encoder_3": None, "tokenizer_3": None})
+    with attnlens.record(pipe, tmp_path / "sd3"):
+        pipe(PROMPT, num_inference_steps=2, height=64, width=64, output_type="latent")
+    run = attnlens.open_run(tmp_path / "sd3")
+    assert set(run.manifest["text"]["encoders"]) == {"clip"} and run.tokens[0][-1] == "<|endoftext|>"
