@@ -30,6 +30,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
 from attnlens.errors import AttnlensError, BadOption, ModelNotFound
+from attnlens import textctx
 from attnlens.tokenizer import clip_tokenizer
 
 if TYPE_CHECKING:
@@ -324,17 +325,7 @@ def piece_spans(prompt: str, pieces: Sequence[str], tokenizer: Any) -> list[tupl
     Each piece's text is searched case-insensitively from the end of the previous match, so the k-th ``red</w>``
     lands on the k-th "red" of the prompt and a word split into pieces ("chec" + "kered") gets adjacent spans.
     """
-    folded = "".join(c.lower() if len(c.lower()) == 1 else c for c in prompt)  # same length as prompt
-    spans, cursor = [], 0
-    for piece in pieces:
-        text = _piece_text(tokenizer, piece).lower()
-        start = folded.find(text, cursor) if text else -1
-        if start < 0:
-            spans.append(None)
-        else:
-            spans.append((start, start + len(text)))
-            cursor = start + len(text)
-    return spans
+    return textctx.piece_spans(prompt, pieces, lambda piece: _piece_text(tokenizer, piece))
 
 
 def word_positions(doc: "Doc", spans: Sequence[tuple[int, int] | None], limit: int = MAX_PIECES) -> list[Indices]:

@@ -50,10 +50,10 @@ def check_prompt(prompt: str, tokenizer) -> PromptInfo:
 
 
 def word_positions_in(pieces: list[str] | tuple[str, ...], word: str) -> list[int] | None:
-    """Positions of ``word`` among ``pieces`` (its consecutive pieces, case-insensitive, ``</w>`` ignored; the first
-    occurrence), or None when it is not there."""
+    """Positions of ``word`` among ``pieces`` (its consecutive pieces, case-insensitive, CLIP's ``</w>`` and
+    sentencepiece's ``▁`` ignored; the first occurrence), or None when it is not there."""
     target = word.lower().replace(" ", "")
-    clean = [p.replace("</w>", "").lower() for p in pieces]
+    clean = [p.replace("</w>", "").replace("\u2581", "").lower() for p in pieces]
     for start in range(len(clean)):
         acc = ""
         for end in range(start, len(clean)):

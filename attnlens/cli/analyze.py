@@ -90,6 +90,11 @@ def analyze(
     executor: str = typer.Option("local", "--executor", help="local (this process) | ray (one task per prompt on "
                                                              "a Ray cluster; see attnlens sweep)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster HOST:PORT (with --executor ray)."),
+    text: str = typer.Option("both", "--text", help="Transformer runs (SD3, Flux, PixArt, Sana): a word's map from "
+                             "the positions of both encoders (their mean), or of one: clip | t5 | gemma."),
+    renormalize_text: bool = typer.Option(False, "--renormalize-text", help="Divide each pixel's probabilities by "
+                                          "their sum over the recorded text positions (joint attention's softmax "
+                                          "also covers the image keys)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -102,7 +107,8 @@ def analyze(
     if executor not in ("local", "ray"):
         raise BadOption(f"unknown executor '{executor}'", hint="choose one of: local, ray")
     options = dict(partial=partial, metrics=_split(metric) or None, layers=_split(layers) or None, steps=steps,
-                   phases=_split(phase) or None)
+                   phases=_split(phase) or None, text=text,
+                   renormalize_text=renormalize_text)
     if executor == "ray":
         from ..sweeps.analyze import ClusterAnalysis
 

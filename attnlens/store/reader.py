@@ -271,9 +271,14 @@ class Run:
     def tokens(self) -> list[list[str]]:
         return [s.pieces for s in self.info.samples]
 
-    def token_positions(self, word: str, sample: int = 0) -> list[int]:
-        """Positions of ``word`` in sample ``sample``: its pieces (case-insensitive, ``</w>`` ignored)."""
+    def token_positions(self, word: str, sample: int = 0, encoder: str | None = None) -> list[int]:
+        """Positions of ``word`` in sample ``sample``: its pieces (case-insensitive, CLIP's ``</w>`` and
+        sentencepiece's ``▁`` ignored). Transformer runs: the first match, or the match among the positions of
+        ``encoder`` (``clip``, ``t5``, ``gemma``; see the manifest's ``text``)."""
         pieces = self.tokens[sample]
+        encoders = (self.manifest.get("text") or {}).get("encoders") or []
+        if encoder is not None:  # only the positions of that encoder can match
+            pieces = [p if k < len(encoders) and encoders[k] == encoder else "\0" for k, p in enumerate(pieces)]
         found = word_positions_in(pieces, word)
         if found is not None:
             return found
