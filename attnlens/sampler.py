@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .adapters import Conditioning, FamilyAdapter, adapter_for, method_defaults, pipeline_family
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .methods import GuidanceMethod, LossOutput, get_method
 from .parse import parse_prompt
@@ -55,16 +56,21 @@ def _grad(loss: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
 
 
 def guidance_forward(pipe, recorder: Recorder, method: GuidanceMethod, parse: Any, latents: torch.Tensor, t,
-                     cond: torch.Tensor, step: int, iteration: int = 0) -> tuple[torch.Tensor, LossOutput]:
-    """One grad-enabled UNet forward on the conditional embedding only, and the method's loss on its live maps.
+                     cond: torch.Tensor | Conditioning, step: int, iteration: int = 0,
+                     adapter: FamilyAdapter | None = None) -> tuple[torch.Tensor, LossOutput]:
+    """One grad-enabled denoiser forward on the conditional branch only, and the method's loss on its live maps.
 
     Returns the latent leaf (``requires_grad``) and the ``LossOutput``; ``∂loss/∂latent`` is then
     ``torch.autograd.grad(out.loss, [z])``. The forward is recorded as phase ``guidance``, iteration ``iteration``.
-    ``recorder.need_live`` must hold ``method.layers(recorder.resolutions())``.
+    ``recorder.need_live`` must hold ``method.layers(recorder.resolutions())``. ``cond`` is the family's
+    ``Conditioning`` (``adapter.encode``), or, for SD 1.x/2.x, the conditional text embedding itself.
     """
+    adapter = adapter or adapter_for(pipe)
+    if torch.is_tensor(cond):
+        cond = Conditioning(cond={"encoder_hidden_states": cond}, batched={}, cfg=False, dtype=cond.dtype)
     z = latents.detach().requires_grad_(True)
     with recorder.context(step, float(t), phase="guidance", iteration=iteration), torch.enable_grad():
-        pipe.unet(pipe.scheduler.scale_model_input(z, t), t, encoder_hidden_states=cond, return_dict=False)
+        adapter.guidance_forward(z, t, cond)
         out = method.loss(recorder.live_maps, parse, step)
     return z, out
 
@@ -104,7 +110,7 @@ def guided_sample(
     """Sample one image with an optional guidance method, recording through ``recorder`` if given.
 
     Args:
-        pipe: a ``StableDiffusionPipeline`` (SD 1.x / 2.x family).
+        pipe: a pipeline of a supported family (``attnlens.adapters``): SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ.
         prompt (`str`): the prompt.
         method (`GuidanceMethod`, *optional*): None or ``none`` for plain sampling.
         parse (`Parse`, *optional*): the prompt's parse, required by methods that bind words.
@@ -114,32 +120,28 @@ def guided_sample(
     Shapes:
         latents: (1, C, H/f, W/f).
     """
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ConfigError("guided sampling supports SD 1.x/2.x pipelines; SDXL runs can be recorded with attnlens.record(pipe)")
+    adapter = adapter_for(pipe)
     check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            height=height, width=width)
-    device = pipe.unet.device
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if height % pipe.vae_scale_factor or width % pipe.vae_scale_factor:
-        raise ConfigError(f"height and width must be multiples of {pipe.vae_scale_factor}, got {height}×{width}")
+    device = adapter.device
+    default_h, default_w = adapter.default_size()
+    height, width = height or default_h, width or default_w
+    multiple = adapter.size_multiple()
+    if height % multiple or width % multiple:
+        raise ConfigError(f"height and width must be multiples of {multiple}, got {height}×{width}")
     generator = torch.Generator(device=device.type if device.type != "mps" else "cpu")
     generator = generator.manual_seed(seed) if seed is not None else generator
-    do_cfg = guidance_scale > 1.0
+    do_cfg = adapter.uses_cfg(guidance_scale)
     guided = method is not None and method.name != "none"
     t0 = time.perf_counter()
 
-    with torch.no_grad():
-        cond, uncond = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt=negative_prompt)
-    embeds = torch.cat([uncond, cond]) if do_cfg else cond
-    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, cond.dtype, device, generator)
-    extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
+    conditioning = adapter.encode(prompt, negative_prompt, do_cfg, height, width)
+    conditioning.extra["guidance_scale"] = float(guidance_scale)
+    latents, timesteps = adapter.prepare(conditioning, num_inference_steps, height, width, generator)
     n = len(timesteps)
 
     if recorder is not None:
-        recorder.latent_hw = tuple(latents.shape[-2:])
+        recorder.latent_hw = adapter.latent_hw(latents)
         recorder.n_steps = n
         recorder.set_batch_layout(do_cfg)
         if guided:
@@ -156,7 +158,7 @@ def guided_sample(
     t_guid = 0.0
 
     def forward_loss(z: torch.Tensor, i: int, t, it: int) -> tuple[torch.Tensor, LossOutput]:
-        return guidance_forward(pipe, recorder, method, parse, z, t, cond, i, it)
+        return guidance_forward(pipe, recorder, method, parse, z, t, conditioning, i, it, adapter=adapter)
 
     def update(z: torch.Tensor, out: LossOutput, i: int, it: int, step_size: float) -> torch.Tensor:
         nonlocal warned
@@ -206,17 +208,9 @@ def guided_sample(
         if recorder is not None:
             recorder.record_latent(i, latents)
         with torch.no_grad():
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = pipe.scheduler.scale_model_input(model_input, t)
-            if recorder is not None:
-                with recorder.context(i, float(t), phase="sample"):
-                    noise = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            else:
-                noise = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            if do_cfg:
-                noise_uncond, noise_text = noise.chunk(2)
-                noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-            latents = pipe.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+            wrap = (lambda: recorder.context(i, float(t), phase="sample")) if recorder is not None else None
+            noise = adapter.sample_forward(latents, t, conditioning, guidance_scale, wrap=wrap)
+            latents = adapter.step(noise, t, latents, conditioning)
         if progress is not None:
             progress(i + 1, n)
 
@@ -224,13 +218,28 @@ def guided_sample(
         raise AttnlensError("the final latent is not finite (NaN/inf); the image would be blank",
                             hint="lower the method's step_size, or use fp32 (--dtype fp32)")
     with torch.no_grad():
-        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-        image = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])[0]
+        image = adapter.decode(latents, generator, height, width)
     if recorder is not None:
         recorder.record_final_latent(latents)
     total = time.perf_counter() - t0
     return SampleResult(image=image, latents=latents, log=log,
                         timings={"total_s": total, "guidance_s": t_guid, "steps": n})
+
+
+def family_method(pipe, name: str, options: dict[str, Any] | None, height: int, width: int) -> GuidanceMethod:
+    """The method ``name`` with the family defaults of ``pipe`` at ``height``×``width`` pixels
+    (``attnlens.adapters.method_defaults``: the map resolution on SDXL and the DiTs) under the user's ``options``,
+    which win."""
+    options = dict(options or {})
+    m = get_method(name, **options)
+    family = pipeline_family(pipe)
+    if family == "sd" or m.name == "none":
+        return m
+    probe = Recorder(pipe, None)  # not entered: only the layer sizes for this image size
+    probe.latent_hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    defaults = {k: v for k, v in method_defaults(family, type(m.config), probe.resolutions()).items()
+                if k not in options and getattr(m.config, k) != v}
+    return get_method(name, **options, **defaults) if defaults else m
 
 
 def sample(
@@ -280,7 +289,10 @@ def sample(
     check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            height=height, width=width)
     prompt_info = check_prompt(prompt, pipe.tokenizer)
-    m = method if isinstance(method, GuidanceMethod) else get_method(method, **(method_options or {}))
+    adapter = adapter_for(pipe)
+    default_h, default_w = adapter.default_size()
+    height, width = height or default_h, width or default_w
+    m = method if isinstance(method, GuidanceMethod) else family_method(pipe, method, method_options, height, width)
     parse = None
     if m.name != "none" or bind:
 
@@ -311,8 +323,6 @@ def sample(
                                  hint="select steps inside the schedule, e.g. --steps 0:10, or leave --steps out")
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
     with rec:
-        height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
         rec.annotate(height=height, width=width)
         result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
