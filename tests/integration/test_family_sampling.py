@@ -33,8 +33,107 @@ def test_none_reproduces_the_pipeline_bit_for_bit(request, fixture, guidance_sca
     assert torch.equal(ours, theirs)
 
 
-def test_the_family_of_each_pipeline(tiny_pipe, sd2_pipe, sdxl_pipe):
-    assert [pipeline_family(p) for p in (tiny_pipe, sd2_pipe, sdxl_pipe)] == ["sd", "sd", "sdxl"]
+# -- the DiT / MM-DiT families: tiny pipelines from diffusers classes (seeded, eval mode, attnlens's tokenizers) --
+
+
+def _t5(width: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    from attnlens.models.families import T5_VOCAB
+
+    torch.manual_seed(0)
+    return T5EncoderModel(T5Config(vocab_size=T5_VOCAB, d_model=width, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+                                   decoder_start_token_id=0)).eval()
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                         sample_size=32, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
+                         use_post_quant_conv=False).eval()
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe(tmp_path_factory):
+    from diffusers import StableDiffusion3Pipeline
+
+    from attnlens.models.families import build_sd3
+
+    return StableDiffusion3Pipeline.from_pretrained(build_sd3(tmp_path_factory.mktemp("sd3")))
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from attnlens.models.families import t5_tokenizer
+    from attnlens.tokenizer import clip_tokenizer
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
+    torch.manual_seed(0)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                                        eos_token_id=49407, pad_token_id=49407, projection_dim=32,
+                                        hidden_act="gelu")).eval()
+    return FluxPipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(),
+                        text_encoder=clip, tokenizer=clip_tokenizer(), text_encoder_2=_t5(),
+                        tokenizer_2=t5_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def pixart_pipe():
+    from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    from attnlens.models.families import t5_tokenizer
+
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
+    return PixArtSigmaPipeline(transformer=transformer.eval(), vae=_vae(), scheduler=DDIMScheduler(),
+                               text_encoder=_t5(), tokenizer=t5_tokenizer())
+
+
+@pytest.mark.parametrize("guidance_scale", [7.0, 1.0])
+def test_none_reproduces_sd3_bit_for_bit(sd3_pipe, guidance_scale):
+    """Flow matching (FlowMatchEulerDiscreteScheduler), CFG, joint attention over CLIP + T5."""
+    ours = guided_sample(sd3_pipe, PROMPT, seed=0, num_inference_steps=2, guidance_scale=guidance_scale)
+    assert torch.equal(ours.latents, _pipe_latents(sd3_pipe, num_inference_steps=2, guidance_scale=guidance_scale))
+    assert ours.image.size == (64, 64)
+
+
+def test_none_reproduces_flux_bit_for_bit(flux_pipe):
+    """No CFG (one forward per step), the guidance embedding, packed latents, dynamic shift."""
+    kw = dict(num_inference_steps=2, guidance_scale=3.5, height=32, width=32)
+    ours = guided_sample(flux_pipe, PROMPT, seed=0, **kw)
+    assert ours.latents.shape == (1, 64, 16)  # packed: (32/2/2)² tokens of 4·4 channels
+    assert torch.equal(ours.latents, _pipe_latents(flux_pipe, **kw))
+    other = guided_sample(flux_pipe, PROMPT, seed=0, **{**kw, "guidance_scale": 1.0}).latents
+    assert not torch.equal(ours.latents, other)  # the scale reaches the guidance embedding
+    assert ours.image.size == (32, 32)
+
+
+@pytest.mark.parametrize("guidance_scale", [4.5, 1.0])
+def test_none_reproduces_pixart_bit_for_bit(pixart_pipe, guidance_scale):
+    """T5 with its attention mask, learned-sigma output halved (resolution binning off: the size as asked)."""
+    ours = guided_sample(pixart_pipe, PROMPT, seed=0, num_inference_steps=2, guidance_scale=guidance_scale)
+    theirs = _pipe_latents(pixart_pipe, num_inference_steps=2, guidance_scale=guidance_scale,
+                           use_resolution_binning=False, clean_caption=False)
+    assert torch.equal(ours.latents, theirs)
+
+
+def test_the_family_of_each_pipeline(tiny_pipe, sd2_pipe, sdxl_pipe, sd3_pipe, flux_pipe, pixart_pipe):
+    pipes = (tiny_pipe, sd2_pipe, sdxl_pipe, sd3_pipe, flux_pipe, pixart_pipe)
+    assert [pipeline_family(p) for p in pipes] == ["sd", "sd", "sdxl", "sd3", "flux", "pixart"]
     with pytest.raises(attnlens.AttnlensError, match="does not support"):
         adapter_for(object())
 
