@@ -68,9 +68,15 @@ class FamilyAdapter:
 
     family: ClassVar[str] = "sd"
     denoiser_name: ClassVar[str] = "unet"
+    #: the tokenizer whose pieces index the text positions of the guidance maps (what a parse is made with)
+    text_tokenizer_name: ClassVar[str] = "tokenizer"
 
     def __init__(self, pipe):
         self.pipe = pipe
+
+    @property
+    def text_tokenizer(self):
+        return getattr(self.pipe, self.text_tokenizer_name)
 
     # -- sizes ------------------------------------------------------------------------------------------------------
     @property
@@ -284,6 +290,7 @@ class FluxAdapter(SD3Adapter):
 
     family = "flux"
     max_sequence_length = 512
+    text_tokenizer_name = "tokenizer_2"  # the attention sees T5 only
 
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * 2

@@ -1,10 +1,12 @@
 """The guided sampler: one readable denoising loop over a pipeline's components that any guidance method plugs into.
 
-It follows ``StableDiffusionPipeline.__call__`` of diffusers 0.3x–0.42 (prompt encoding, latent preparation,
-``scheduler.set_timesteps``, classifier-free guidance, ``scheduler.step``, VAE decoding) and adds, before the
-sampling forward of every step that the method's ``plan`` selects, the guidance update of the released methods:
+One loop serves every family (SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ); what differs between them (prompt encoding,
+latent preparation, ``scheduler.set_timesteps``, the denoiser's forward with or without classifier-free guidance,
+``scheduler.step``, decoding) is the family's adapter (:mod:`attnlens.adapters`), which follows its diffusers
+pipeline's ``__call__`` (diffusers 0.3x–0.42). Before the sampling forward of every step that the method's ``plan``
+selects, the loop runs the guidance update of the released methods:
 
-1. a separate, grad-enabled UNet forward on the **conditional embedding only** (batch 1, no CFG), recorded as phase
+1. a separate, grad-enabled denoiser forward on the **conditional branch only** (batch 1, no CFG), recorded as phase
    ``guidance`` with its ``iteration``; the method's layers keep their autograd graph (``rec.live_maps``);
 2. ``loss = method.loss(maps, parse, i)``; ``z ← z − α_i ∂L/∂z`` (plain gradient descent), with the refinement
    loop described in ``attnlens.methods.base``;
@@ -15,7 +17,8 @@ the loss needs; every other attention layer keeps its fused kernel (the released
 attention explicitly, self-attention included, on every call).
 
 With ``method="none"`` the loop performs exactly the operations of ``pipe(...)``, so latents are bit-identical to
-a plain pipeline call with the same generator.
+a plain pipeline call with the same generator. The live maps come from the recorder (UNet families) or from
+:class:`attnlens.live_text_maps.LiveTextMaps` (SD3, Flux, PixArt-Σ).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import torch
 
 from .adapters import Conditioning, FamilyAdapter, adapter_for, method_defaults, pipeline_family
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
+from .live_text_maps import SITES as TEXT_MAP_FAMILIES
+from .live_text_maps import LiveTextMaps
 from .methods import GuidanceMethod, LossOutput, get_method
 from .parse import parse_prompt
 from .recording import Recorder, RecordingConfig
@@ -226,6 +231,12 @@ def guided_sample(
                         timings={"total_s": total, "guidance_s": t_guid, "steps": n})
 
 
+def live_maps_for(pipe) -> Recorder | LiveTextMaps:
+    """What gives a guidance forward its live maps on ``pipe`` (not entered): the recorder without storage for the
+    UNet families, ``LiveTextMaps`` for SD3, Flux and PixArt-Σ."""
+    return LiveTextMaps(pipe) if pipeline_family(pipe) in TEXT_MAP_FAMILIES else Recorder(pipe, None)
+
+
 def family_method(pipe, name: str, options: dict[str, Any] | None, height: int, width: int) -> GuidanceMethod:
     """The method ``name`` with the family defaults of ``pipe`` at ``height``×``width`` pixels
     (``attnlens.adapters.method_defaults``: the map resolution on SDXL and the DiTs) under the user's ``options``,
@@ -235,7 +246,7 @@ def family_method(pipe, name: str, options: dict[str, Any] | None, height: int, 
     family = pipeline_family(pipe)
     if family == "sd" or m.name == "none":
         return m
-    probe = Recorder(pipe, None)  # not entered: only the layer sizes for this image size
+    probe = live_maps_for(pipe)  # not entered: only the layer sizes for this image size
     probe.latent_hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     defaults = {k: v for k, v in method_defaults(family, type(m.config), probe.resolutions()).items()
                 if k not in options and getattr(m.config, k) != v}
@@ -296,7 +307,7 @@ def sample(
     parse = None
     if m.name != "none" or bind:
 
-        parse = parse_prompt(prompt_info.text, tokenizer=pipe.tokenizer, spacy_model=spacy_model, bind=bind,
+        parse = parse_prompt(prompt_info.text, tokenizer=adapter.text_tokenizer, spacy_model=spacy_model, bind=bind,
                              include_entities=include_entities)
         idle = m.idle_reason(parse) if m.name != "none" else None
         if idle:  # the run equals the unguided one: say so, here and in the manifest
@@ -321,6 +332,14 @@ def sample(
             raise EmptySelection(f"the step selection {cfg.to_dict()['steps']!r} keeps none of the "
                                  f"{num_inference_steps} denoising steps (0..{num_inference_steps - 1})",
                                  hint="select steps inside the schedule, e.g. --steps 0:10, or leave --steps out")
+    if adapter.family in TEXT_MAP_FAMILIES:
+        if out is not None:
+            raise ConfigError(f"storing a run of a {adapter.family} pipeline needs the transformer recorder",
+                              hint="pass out=None: the sample is guided with live maps and returned, not stored")
+        with LiveTextMaps(pipe) as live:
+            return guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=live, seed=seed,
+                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                 height=height, width=width, progress=progress)
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
     with rec:
         rec.annotate(height=height, width=width)

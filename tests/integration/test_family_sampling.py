@@ -13,6 +13,7 @@ import torch
 
 import attnlens
 from attnlens.adapters import adapter_for, pipeline_family
+from attnlens.live_text_maps import LiveTextMaps
 from attnlens.parse import parse_prompt
 from attnlens.sampler import family_method, guidance_forward, guided_sample
 from conftest import PROMPT
@@ -143,13 +144,14 @@ def lowers_its_loss(pipe, name: str, steps: int = 5) -> list[float]:
     adapter = adapter_for(pipe)
     h, w = adapter.default_size()
     method = family_method(pipe, name, None, h, w)
-    parse = parse_prompt(PROMPT, tokenizer=pipe.tokenizer)
+    parse = parse_prompt(PROMPT, tokenizer=adapter.text_tokenizer)
     cond = adapter.encode(PROMPT, None, False, h, w)
     cond.extra["guidance_scale"] = 7.5
     z, timesteps = adapter.prepare(cond, 10, h, w, torch.Generator().manual_seed(0))
     t = timesteps[0]
     losses = []
-    with attnlens.record(pipe, None) as rec:
+    live = LiveTextMaps(pipe) if adapter.family in ("sd3", "flux", "pixart") else attnlens.record(pipe, None)
+    with live as rec:
         rec.latent_hw = adapter.latent_hw(z)
         rec.need_live = set(method.layers(rec.resolutions()))
         assert rec.need_live, "the method found its layers with the family's defaults"
@@ -166,8 +168,9 @@ def lowers_its_loss(pipe, name: str, steps: int = 5) -> list[float]:
 
 
 @pytest.mark.parametrize("name", GUIDED)
-def test_each_method_lowers_its_loss_on_sdxl(sdxl_pipe, name):
-    losses = lowers_its_loss(sdxl_pipe, name)
+@pytest.mark.parametrize("fixture", ["sdxl_pipe", "sd3_pipe", "flux_pipe", "pixart_pipe"])
+def test_each_method_lowers_its_loss_on_every_family(request, fixture, name):
+    losses = lowers_its_loss(request.getfixturevalue(fixture), name)
     assert losses[-1] < losses[0], losses
 
 
@@ -187,3 +190,54 @@ def test_a_guided_sdxl_sample_writes_a_readable_run(sdxl_pipe, tmp_path):
     assert np.isfinite(run.maps(run.layers[0], step=0, phase="guidance")).all()
     base = guided_sample(sdxl_pipe, PROMPT, seed=0, num_inference_steps=3).latents
     assert not np.allclose(run.latents()[-1], base.numpy()[0])  # the updates changed the sampled latent
+
+
+class _Capture(attnlens.GuidanceMethod):
+    """Keeps the maps it is given; its loss is the attention of the first pixel to position 2."""
+
+    name = "capture"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+
+    def layers(self, resolutions):
+        return list(resolutions)
+
+    def loss(self, maps, parse, i):
+        self.seen = {k: v.detach() for k, v in maps.items()}
+        return attnlens.LossOutput(loss=sum(m[..., 0, 0, 2].sum() for m in maps.values()))
+
+
+@pytest.mark.parametrize("fixture, width", [("sd3_pipe", 77), ("flux_pipe", 513), ("pixart_pipe", 301)])
+def test_live_text_maps_are_text_distributions_and_processors_come_back(request, fixture, width):
+    pipe = request.getfixturevalue(fixture)
+    adapter = adapter_for(pipe)
+    net = adapter.denoiser
+    before = dict(net.attn_processors)
+    h, w = adapter.default_size()
+    cond = adapter.encode(PROMPT, None, False, h, w)
+    cond.extra["guidance_scale"] = 3.5
+    z, timesteps = adapter.prepare(cond, 4, h, w, torch.Generator().manual_seed(0))
+    method = _Capture()
+    with pytest.raises(RuntimeError, match="inside"), LiveTextMaps(pipe) as live:
+        live.latent_hw = adapter.latent_hw(z)
+        live.need_live = set(method.layers(live.resolutions()))
+        leaf, out = guidance_forward(pipe, live, method, None, z, timesteps[0], cond, step=0, adapter=adapter)
+        assert torch.autograd.grad(out.loss, [leaf])[0].abs().sum() > 0  # the maps carry the latent's graph
+        raise RuntimeError("an error inside the block")
+    assert all(net.attn_processors[k] is v for k, v in before.items())
+    assert set(method.seen) == set(live.sites) and method.seen
+    for m in method.seen.values():
+        assert m.shape[-1] == width  # CLIP: 77; T5: an empty column, then max_sequence_length pieces
+        torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)))
+
+
+def test_sample_guides_a_dit_without_a_store_and_refuses_one(sd3_pipe, tmp_path):
+    kw = dict(seed=0, num_inference_steps=2, method_options={"step_size": 50.0})
+    guided = attnlens.sample(sd3_pipe, PROMPT, method="syngen", **kw)
+    plain = attnlens.sample(sd3_pipe, PROMPT, method="none", seed=0, num_inference_steps=2)
+    assert [e["step"] for e in guided.log if e["iteration"] == 0] == [0, 1]
+    assert not torch.equal(guided.latents, plain.latents)
+    with pytest.raises(attnlens.AttnlensError, match="transformer recorder"):
+        attnlens.sample(sd3_pipe, PROMPT, method="syngen", out=tmp_path / "r", **kw)
