@@ -41,6 +41,26 @@ def aggregate(maps: Mapping[str, torch.Tensor], names: Iterable[str] | None = No
     return stacked.mean(dim=0)
 
 
+def renormalize_text(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
+    """Renormalise each query's probabilities over the recorded text positions: p̃_k = p_k / Σ_j p_j.
+
+    Joint attention (SD3, Flux) takes its softmax over image *and* text keys, so a stored row sums to the share of
+    attention that goes to the recorded text; this makes it a distribution over those positions (as a
+    cross-attention row over all its keys is). ``dim`` is the token axis (``-3`` for ``(..., token, h, w)``). A
+    query with no mass on the text stays 0.
+
+    Shapes: any; the sum runs over ``dim``.
+
+    Examples::
+
+        >>> import torch
+        >>> renormalize_text(torch.tensor([[[0.1]], [[0.3]]]))[:, 0, 0]
+        tensor([0.2500, 0.7500])
+    """
+    total = x.sum(dim=dim, keepdim=True)
+    return torch.where(total > 0, x / total.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
 def spatial_normalize(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Divide each ``(..., h, w)`` map by its sum over the ``h × w`` pixels (a distribution over pixels)."""
     total = x.sum(dim=(-2, -1), keepdim=True)

@@ -31,7 +31,7 @@ from attnlens.analysis import (
     available_records,
     layer_maps,
     load_table,
-    run_parse,
+    run_display_parse,
     select_tokens,
     unit_maps,
     variant_label,
@@ -247,9 +247,11 @@ def known_parses(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
 
 
 def parse_of(run: Run, known: dict[str, Any] | None = None):
-    """The run's parse (``attnlens.analysis.run_parse``: the manifest's, a known one, else spaCy)."""
+    """The run's parse (``attnlens.analysis.run_parse``: the manifest's, a known one, else spaCy); on a
+    transformer run (SD3, Flux, PixArt, Sana) with its positions on the run's own token axis
+    (``attnlens.analysis.run_display_parse``: a word covers its pieces of every text encoder)."""
 
-    return run_parse(run, 0, known)
+    return run_display_parse(run, 0, known)
 
 
 def parse_rows(parse) -> tuple[list[dict[str, Any]], list[str]]:

@@ -59,7 +59,8 @@ from .layers import LayerPlan, available_records, layer_maps, plan_layers
 from .parquet import AnalysisReport, load_table, read_table, write_parquet
 from .runs import discover_runs, variant_label
 from .table import Analysis, analyze_runs, resolve_metrics
-from .tokens import Selection, TokenPair, TokenUnit, run_parse, select_tokens, unit_maps
+from .tokens import (Selection, TokenPair, TokenUnit, remap_parse, remap_selection, run_display_parse, run_parse,
+                     run_selection, select_tokens, unit_maps)
 
 __all__ = [
     "AGGREGATE_ALL", "Analysis", "AnalysisReport", "COLUMNS", "COLUMNS_DOC", "HEADLINE", "LayerPlan", "MAP_METRICS",
@@ -67,5 +68,5 @@ __all__ = [
     "Selection", "TOKEN_METRICS", "TRAJECTORY_METRICS", "TokenPair", "TokenUnit", "analyze_runs",
     "available_records", "discover_runs", "format_summary", "layer_maps", "load_table", "map_metrics",
     "otsu_masks", "otsu_thresholds", "plan_layers", "read_table", "resolve_metrics", "run_parse",
-    "select_tokens", "unit_maps", "variant_label", "write_parquet",
+    "remap_parse", "remap_selection", "run_display_parse", "run_selection", "select_tokens", "unit_maps", "variant_label", "write_parquet",
 ]

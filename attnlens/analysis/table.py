@@ -17,13 +17,14 @@ import torch
 
 from .. import metrics as M
 from ..errors import AttnlensError, BadOption, MetricNotFound, StoreError
+from ..maps import renormalize_text
 from ..selection import step_filter
 from ..store import PHASES, Run
 from ..vocab import AGGREGATE_ALL, COLUMNS, HEADLINE, MAP_METRICS, METRICS, SCALAR_PREFIX, TRAJECTORY_METRICS
 from .kernels import MetricBlock, map_metrics
 from .layers import LayerPlan, _aggregate_metrics, available_records, plan_layers
 from .runs import _sample_info, discover_runs, variant_label
-from .tokens import Selection, run_parse, select_tokens
+from .tokens import Selection, run_selection
 
 
 def resolve_metrics(metrics: Sequence[str] | None) -> tuple[set[str], list[str] | None]:
@@ -180,6 +181,10 @@ class Analysis:
         threads: torch intra-op threads per worker while computing (restored afterwards; None leaves torch's
             setting). Default 1: parallelism comes from the workers, which keeps every core busy with independent
             work; intra-op threads on maps of this size mostly wait on each other, worst on a busy machine.
+        text: transformer runs: which encoder's positions a word's map is taken from — ``both`` (the mean of the
+            encoders' maps), ``clip``, ``t5`` or ``gemma`` (see :func:`attnlens.analysis.tokens.remap_selection`).
+        renormalize_text: divide each query's probabilities by their sum over the recorded text positions
+            (:func:`attnlens.maps.renormalize_text`; for joint attention, whose softmax also covers image keys).
     """
 
     paths: Sequence[str | Path] | str | Path
@@ -191,6 +196,8 @@ class Analysis:
     batch_elements: int = 1_000_000
     workers: int = 2
     threads: int | None = 1
+    text: str = "both"
+    renormalize_text: bool = False
     runs: list[Run] = field(init=False)
     notes: list[str] = field(init=False)
 
@@ -285,7 +292,7 @@ class Analysis:
             sel = None
             if self.map_metrics & set(MAP_METRICS):
                 try:
-                    sel = select_tokens(run_parse(run, k, self._known_parses))
+                    sel = run_selection(run, k, self._known_parses, self.text)
                 except AttnlensError as exc:
                     self.notes.append(f"{run.path}: no parse for {prompt!r} ({exc.message}); token metrics skipped")
                     sel = Selection((), (), (), (), len(run.tokens[k]) - 2 if run.tokens else 0)
@@ -327,10 +334,15 @@ class Analysis:
         for i in range(0, len(recs), b):
             yield recs[i:i + b]
 
+    def _read(self, layer: str, recs: list[tuple[int, int]], ph) -> torch.Tensor:
+        """``(R, sample, head, token, h, w)`` maps of records ``recs``, renormalised over the text if asked."""
+        data = torch.from_numpy(self._run.read_records(layer, recs, ph))
+        return renormalize_text(data.to(torch.float32)) if self.renormalize_text else data
+
     def _layer_job(self, layer: str, recs: list[tuple[int, int]], ph: int, sels: list[Selection | None],
                    emit: bool, keep: bool) -> tuple[list[torch.Tensor] | None, list[dict[str, MetricBlock] | None]]:
         """Worker: read one layer's batch, average heads, compute its metrics (if emitted)."""
-        data = torch.from_numpy(self._run.read_records(layer, recs, ph))  # (R, sample, head, token, h, w)
+        data = self._read(layer, recs, ph)  # (R, sample, head, token, h, w)
         mean = self._run.heads == "mean"  # heads averaged while recording: the head axis has length 1
         xs = [data[:, k, 0] if mean else data[:, k].mean(dim=1) for k in range(len(sels))]
         wanted = self.map_metrics & set(MAP_METRICS)
@@ -392,7 +404,7 @@ class Analysis:
                     if len(inside) == len([n for n in layers if n in needed]):
                         parts.append(sums[(hw, k)])
                     else:  # an aggregate over a subset of this resolution's summed layers: sum them again
-                        parts.append(sum(torch.from_numpy(self._run.read_records(n, recs, ph))[:, k].mean(dim=1)
+                        parts.append(sum(self._read(n, recs, ph)[:, k].mean(dim=1)
                                          for n in inside))
                 if parts and sels[k] is not None:  # resampling and metrics run in the worker pool
                     jobs.append((k, name, int(size[0]),

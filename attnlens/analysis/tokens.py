@@ -3,25 +3,29 @@ parse."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import NotFoundError
-from ..parse import Parse, parse_prompt
+from ..errors import BadOption, NotFoundError
+from ..parse import BindingSet, Parse, Unit, parse_prompt
 from ..store import Run
+from ..textctx import USES, remap_positions
 from .runs import _sample_info
 
 
 @dataclass(frozen=True)
 class TokenUnit:
-    """A parse word whose maps are analysed: ``label``, ``role`` (modifier | noun), token ``positions``."""
+    """A parse word whose maps are analysed: ``label``, ``role`` (modifier | noun), token ``positions``, and
+    optionally a ``weight`` per position (default: the mean over the positions)."""
 
     label: str
     role: str
     positions: tuple[int, ...]
+    weights: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,11 @@ def run_parse(run: Run, sample: int = 0, known: dict[str, Any] | None = None) ->
 def _unit_weights(sel: Selection, k: int) -> torch.Tensor:
     w = torch.zeros(len(sel.units), k, dtype=torch.float64)
     for i, u in enumerate(sel.units):
+        if u.weights is not None:
+            for p, x in zip(u.positions, u.weights):
+                if p < k:
+                    w[i, p] += x
+            continue
         pos = [p for p in u.positions if p < k]
         if pos:
             w[i, pos] = 1.0 / len(pos)
@@ -144,8 +153,69 @@ def _unit_weights(sel: Selection, k: int) -> torch.Tensor:
 def unit_maps(maps: torch.Tensor, sel: Selection) -> torch.Tensor:
     """``(S, token, h, w)`` recorded maps → ``(S, unit, h, w)``: the mean over each unit's word pieces."""
     k = maps.shape[-3]
-    if all(len(u.positions) == 1 and u.positions[0] < k for u in sel.units):
+    if all(len(u.positions) == 1 and u.positions[0] < k and u.weights is None for u in sel.units):
         return maps[:, [u.positions[0] for u in sel.units]]
     w = _unit_weights(sel, k).to(maps.dtype)
     s, _, h, ww = maps.shape
     return (w @ maps.reshape(s, k, h * ww)).reshape(s, len(sel.units), h, ww)
+
+
+def remap_selection(sel: Selection, parse: Any, prompt: str, pieces: list[str], encoders: list[str],
+                    use: str = "both") -> Selection:
+    """A parse's selection (positions in CLIP's sequence) moved onto a transformer run's token axis.
+
+    Each unit's characters in the prompt are located among the stored pieces of each encoder (``use``: one
+    encoder, ``clip`` / ``t5`` / ``gemma``, or ``both``); with several encoders the unit's map is the mean of the
+    encoders' maps, each the mean over its own pieces (as gsn-factory averages its CLIP and T5 maps). A unit whose
+    word has no stored piece keeps no position (its metrics are NaN).
+    """
+    if use not in USES:
+        raise BadOption(f"unknown text encoder '{use}'", hint=f"choose one of: {', '.join(USES)}")
+    if use != "both" and use not in encoders:
+        raise BadOption(f"this run has no '{use}' positions", hint=f"its encoders: {', '.join(dict.fromkeys(encoders))}")
+    p = Parse.from_dict(parse) if isinstance(parse, dict) else parse
+    units = []
+    for u in sel.units:
+        found = remap_positions(prompt, list(p.pieces), u.positions, pieces, encoders, use)
+        pos, weights = [], []
+        for enc_pos in found.values():
+            for q in enc_pos:
+                pos.append(q)
+                weights.append(1.0 / (len(enc_pos) * len(found)))
+        units.append(TokenUnit(u.label, u.role, tuple(pos), tuple(weights)))
+    return Selection(tuple(units), sel.pairs, sel.entities, sel.modifiers, max(len(pieces) - 1, 0))
+
+
+def run_selection(run: Run, sample: int = 0, known: dict[str, Any] | None = None, text: str = "both") -> Selection:
+    """The analysed tokens of a run's sample: :func:`select_tokens` of its parse, on the run's own token axis
+    (transformer runs: through :func:`remap_selection` with ``text`` = ``both`` or one encoder)."""
+    parse = run_parse(run, sample, known)
+    sel = select_tokens(parse)
+    layout = run.manifest.get("text") or {}
+    if not layout.get("encoders"):
+        return sel
+    prompt = _sample_info(run, sample)[0]
+    return remap_selection(sel, parse, prompt, run.tokens[sample], list(layout["encoders"]), text)
+
+
+def remap_parse(parse: Any, pieces: list[str], encoders: list[str], use: str = "both") -> Parse:
+    """A parse whose units' positions are a transformer run's stored positions (every piece of the ``use``
+    encoders that covers the word; a word's map is then the plain mean over them) and whose pieces are the run's:
+    for displays that take a parse (the dashboard, the notebook)."""
+    p = Parse.from_dict(parse) if isinstance(parse, dict) else parse
+
+    def unit(u: Unit) -> Unit:
+        found = remap_positions(p.prompt, list(p.pieces), u.positions, pieces, encoders, use)
+        return Unit(u.word, tuple(sorted(q for qs in found.values() for q in qs)))
+
+    sets = tuple(BindingSet(tuple(unit(m) for m in s.modifiers), unit(s.noun), s.rule) for s in p.sets)
+    return dataclasses.replace(p, pieces=tuple(pieces), sets=sets, nouns=tuple(unit(u) for u in p.nouns))
+
+
+def run_display_parse(run: Run, sample: int = 0, known: dict[str, Any] | None = None, text: str = "both") -> Parse:
+    """:func:`run_parse`, on the run's own token axis for transformer runs (:func:`remap_parse`)."""
+    parse = run_parse(run, sample, known)
+    layout = run.manifest.get("text") or {}
+    if not layout.get("encoders"):
+        return parse
+    return remap_parse(parse, run.tokens[sample], list(layout["encoders"]), text)

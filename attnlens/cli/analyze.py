@@ -87,6 +87,11 @@ def analyze(
                                      help="Layer name, glob, resolution (16) or aggregate (all, res16); repeatable."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Steps to analyse: 0:25, ::5, 0,10,20."),
     phase: list[str] = typer.Option([], "--phase", help="sample | guidance | sample_uncond (repeatable)."),
+    text: str = typer.Option("both", "--text", help="Transformer runs (SD3, Flux, PixArt, Sana): a word's map from "
+                             "the positions of both encoders (their mean), or of one: clip | t5 | gemma."),
+    renormalize_text: bool = typer.Option(False, "--renormalize-text", help="Divide each pixel's probabilities by "
+                                          "their sum over the recorded text positions (joint attention's softmax "
+                                          "also covers the image keys)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -97,7 +102,7 @@ def analyze(
     if out.suffix.lower() != ".parquet":
         raise BadOption(f"--out '{out}' should end in .parquet", hint="e.g. --out metrics.parquet")
     analysis = Analysis(paths, partial=partial, metrics=_split(metric) or None, layers=_split(layers) or None,
-                        steps=steps, phases=_split(phase) or None)
+                        steps=steps, phases=_split(phase) or None, text=text, renormalize_text=renormalize_text)
     with err_console.status(f"analysing {len(analysis.runs)} run(s) ..."):
         result = write_parquet(analysis, out)
     for n in result.notes:

@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..analysis import layer_maps, run_parse, select_tokens, unit_maps, variant_label
+from ..analysis import layer_maps, run_selection, unit_maps, variant_label
 from ..errors import BadOption, EmptySelection
 from ..maps import resample
 from ..store import Run, open_run
@@ -64,7 +64,7 @@ def word_maps(run: Run, words: Sequence[str] | None, steps: Sequence[int], *, la
     ``layer_maps`` (a layer or an aggregate such as ``all``, heads averaged) → ``unit_maps`` (a word = the mean of
     its word pieces) → p = m / Σ_xy m. A map with no mass is NaN.
     """
-    sel = select_tokens(run_parse(run, sample))
+    sel = run_selection(run, sample)
     words = list(words) if words else [u.label for u in sel.units[:2]]
     if not words:
         raise BadOption(f"no word to show for {run.path}", hint="pass --token WORD")

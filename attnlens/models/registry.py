@@ -28,9 +28,9 @@ from typing import Any, Callable
 import torch
 
 from ..errors import AttnlensError, ConfigError, ModelNotFound
-from .families import build_sd3
+from .families import build_flux, build_pixart, build_sana, build_sd3
 from .shapes import BOW_ASSET_DIR, build_shapes, shapes_version
-from .tiny import build_tiny
+from .tiny import build_sdxl, build_tiny
 
 # The embedded default: the trained shapes testbed model (attnlens-tiny, random weights, stays available by name).
 DEFAULT_MODEL = "attnlens-shapes"
@@ -72,6 +72,32 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         name="attnlens-tiny-sd3",
         description="SD3-shaped MM-DiT (CLIP-L + CLIP-G + T5), random weights, 64x64, 8x8 image tokens (built offline)",
         build=build_sd3,
+        version="1",
+    ),
+    "attnlens-tiny-sdxl": EmbeddedModel(
+        name="attnlens-tiny-sdxl",
+        description="SDXL-shaped UNet (two CLIP encoders, text_time conditioning), random weights, 16x16 (built offline)",
+        build=build_sdxl,
+        version="1",
+    ),
+    "attnlens-tiny-flux": EmbeddedModel(
+        name="attnlens-tiny-flux",
+        description="Flux-shaped (2 double- + 2 single-stream blocks, CLIP-L + T5, embedded guidance), random weights, "
+                    "64x64, packed 8x8 image tokens (built offline)",
+        build=build_flux,
+        version="1",
+    ),
+    "attnlens-tiny-pixart": EmbeddedModel(
+        name="attnlens-tiny-pixart",
+        description="PixArt-Sigma-shaped DiT (attn2 over T5), random weights, 64x64, 8x8 image tokens (built offline)",
+        build=build_pixart,
+        version="1",
+    ),
+    "attnlens-tiny-sana": EmbeddedModel(
+        name="attnlens-tiny-sana",
+        description="Sana-shaped DiT (linear self-attention, attn2 over Gemma-2), random weights, 64x64, 16x16 image "
+                    "tokens (built offline)",
+        build=build_sana,
         version="1",
     ),
 }
@@ -151,17 +177,20 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
         device (`str`, *optional*): defaults to ``cuda`` when available, else ``cpu``.
         dtype (`torch.dtype` or `str`, *optional*): defaults to fp16 on cuda, fp32 on cpu.
 
-    Supported families: SD 1.x and 2.x (``StableDiffusionPipeline``) and SDXL (``StableDiffusionXLPipeline``).
+    Supported families: SD 1.x and 2.x (``StableDiffusionPipeline``), SDXL (``StableDiffusionXLPipeline``), and the
+    transformer families SD3 / SD3.5 (``StableDiffusion3Pipeline``), Flux (``FluxPipeline``), PixArt-Σ
+    (``PixArtSigmaPipeline``) and Sana (``SanaPipeline``); see :func:`model_family`.
 
     Raises:
         AttnlensError: the model cannot be found or its weights are not available offline.
     """
     device, dtype = default_device_dtype(device, dtype)
     if not isinstance(model, (str, os.PathLike)):
-        if not hasattr(model, "unet"):
+        if denoiser(model) is None:
             raise ConfigError(
-                f"expected a diffusers pipeline with a UNet, got {type(model).__name__}",
-                hint="pass a StableDiffusionPipeline / StableDiffusionXLPipeline, a hub id or a local folder",
+                f"expected a diffusers pipeline with a UNet or a transformer, got {type(model).__name__}",
+                hint="pass a StableDiffusion(XL/3)Pipeline, FluxPipeline, PixArtSigmaPipeline, SanaPipeline, "
+                     "a hub id or a local folder",
             )
         return model.to(device=device, dtype=dtype)
 
@@ -181,10 +210,10 @@ def load_pipeline(model: Any = DEFAULT_MODEL, device=None, dtype=None):
                 hint="download it once with network access, or pass a local folder: --model /path/to/saved/pipeline",
             ) from exc
         raise ModelNotFound(f"could not load the pipeline in '{location}': {str(exc).splitlines()[0]}") from exc
-    if not hasattr(pipe, "unet"):
+    if denoiser(pipe) is None:
         raise ConfigError(
-            f"'{model}' is a {type(pipe).__name__}, which has no UNet",
-            hint="attnlens records UNet-based text-to-image pipelines (SD 1.x, SD 2.x, SDXL)",
+            f"'{model}' is a {type(pipe).__name__}, which has neither a UNet nor a transformer",
+            hint="attnlens records text-to-image pipelines: SD 1.x/2.x, SDXL, SD3/3.5, Flux, PixArt-Σ, Sana",
         )
     pipe = pipe.to(device)
     _LOADED[pipe] = {"id": str(model), "location": location}
@@ -206,6 +235,25 @@ def model_info(pipe) -> dict[str, Any]:
     return {"id": name or type(pipe).__name__, "location": name if name and Path(name).exists() else None}
 
 
+def denoiser(pipe):
+    """The pipeline's denoising network: its ``unet``, else its ``transformer`` (DiT / MM-DiT), else None."""
+    for attr in ("unet", "transformer"):
+        net = getattr(pipe, attr, None)
+        if net is not None:
+            return net
+    return None
+
+
+#: denoiser class name → family, for the transformer families
+_DIT_FAMILIES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
+                 "PixArtTransformer2DModel": "pixart", "SanaTransformer2DModel": "sana"}
+
+
 def model_family(pipe) -> str:
-    """``"sdxl"`` for two-text-encoder pipelines, else ``"sd"``."""
+    """The family of a pipeline, from its denoiser's class: ``"sd3"`` (SD3 / SD3.5), ``"flux"``, ``"pixart"``
+    (PixArt-α/Σ), ``"sana"``; for UNets ``"sdxl"`` with two text encoders, else ``"sd"`` (SD 1.x / 2.x)."""
+    net = denoiser(pipe)
+    family = _DIT_FAMILIES.get(type(net).__name__)
+    if family is not None:
+        return family
     return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"

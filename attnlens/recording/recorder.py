@@ -6,8 +6,10 @@
     ...     out = pipe("a red crown", num_inference_steps=10, generator=torch.Generator().manual_seed(0))
     ...     rec.save_images(out.images)
 
-Only the cross-attention (``attn2``) processors are replaced, per module, with ``RecordingProcessor``; the originals
-(the very same objects) are put back on exit, also when the body raises. Each record is tagged with the loop index
+Only the processors of the recorded sites are replaced, per module: the UNet's cross-attention (``attn2``) with
+``RecordingProcessor``, the transformer families' joint or cross-attention (SD3, Flux, PixArt-Σ, Sana; see
+:mod:`attnlens.recording.dit`) with ``DiTRecordingProcessor``; the originals (the very same objects) are put back
+on exit, also when the body raises. Each record is tagged with the loop index
 ``step``, the scheduler ``timestep``, the ``phase`` (``sample``: the ordinary CFG forward, conditional half;
 ``sample_uncond``: its unconditional half, on request; ``guidance``: a grad-enabled forward of a guidance method)
 and the ``iteration`` (refinement pass within a step).
@@ -21,6 +23,7 @@ because steps are loop indices, never timestep values.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import queue
 import threading
@@ -33,10 +36,12 @@ import torch
 from .._version import __version__
 from ..environment import library_versions
 from ..errors import AttnlensError, BadOption, ConfigError, StoreError
-from ..models import model_info
+from ..models import denoiser, model_family, model_info
 from ..selection import select_layers, step_predicate
 from ..store import STATUS_COMPLETE, STATUS_FAILED, RunWriter, Sample, layer_sort_key
 from ..store.layout import STATUS_INTERRUPTED
+from ..textctx import Segment, layout_dict, select_positions
+from .dit import SITE_RULES, DiTRecordingProcessor, dit_sites, site_kind
 from .processor import RecordingProcessor
 from .writer import _PinnedPool, _Writer
 
@@ -45,6 +50,25 @@ def cross_attention_layers(unet) -> dict[str, Any]:
     """``{module path: Attention}`` of every cross-attention (``attn2``) module of ``unet``, in execution order."""
     found = {name: m for name, m in unet.named_modules() if name.endswith("attn2") and hasattr(m, "set_processor")}
     return {name: found[name] for name in sorted(found, key=layer_sort_key)}
+
+
+def recording_sites(pipe) -> dict[str, Any]:
+    """``{module path: attention module}`` of the sites ``attnlens.record`` records on ``pipe``: the UNet's ``attn2``
+    modules, or the transformer families' sites (:func:`attnlens.recording.dit.dit_sites`)."""
+    family = model_family(pipe)
+    net = denoiser(pipe)
+    return dit_sites(net, family) if family in SITE_RULES else cross_attention_layers(net)
+
+
+#: family → [(encoder, pipeline's text encoder attribute, tokenizer attribute)] of the text sequence, in order
+TEXT_SEGMENTS = {
+    "sd3": [("clip", "text_encoder", "tokenizer"), ("t5", "text_encoder_3", "tokenizer_3")],
+    "flux": [("t5", "text_encoder_2", "tokenizer_2")],
+    "pixart": [("t5", "text_encoder", "tokenizer")],
+    "sana": [("gemma", "text_encoder", "tokenizer")],
+}
+#: family → what the pipeline divides the scheduler's timestep by before the transformer sees it
+TIMESTEP_DIVISOR = {"flux": 1000.0}
 
 
 def spatial_shape(query_len: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -111,7 +135,9 @@ class Recorder:
                  prompts: list[str] | None = None, seeds: list[int | None] | None = None,
                  manifest: dict[str, Any] | None = None, overwrite: bool = False, queue_size: int | None = None):
         self.pipe = pipe
-        self.unet = pipe.unet
+        self.unet = denoiser(pipe)  # the denoising network: a UNet, or a transformer (DiT / MM-DiT)
+        self.family = model_family(pipe)
+        self.dit = self.family in SITE_RULES
         self.config = config or RecordingConfig()
         self._store_arg = store
         self._manifest_extra = dict(manifest or {})
@@ -119,9 +145,14 @@ class Recorder:
         self._queue_size = queue_size
         self.prompts = list(prompts) if prompts is not None else None
         self.seeds = list(seeds) if seeds is not None else None
-        self.attn2 = cross_attention_layers(self.unet)
+        self.attn2 = recording_sites(pipe)  # the sites: {module path: attention module}
         if not self.attn2:
             raise ConfigError(f"{type(self.unet).__name__} has no cross-attention (attn2) modules to record")
+        self.text_len = 0  # transformer families: length of the text sequence the sites attend to
+        self._encoder_ids: dict[str, list[list[int]]] = {}  # first input_ids seen by each text encoder
+        self._encoder_calls: dict[str, int] = {}
+        self._text_layout: dict[str, Any] | None = None
+        self._text_index: dict[Any, torch.Tensor] = {}
         self._entered = False
         self._originals: dict[str, Any] = {}
         self._hooks: list[Any] = []
@@ -163,10 +194,18 @@ class Recorder:
             self._open_store()
             for name, module in self.attn2.items():
                 self._originals[name] = module.processor
-                module.set_processor(RecordingProcessor(self, name, module.processor))
+                module.set_processor(
+                    DiTRecordingProcessor(self, name, module.processor, site_kind(self.family, name)) if self.dit
+                    else RecordingProcessor(self, name, module.processor))
             self._hooks.append(self.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True))
             enc = getattr(self.pipe, "text_encoder", None)
-            if enc is not None and self.prompts is None and self.token_ids is None:
+            if self.dit:  # every text encoder: its first input ids are the prompt's (the negative prompt comes next)
+                for attr in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+                    module = getattr(self.pipe, attr, None)
+                    if module is not None:
+                        self._hooks.append(module.register_forward_pre_hook(
+                            functools.partial(self._encoder_pre_hook, attr), with_kwargs=True))
+            elif enc is not None and self.prompts is None and self.token_ids is None:
                 self._hooks.append(enc.register_forward_pre_hook(self._text_pre_hook, with_kwargs=True))
         except BaseException:
             self._restore()
@@ -201,7 +240,7 @@ class Recorder:
             message = f"{type(exc).__name__}: {exc}"
         elif err is not None:
             message = f"{type(err).__name__}: {err}"
-        if not self.store.manifest.samples and (self.prompts or self.token_ids):
+        if not self.store.manifest.samples and (self.prompts or self.token_ids or self._encoder_ids):
             with contextlib.suppress(AttnlensError, OSError):
                 self._write_samples_manifest(self._n_samples(), None)
         self.store.annotate(
@@ -272,6 +311,7 @@ class Recorder:
             "recording": self.config.to_dict(),
             "model": {
                 **model_info(pipe),
+                "family": self.family,
                 "pipeline": type(pipe).__name__,
                 "scheduler": {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)},
             },
@@ -289,15 +329,83 @@ class Recorder:
             if ids is not None:
                 self.token_ids = ids.detach().cpu().tolist()
 
+    def _encoder_pre_hook(self, attr, module, args, kwargs):
+        self._encoder_calls[attr] = self._encoder_calls.get(attr, 0) + 1
+        if attr not in self._encoder_ids:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is not None:
+                self._encoder_ids[attr] = ids.detach().cpu().tolist()
+
     def set_prompts(self, prompts: list[str]) -> None:
         self.prompts = list(prompts)
         self.token_ids = None
         self._tokens_cache = None
+        self._encoder_ids = {}
+        self._text_layout = None
+        self._text_index = {}
+
+    # -- the transformer families' text sequence ------------------------------------------------------------------
+    def _segment_ids(self, attr: str, tok_attr: str, length: int) -> tuple[Any, list[list[int]]]:
+        """(tokenizer, ids per prompt) of one text encoder: what it was called with, else the prompts tokenised."""
+        tok = getattr(self.pipe, tok_attr, None)
+        ids = self._encoder_ids.get(attr)
+        if ids is None:
+            if self.prompts is None or tok is None:
+                raise ConfigError("the recorder does not know the prompt tokens",
+                                  hint="pass prompts=[...] to attnlens.record when calling the pipeline with prompt_embeds")
+            ids = [tok(p, padding="max_length", max_length=length, truncation=True).input_ids for p in self.prompts]
+        return tok, ids
+
+    def text_layout(self) -> dict[str, Any]:
+        """Transformer families: ``{"segments", "positions", "encoders", "pieces"}`` of the text sequence (see
+        :mod:`attnlens.textctx`); ``pieces[k]`` are sample k's word pieces at the recorded ``positions``."""
+        if self._text_layout is not None:
+            return self._text_layout
+        if not self.text_len:
+            raise ConfigError("the text sequence is known once the transformer has been called")
+        specs = TEXT_SEGMENTS[self.family]
+        clip_len = 77 if self.family == "sd3" else 0
+        segments, full, lengths = [], [], []
+        start = 0
+        for enc, attr, tok_attr in specs:
+            n = clip_len if enc == "clip" else self.text_len - start
+            seg = Segment(enc, start, n)
+            tok, ids = self._segment_ids(attr, tok_attr, n)
+            rows, lens = [], []
+            for row in ids:
+                if len(row) > n:  # Sana's instruction prefix: the pipeline keeps the first and the last n - 1
+                    row = row[:1] + row[len(row) - n + 1:]
+                pieces = tok.convert_ids_to_tokens(row) if tok is not None else [""] * len(row)
+                pieces = list(pieces) + [""] * (n - len(pieces))
+                rows.append(pieces)
+                lens.append(_prompt_length(pieces, tok))
+            segments.append(seg)
+            full.append(rows)
+            lengths.append(lens)
+            start += n
+        positions = select_positions(segments, lengths, self.config.tokens)
+        n_samples = max(len(rows) for rows in full)
+        pieces = [[full[si][min(k, len(full[si]) - 1)][p - seg.start] for si, seg in enumerate(segments)
+                   for p in positions if seg.start <= p < seg.start + seg.length] for k in range(n_samples)]
+        self._text_layout = {**layout_dict(segments, positions), "pieces": pieces}
+        return self._text_layout
+
+    def text_index(self, device) -> torch.Tensor:
+        """The recorded key positions of the text sequence as a long tensor on ``device`` (for the processors)."""
+        idx = self._text_index.get(device)
+        if idx is None:
+            idx = self._text_index[device] = torch.tensor(self.text_layout()["positions"], dtype=torch.long,
+                                                          device=device)
+        return idx
 
     def _samples_tokens(self) -> list[list[str]]:
         """Word pieces of every prompt of the call (77 each), derived once per run."""
         if self._tokens_cache is not None:
             return self._tokens_cache[0]
+        if self.dit:
+            tokens = self.text_layout()["pieces"]
+            self._tokens_cache = (tokens, len(self.text_layout()["positions"]))
+            return tokens
         tok = self.pipe.tokenizer
         if self.token_ids is None:
             if self.prompts is None:
@@ -310,7 +418,8 @@ class Recorder:
         return tokens
 
     def token_count(self) -> int:
-        """Text positions recorded: ``<sot>`` through ``<eot>`` of the longest prompt, or all 77."""
+        """Text positions recorded: ``<sot>`` through ``<eot>`` of the longest prompt, or all 77 (transformer
+        families: the recorded positions of :meth:`text_layout`)."""
         self._samples_tokens()
         return self._tokens_cache[1]
 
@@ -335,10 +444,23 @@ class Recorder:
 
     def _unet_pre_hook(self, module, args, kwargs):
         self._submit()  # the previous forward's maps
-        sample = kwargs.get("sample", args[0] if args else None)
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        if self.latent_hw != tuple(sample.shape[-2:]):
-            self.latent_hw = tuple(sample.shape[-2:])
+        sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 and not self.dit else None)
+        hw = tuple(sample.shape[-2:])
+        if self.dit:
+            context = kwargs.get("encoder_hidden_states")
+            if context is None:
+                raise ConfigError(f"{type(self.unet).__name__} was called without encoder_hidden_states",
+                                  hint="call the transformer with keyword arguments, as the diffusers pipelines do")
+            self.text_len = context.shape[1]
+            if sample.ndim == 3:  # Flux: packed 2×2 latents; the token grid from the image ids (row, column)
+                ids = kwargs.get("img_ids")
+                if ids is None:
+                    raise ConfigError("a packed-latent transformer call without img_ids: the image grid is unknown")
+                ids = ids.reshape(-1, ids.shape[-1])
+                hw = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+        if self.latent_hw != hw:
+            self.latent_hw = hw
             self._hw = {}
         if not self.n_steps:
             schedule = getattr(self.pipe.scheduler, "timesteps", None)
@@ -347,25 +469,43 @@ class Recorder:
             self.step += 1
             self.phase, self.iteration = "sample", 0
             t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+            t *= TIMESTEP_DIVISOR.get(self.family, 1.0)
+            if self.family == "sana":
+                t /= float(getattr(self.unet.config, "timestep_scale", 1.0) or 1.0)
             schedule = getattr(self.pipe.scheduler, "timesteps", None)
             if schedule is not None and len(schedule):
                 if self.step >= len(schedule):
                     raise ConfigError("more UNet calls than scheduler steps: one recorder context records one pipeline call",
                                         hint="open a new `with attnlens.record(...)` for each call")
+                if self.dit and abs(float(schedule[self.step]) - t) <= 1e-3 * max(1.0, abs(t)):
+                    t = float(schedule[self.step])  # the pipeline's rescaling, undone (up to rounding)
                 if float(schedule[self.step]) != t:
                     raise ConfigError(f"UNet call {self.step} has timestep {t}, the schedule says {float(schedule[self.step])}",
                                         hint="use attnlens.sample / rec.context(...) to tag extra UNet calls")
             self.timestep = t
         if self.phase == "sample":
-            self._cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) if not self._explicit else self._cfg
+            self._cfg = self._plain_cfg(sample.shape[0]) if not self._explicit else self._cfg
             n = sample.shape[0]
             self._batch = n // 2 if self._cfg else n
             if self._want_step(self.step) and self.store is not None and not self._explicit:
-                self.record_latent(self.step, sample[self._batch:] if self._cfg else sample)
+                latent = sample[self._batch:] if self._cfg else sample
+                self.record_latent(self.step, _unpack(latent, self.latent_hw) if latent.ndim == 3 else latent)
         else:
             self._batch = sample.shape[0]
         if not self.layers:
             self._select_layers()
+
+    def _plain_cfg(self, n: int) -> bool:
+        """Whether a plain ``pipe(...)`` forward carries [uncond, cond] halves: the pipeline's own
+        ``do_classifier_free_guidance``; for pipelines without it (PixArt), whether the prompt's text encoder was
+        called twice (prompt, then negative prompt) and the batch is even."""
+        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
+        if flag is not None:
+            return bool(flag)
+        if self.dit:
+            attr = TEXT_SEGMENTS[self.family][-1][1]
+            return self._encoder_calls.get(attr, 0) >= 2 and n % 2 == 0
+        return False
 
     def set_batch_layout(self, cfg: bool) -> None:
         """Declare whether sampling forwards carry [uncond, cond] halves (used by attnlens's own sampler)."""
@@ -380,6 +520,9 @@ class Recorder:
         if self.latent_hw is None:
             raise ConfigError("layer resolutions are known once the latent size is (after the first UNet call)")
         H, W = self.latent_hw
+        if self.dit:  # every site sees the whole token grid: latent / patch (Flux: the packed grid itself)
+            p = 1 if self.family == "flux" else int(getattr(self.unet.config, "patch_size", 1) or 1)
+            return {name: (max(H // p, 1), max(W // p, 1)) for name in self.attn2}
         out = {}
         for name in self.attn2:
             parts = name.split(".")
@@ -511,11 +654,19 @@ class Recorder:
         prompts = self.prompts
         if not prompts and self.token_ids:  # the pipeline was called without prompts=: the text encoder's input
             prompts = [self.pipe.tokenizer.decode(row, skip_special_tokens=True).strip() for row in self.token_ids]
+        if not prompts and self.dit:
+            _, attr, tok_attr = TEXT_SEGMENTS[self.family][0]
+            tok, ids = getattr(self.pipe, tok_attr, None), self._encoder_ids.get(attr)
+            if tok is not None and ids:
+                prompts = [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
         prompts = prompts or [None] * len(tokens)
         per = max(n // max(len(tokens), 1), 1)
+        if self.dit:  # the pieces at the recorded positions, whatever encoder each came from
+            self.store.annotate(text={k: v for k, v in self.text_layout().items() if k != "pieces"}, write=False)
+        eos = None if self.dit else self.pipe.tokenizer.eos_token
         self.store.set_samples([
             Sample(index=k, prompt=prompts[min(k // per, len(prompts) - 1)], seed=seeds[k] if k < len(seeds) else None,
-                   pieces=_trim(tokens[min(k // per, len(tokens) - 1)], self.pipe.tokenizer.eos_token))
+                   pieces=_trim(tokens[min(k // per, len(tokens) - 1)], eos))
             for k in range(n)
         ])
 
@@ -542,8 +693,28 @@ def _latent_copy(latent: torch.Tensor) -> torch.Tensor:
     return latent.detach().to(dtype, memory_format=torch.contiguous_format, copy=True)
 
 
-def _trim(pieces: list[str], eos: str) -> list[str]:
-    return pieces[: pieces.index(eos) + 1] if eos in pieces else pieces
+def _trim(pieces: list[str], eos: str | None) -> list[str]:
+    return pieces[: pieces.index(eos) + 1] if eos is not None and eos in pieces else list(pieces)
+
+
+def _prompt_length(pieces: list[str], tok) -> int:
+    """How many leading positions of one encoder's sequence hold the prompt: through the end token (CLIP's
+    ``<|endoftext|>``, T5's ``</s>``), else up to the first padding (Gemma adds no end token)."""
+    eos = getattr(tok, "eos_token", None)
+    pad = getattr(tok, "pad_token", None)
+    if eos is not None and eos in pieces and (pad is None or pad == eos or pad not in pieces
+                                              or pieces.index(eos) < pieces.index(pad)):
+        return pieces.index(eos) + 1
+    if pad is not None and pad in pieces:
+        return pieces.index(pad)
+    return len([p for p in pieces if p])
+
+
+def _unpack(latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Flux's packed latents ``(b, h·w, 4c)`` (2×2 patches of c channels on an h×w grid) → ``(b, c, 2h, 2w)``."""
+    b, n, c4 = latent.shape
+    h, w = grid
+    return latent.view(b, h, w, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, 2 * h, 2 * w)
 
 
 def record(pipe, store: str | Path | None, **kwargs) -> Recorder:

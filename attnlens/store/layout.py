@@ -114,6 +114,9 @@ class Manifest:
     records: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     recorded_layers: list[str] = field(default_factory=list)
     layers: dict[str, Any] = field(default_factory=dict)
+    #: transformer families: the text sequence (segments per encoder) and the encoder of each recorded position
+    #: (``attnlens.textctx.layout_dict``); empty for UNet runs (77 CLIP positions, recorded from 0)
+    text: dict[str, Any] = field(default_factory=dict)
     scalars: list[str] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
@@ -240,8 +243,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def layer_sort_key(name: str):
-    """Order layers as the UNet executes them: down blocks, mid block, up blocks (then by index)."""
-    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    """Order layers as the denoiser executes them: down blocks, mid block, up blocks (then by index); a transformer's
+    blocks, then Flux's single-stream blocks."""
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2, "transformer_blocks": 3, "single_transformer_blocks": 4}
     parts = name.split(".")
-    return (order.get(parts[0], 3), [int(p) if p.isdigit() else p for p in parts[1:]])
+    return (order.get(parts[0], 5), [int(p) if p.isdigit() else p for p in parts[1:]])
 

@@ -242,11 +242,16 @@ class Run:
     def tokens(self) -> list[list[str]]:
         return [s.pieces for s in self.info.samples]
 
-    def token_positions(self, word: str, sample: int = 0) -> list[int]:
-        """Positions of ``word`` in sample ``sample``: its pieces (case-insensitive, ``</w>`` ignored)."""
+    def token_positions(self, word: str, sample: int = 0, encoder: str | None = None) -> list[int]:
+        """Positions of ``word`` in sample ``sample``: its pieces (case-insensitive, CLIP's ``</w>`` and
+        sentencepiece's ``▁`` ignored). Transformer runs: the first match, or the match among the positions of
+        ``encoder`` (``clip``, ``t5``, ``gemma``; see the manifest's ``text``)."""
         pieces = self.tokens[sample]
         target = word.lower().replace(" ", "")
-        clean = [p.replace("</w>", "").lower() for p in pieces]
+        clean = [p.replace("</w>", "").replace("\u2581", "").lower() for p in pieces]
+        encoders = (self.manifest.get("text") or {}).get("encoders") or []
+        if encoder is not None:
+            clean = [c if k < len(encoders) and encoders[k] == encoder else "\0" for k, c in enumerate(clean)]
         for start in range(len(clean)):
             acc = ""
             for end in range(start, len(clean)):

@@ -3,6 +3,7 @@
 Starts the real command on a temporary root of recorded tiny runs, opens the page, changes the method, changes the step
 with the arrow keys on the Compare view's step player (a custom component: its range input lives in an iframe),
 switches to the metric view and moves its step player (the leakage matrices), takes screenshots, and checks that images and plots rendered with no error element.
+A second test opens a root of transformer runs (SD3 and Flux, issue 15): images and maps render with no error.
 Skipped (not failed) only when chromium or chromedriver is absent (``make test`` installs them as root).
 Set ``ATTNLENS_SCREENSHOTS=DIR`` to keep the screenshots.
 """
@@ -84,6 +85,10 @@ def browser_root(tiny_pipe, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(browser_root, tmp_path_factory):
     """``attnlens dashboard ROOT --port P`` as a real process; stopped (only this process) at the end."""
+    yield from _serve(browser_root, tmp_path_factory)
+
+
+def _serve(browser_root, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("dash-server") / "server.log"
     env = dict(os.environ, ATTNLENS_DASHBOARD_TIMING="1", PYTHONUNBUFFERED="1")
@@ -242,3 +247,34 @@ def test_dashboard_in_chromium(server, driver, tmp_path):
     d.get(shared.replace("view=metrics", "view=compare").replace("step=0", "step=1"))
     s = wait_for(d, lambda s: s["finals"] == 1 and s["cells"] == 4 and s["pending"] == 0, what="the Compare URL")
     assert s["step"] == "1" and "step=1" in d.current_url and s["errors"] == 0
+
+
+@pytest.fixture(scope="module")
+def dit_server(tmp_path_factory):
+    """The dashboard on a root of two transformer runs: tiny SD3 (joint attention, CLIP + T5 positions) and tiny
+    Flux (double- and single-stream blocks, T5 positions), 2 steps each, recorded with ``attnlens.record``."""
+    import torch
+
+    import attnlens
+
+    _binaries()
+    root = tmp_path_factory.mktemp("dash-dit")
+    prompt = "a red crown and a golden strawberry"
+    for family, extra in (("sd3", {}), ("flux", {})):
+        pipe = attnlens.load_pipeline(f"attnlens-tiny-{family}", device="cpu")
+        with attnlens.record(pipe, root / family, prompts=[prompt], seeds=[1], manifest={"label": family}) as rec:
+            out = pipe(prompt, num_inference_steps=2, height=64, width=64, max_sequence_length=32,
+                       generator=torch.Generator().manual_seed(1), **extra)
+            rec.save_images(out.images, seeds=[1])
+    yield from _serve(root, tmp_path_factory)
+
+
+def test_dashboard_on_transformer_runs(dit_server, driver, tmp_path):
+    url, _ = dit_server
+    d = driver
+    d.get(url + "/")
+    s = wait_for(d, lambda s: s["finals"] >= 1 and s["cells"] >= 4 and s["pending"] == 0,
+                 what="the first paint of the transformer runs")
+    assert s["errors"] == 0
+    shot = screenshot(d, tmp_path / "dashboard-dit.png")
+    assert shot.stat().st_size > 10_000
