@@ -103,6 +103,10 @@ class FamilyAdapter:
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0
 
+    def stored_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latent as a run stores it, ``(1, C, h, w)`` (Flux unpacks its 2×2 patches)."""
+        return latents
+
     # -- setup ------------------------------------------------------------------------------------------------------
     def encode(self, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int) -> Conditioning:
         with torch.no_grad():
@@ -297,6 +301,10 @@ class FluxAdapter(SD3Adapter):
 
     def latent_hw(self, latents):
         return self._hw
+
+    def stored_latent(self, latents):
+        return self.pipe._unpack_latents(latents, self._hw[0] * self.pipe.vae_scale_factor,
+                                         self._hw[1] * self.pipe.vae_scale_factor, self.pipe.vae_scale_factor)
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         return False  # Flux-dev/schnell are guidance-distilled; "true CFG" with a negative prompt is not supported

@@ -3,8 +3,9 @@
 The guided sampler reads a method's maps from ``recorder.live_maps`` during a guidance forward. For SD 1.x/2.x and
 SDXL the recorder (:mod:`attnlens.recording`) provides them. For SD3, Flux and PixArt-Σ this module provides the
 same interface (``context``, ``need_live``, ``live_maps``, ``resolutions``, ``latent_hw`` and the recorder's
-logging calls, which here store nothing) so that every method runs on them; it records nothing to disk (recording
-the transformer families is the recorder's job).
+storage calls) so that every method runs on them. Storage is the recorder's job: given an entered ``Recorder`` as
+``store``, the storage calls and step contexts go to it (it records the maps of its own configuration, guidance
+phase included); without one, nothing is stored.
 
 Sites (module paths, as the recorder names them):
 
@@ -138,16 +139,17 @@ class LiveTextMaps:
     """Live maps of SD3 / Flux / PixArt-Σ for guidance, with the recorder's interface and no storage.
 
     Use as a context manager around ``guided_sample(pipe, ..., recorder=maps)``; the original processors (the same
-    objects) are put back on exit, also when the body raises.
+    objects) are put back on exit, also when the body raises. With a recorder, enter it first
+    (``with attnlens.record(pipe, out) as rec, LiveTextMaps(pipe, store=rec) as maps``).
 
     Args:
         pipe: a ``StableDiffusion3Pipeline``, ``FluxPipeline`` or ``PixArtSigmaPipeline``.
         text (`str`, *optional*): ``clip`` (SD3 only) or ``t5``; the family's default if None.
+        store (`Recorder`, *optional*): an entered recorder that stores the run.
     """
 
-    store = None
-
-    def __init__(self, pipe, text: str | None = None):
+    def __init__(self, pipe, text: str | None = None, store: Any = None):
+        self.store = store
         self.adapter = adapter_for(pipe)
         self.family = self.adapter.family
         if self.family not in SITES:
@@ -163,7 +165,7 @@ class LiveTextMaps:
         self.live_maps: dict[str, torch.Tensor] = {}
         self.phase, self.step, self.iteration = "sample", -1, 0
         self.latent_hw: tuple[int, int] | None = None
-        self.n_steps = 0
+        self._n_steps = 0
         # SD3's text keys are [CLIP (77); T5]: T5 starts after the CLIP block
         self.text_offset = 77 if (self.family == "sd3" and self.text == "t5") else 0
 
@@ -204,6 +206,16 @@ class LiveTextMaps:
             self.sites[name].set_processor(original)
         self._originals.clear()
 
+    @property
+    def n_steps(self) -> int:
+        return self._n_steps
+
+    @n_steps.setter
+    def n_steps(self, n: int) -> None:
+        self._n_steps = n
+        if self.store is not None:
+            self.store.n_steps = n
+
     @contextlib.contextmanager
     def context(self, step: int, timestep: float, phase: str = "sample", iteration: int = 0):
         prev = (self.step, self.phase, self.iteration)
@@ -211,19 +223,27 @@ class LiveTextMaps:
         if phase == "guidance":
             self.live_maps = {}
         try:
-            yield self
+            if self.store is not None:
+                with self.store.context(step, timestep, phase=phase, iteration=iteration):
+                    yield self
+            else:
+                yield self
         finally:
             self.step, self.phase, self.iteration = prev
 
-    # the recorder's storage calls: nothing is stored here
+    # the recorder's storage calls, passed to the store (nothing is stored without one)
     def set_batch_layout(self, cfg: bool) -> None:
-        pass
+        if self.store is not None:
+            self.store.set_batch_layout(cfg)
 
     def log_scalars(self, *args, **kwargs) -> None:
-        pass
+        if self.store is not None:
+            self.store.log_scalars(*args, **kwargs)
 
     def record_latent(self, *args) -> None:
-        pass
+        if self.store is not None:
+            self.store.record_latent(*args)
 
     def record_final_latent(self, *args) -> None:
-        pass
+        if self.store is not None:
+            self.store.record_final_latent(*args)

@@ -23,6 +23,7 @@ a plain pipeline call with the same generator. The live maps come from the recor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -211,7 +212,7 @@ def guided_sample(
             recorder.log_scalars(i, 0, {"refinement_iterations": it})
             t_guid += time.perf_counter() - tg
         if recorder is not None:
-            recorder.record_latent(i, latents)
+            recorder.record_latent(i, adapter.stored_latent(latents))
         with torch.no_grad():
             wrap = (lambda: recorder.context(i, float(t), phase="sample")) if recorder is not None else None
             noise = adapter.sample_forward(latents, t, conditioning, guidance_scale, wrap=wrap)
@@ -225,15 +226,15 @@ def guided_sample(
     with torch.no_grad():
         image = adapter.decode(latents, generator, height, width)
     if recorder is not None:
-        recorder.record_final_latent(latents)
+        recorder.record_final_latent(adapter.stored_latent(latents))
     total = time.perf_counter() - t0
     return SampleResult(image=image, latents=latents, log=log,
                         timings={"total_s": total, "guidance_s": t_guid, "steps": n})
 
 
 def live_maps_for(pipe) -> Recorder | LiveTextMaps:
-    """What gives a guidance forward its live maps on ``pipe`` (not entered): the recorder without storage for the
-    UNet families, ``LiveTextMaps`` for SD3, Flux and PixArt-Σ."""
+    """What gives a guidance forward its live maps on ``pipe`` (not entered, no storage): the recorder for the UNet
+    families, ``LiveTextMaps`` for SD3, Flux and PixArt-Σ."""
     return LiveTextMaps(pipe) if pipeline_family(pipe) in TEXT_MAP_FAMILIES else Recorder(pipe, None)
 
 
@@ -332,18 +333,11 @@ def sample(
             raise EmptySelection(f"the step selection {cfg.to_dict()['steps']!r} keeps none of the "
                                  f"{num_inference_steps} denoising steps (0..{num_inference_steps - 1})",
                                  hint="select steps inside the schedule, e.g. --steps 0:10, or leave --steps out")
-    if adapter.family in TEXT_MAP_FAMILIES:
-        if out is not None:
-            raise ConfigError(f"storing a run of a {adapter.family} pipeline needs the transformer recorder",
-                              hint="pass out=None: the sample is guided with live maps and returned, not stored")
-        with LiveTextMaps(pipe) as live:
-            return guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=live, seed=seed,
-                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                 height=height, width=width, progress=progress)
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite)
-    with rec:
+    dit = adapter.family in TEXT_MAP_FAMILIES  # live maps for the loss from LiveTextMaps, the store from rec
+    with rec, (LiveTextMaps(pipe, store=rec) if dit else contextlib.nullcontext(rec)) as live:
         rec.annotate(height=height, width=width)
-        result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,
+        result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=live, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                height=height, width=width, progress=progress)
         rec.annotate(timings=result.timings)

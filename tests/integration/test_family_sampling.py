@@ -233,11 +233,18 @@ def test_live_text_maps_are_text_distributions_and_processors_come_back(request,
         torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)))
 
 
-def test_sample_guides_a_dit_without_a_store_and_refuses_one(sd3_pipe, tmp_path):
+@pytest.mark.parametrize("fixture", ["sd3_pipe", "flux_pipe", "pixart_pipe"])
+def test_a_guided_dit_sample_writes_a_readable_run(request, fixture, tmp_path):
+    """The loss reads LiveTextMaps, the recorder (entered first, wrapped by them) stores the run."""
+    pipe = request.getfixturevalue(fixture)
+    processors = dict(adapter_for(pipe).denoiser.attn_processors)
     kw = dict(seed=0, num_inference_steps=2, method_options={"step_size": 50.0})
-    guided = attnlens.sample(sd3_pipe, PROMPT, method="syngen", **kw)
-    plain = attnlens.sample(sd3_pipe, PROMPT, method="none", seed=0, num_inference_steps=2)
-    assert [e["step"] for e in guided.log if e["iteration"] == 0] == [0, 1]
-    assert not torch.equal(guided.latents, plain.latents)
-    with pytest.raises(attnlens.AttnlensError, match="transformer recorder"):
-        attnlens.sample(sd3_pipe, PROMPT, method="syngen", out=tmp_path / "r", **kw)
+    run = attnlens.sample(pipe, PROMPT, method="syngen", out=tmp_path / "run", **kw)
+    assert all(adapter_for(pipe).denoiser.attn_processors[k] is v for k, v in processors.items())
+    assert sorted(map(int, run.manifest["records"]["guidance"])) == [0, 1]
+    loss = run.scalars()["loss"][:, 0, 0]
+    assert np.isfinite(loss).all() and (loss != 0).all()
+    assert np.isfinite(run.maps(run.layers[0], step=0, phase="guidance")).all()
+    plain = attnlens.sample(pipe, PROMPT, method="none", seed=0, num_inference_steps=2, out=tmp_path / "none")
+    assert run.latents().shape == plain.latents().shape and run.latents().shape[-3] == 4  # Flux: unpacked
+    assert not np.allclose(run.latents()[-1], plain.latents()[-1])  # the updates changed the sampled latent
