@@ -1,10 +1,12 @@
 """The guided sampler: one readable denoising loop over a pipeline's components that any guidance method plugs into.
 
-It follows ``StableDiffusionPipeline.__call__`` of diffusers 0.3x–0.42 (prompt encoding, latent preparation,
-``scheduler.set_timesteps``, classifier-free guidance, ``scheduler.step``, VAE decoding) and adds, before the
-sampling forward of every step that the method's ``plan`` selects, the guidance update of the released methods:
+One loop serves every family (SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ); what differs between them (prompt encoding,
+latent preparation, ``scheduler.set_timesteps``, the denoiser's forward with or without classifier-free guidance,
+``scheduler.step``, decoding) is the family's adapter (:mod:`attnlens.adapters`), which follows its diffusers
+pipeline's ``__call__`` (diffusers 0.3x–0.42). Before the sampling forward of every step that the method's ``plan``
+selects, the loop runs the guidance update of the released methods:
 
-1. a separate, grad-enabled UNet forward on the **conditional embedding only** (batch 1, no CFG), recorded as phase
+1. a separate, grad-enabled denoiser forward on the **conditional branch only** (batch 1, no CFG), recorded as phase
    ``guidance`` with its ``iteration``; the method's layers keep their autograd graph (``rec.live_maps``);
 2. ``loss = method.loss(maps, parse, i)``; ``z ← z − α_i ∂L/∂z`` (plain gradient descent), with the refinement
    loop described in ``attnlens.methods.base``;
@@ -21,7 +23,8 @@ the loss needs (plus the ``attn1`` self-attention of the layers a method asks fo
 attention explicitly, self-attention included, on every call).
 
 With ``method="none"`` the loop performs exactly the operations of ``pipe(...)``, so latents are bit-identical to
-a plain pipeline call with the same generator.
+a plain pipeline call with the same generator. The live maps come from the recorder (UNet families) or from
+:class:`attnlens.live_text_maps.LiveTextMaps` (SD3, Flux, PixArt-Σ).
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .adapters import Conditioning, FamilyAdapter, adapter_for, method_defaults, pipeline_family
 from .cost import LargeRunWarning, available_memory, check_run_cost, free_disk, run_cost
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .interventions import Editor, Intervention, as_interventions
+from .live_text_maps import SITES as TEXT_MAP_FAMILIES
+from .live_text_maps import LiveTextMaps
 from .methods import GuidanceMethod, LossOutput, get_method
 from .models.registry import model_info
 from .models.shapes import unknown_words
@@ -67,16 +73,21 @@ def _grad(loss: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
 
 
 def guidance_forward(pipe, recorder: Recorder, method: GuidanceMethod, parse: Any, latents: torch.Tensor, t,
-                     cond: torch.Tensor, step: int, iteration: int = 0) -> tuple[torch.Tensor, LossOutput]:
-    """One grad-enabled UNet forward on the conditional embedding only, and the method's loss on its live maps.
+                     cond: torch.Tensor | Conditioning, step: int, iteration: int = 0,
+                     adapter: FamilyAdapter | None = None) -> tuple[torch.Tensor, LossOutput]:
+    """One grad-enabled denoiser forward on the conditional branch only, and the method's loss on its live maps.
 
     Returns the latent leaf (``requires_grad``) and the ``LossOutput``; ``∂loss/∂latent`` is then
     ``torch.autograd.grad(out.loss, [z])``. The forward is recorded as phase ``guidance``, iteration ``iteration``.
-    ``recorder.need_live`` must hold ``method.layers(recorder.resolutions())``.
+    ``recorder.need_live`` must hold ``method.layers(recorder.resolutions())``. ``cond`` is the family's
+    ``Conditioning`` (``adapter.encode``), or, for SD 1.x/2.x, the conditional text embedding itself.
     """
+    adapter = adapter or adapter_for(pipe)
+    if torch.is_tensor(cond):
+        cond = Conditioning(cond={"encoder_hidden_states": cond}, batched={}, cfg=False, dtype=cond.dtype)
     z = latents.detach().requires_grad_(True)
     with recorder.context(step, float(t), phase="guidance", iteration=iteration), torch.enable_grad():
-        pipe.unet(pipe.scheduler.scale_model_input(z, t), t, encoder_hidden_states=cond, return_dict=False)
+        adapter.guidance_forward(z, t, cond)
         out = method.loss(recorder.live_maps, parse, step)
     return z, out
 
@@ -95,15 +106,15 @@ class NoiseSearch:
     latents: torch.Tensor
     parse: Any
     t: Any
-    cond: torch.Tensor
+    conditioning: Any  # attnlens.adapters.Conditioning
     generator: torch.Generator
+    adapter: Any = None  # attnlens.adapters.FamilyAdapter
 
     def forward(self, z: torch.Tensor, iteration: int) -> dict[str, torch.Tensor]:
-        """A grad-enabled UNet forward of ``z`` (kept in the graph) on the conditional embedding at the first
+        """A grad-enabled denoiser forward of ``z`` (kept in the graph) on the conditional branch at the first
         timestep, recorded as phase ``noise_search``, iteration ``iteration``; returns the live maps."""
         with self.recorder.context(0, float(self.t), phase="noise_search", iteration=iteration), torch.enable_grad():
-            self.pipe.unet(self.pipe.scheduler.scale_model_input(z, self.t), self.t,
-                           encoder_hidden_states=self.cond, return_dict=False)
+            self.adapter.guidance_forward(z, self.t, self.conditioning)
             return dict(self.recorder.live_maps)
 
     def draw(self) -> torch.Tensor:
@@ -152,7 +163,7 @@ def guided_sample(
     """Sample one image with an optional guidance method, recording through ``recorder`` if given.
 
     Args:
-        pipe: a ``StableDiffusionPipeline`` (SD 1.x / 2.x family).
+        pipe: a pipeline of a supported family (``attnlens.adapters``): SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ.
         prompt (`str`): the prompt.
         method (`GuidanceMethod`, *optional*): None or ``none`` for plain sampling.
         parse (`Parse`, *optional*): the prompt's parse, required by methods that bind words.
@@ -162,37 +173,38 @@ def guided_sample(
     Shapes:
         latents: (1, C, H/f, W/f).
     """
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ConfigError("guided sampling supports SD 1.x/2.x pipelines; SDXL runs can be recorded with attnlens.record(pipe)")
+    adapter = adapter_for(pipe)
     check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            height=height, width=width)
-    device = pipe.unet.device
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if height % pipe.vae_scale_factor or width % pipe.vae_scale_factor:
-        raise ConfigError(f"height and width must be multiples of {pipe.vae_scale_factor}, got {height}×{width}")
+    device = adapter.device
+    default_h, default_w = adapter.default_size()
+    height, width = height or default_h, width or default_w
+    multiple = adapter.size_multiple()
+    if height % multiple or width % multiple:
+        raise ConfigError(f"height and width must be multiples of {multiple}, got {height}×{width}")
     generator = torch.Generator(device=device.type if device.type != "mps" else "cpu")
     generator = generator.manual_seed(seed) if seed is not None else generator
-    do_cfg = guidance_scale > 1.0
+    do_cfg = adapter.uses_cfg(guidance_scale)
     guided = method is not None and method.name != "none"
     t0 = time.perf_counter()
 
-    with torch.no_grad():
-        cond, uncond = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt=negative_prompt)
-    embeds = torch.cat([uncond, cond]) if do_cfg else cond
-    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, cond.dtype, device, generator)
-    extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
+    conditioning = adapter.encode(prompt, negative_prompt, do_cfg, height, width)
+    conditioning.extra["guidance_scale"] = float(guidance_scale)
+    latents, timesteps = adapter.prepare(conditioning, num_inference_steps, height, width, generator)
     n = len(timesteps)
 
     if recorder is not None:
-        recorder.latent_hw = tuple(latents.shape[-2:])
+        recorder.latent_hw = adapter.latent_hw(latents)
         recorder.n_steps = n
         recorder.set_batch_layout(do_cfg)
         if guided:
             recorder.need_live = set(method.layers(recorder.resolutions()))
-            recorder.watch_self_attention(method.self_attention_layers(recorder.resolutions()))
+            self_layers = method.self_attention_layers(recorder.resolutions())
+            if self_layers and not hasattr(recorder, "watch_self_attention"):
+                raise ConfigError(f"method '{method.name}' needs self-attention maps, which attnlens takes from UNet "
+                                  "pipelines only (SD 1.x/2.x, SDXL)", hint="use another method on this model")
+            if self_layers:
+                recorder.watch_self_attention(self_layers)
             if not recorder.need_live and method.needs_maps:
                 res = sorted({r[0] for r in recorder.resolutions().values()})
                 raise EmptySelection(f"method '{method.name}' found no cross-attention layers it can use",
@@ -205,7 +217,7 @@ def guided_sample(
     t_guid = 0.0
 
     def forward_loss(z: torch.Tensor, i: int, t, it: int) -> tuple[torch.Tensor, LossOutput]:
-        return guidance_forward(pipe, recorder, method, parse, z, t, cond, i, it)
+        return guidance_forward(pipe, recorder, method, parse, z, t, conditioning, i, it, adapter=adapter)
 
     def update(z: torch.Tensor, out: LossOutput, i: int, it: int, step_size: float, final: bool = False) -> torch.Tensor:
         nonlocal warned
@@ -236,7 +248,8 @@ def guided_sample(
         return z.detach()
 
     if guided:
-        found = method.initial_noise(NoiseSearch(pipe, recorder, latents, parse, timesteps[0], cond, generator))
+        found = method.initial_noise(NoiseSearch(pipe, recorder, latents, parse, timesteps[0], conditioning, generator,
+                                                 adapter=adapter))
         if found is not None:
             latents = found.detach()
     for i, t in enumerate(timesteps):
@@ -257,19 +270,11 @@ def guided_sample(
             recorder.log_scalars(i, 0, {"refinement_iterations": it})
             t_guid += time.perf_counter() - tg
         if recorder is not None:
-            recorder.record_latent(i, latents)
+            recorder.record_latent(i, adapter.stored_latent(latents))
         with torch.no_grad():
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = pipe.scheduler.scale_model_input(model_input, t)
-            if recorder is not None:
-                with recorder.context(i, float(t), phase="sample"):
-                    noise = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            else:
-                noise = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            if do_cfg:
-                noise_uncond, noise_text = noise.chunk(2)
-                noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-            latents = pipe.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+            wrap = (lambda: recorder.context(i, float(t), phase="sample")) if recorder is not None else None
+            noise = adapter.sample_forward(latents, t, conditioning, guidance_scale, wrap=wrap)
+            latents = adapter.step(noise, t, latents, conditioning)
         if progress is not None:
             progress(i + 1, n)
 
@@ -277,10 +282,9 @@ def guided_sample(
         raise AttnlensError("the final latent is not finite (NaN/inf); the image would be blank",
                             hint="lower the method's step_size, or use fp32 (--dtype fp32)")
     with torch.no_grad():
-        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-        image = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])[0]
+        image = adapter.decode(latents, generator, height, width)
     if recorder is not None:
-        recorder.record_final_latent(latents)
+        recorder.record_final_latent(adapter.stored_latent(latents))
     total = time.perf_counter() - t0
     return SampleResult(image=image, latents=latents, log=log,
                         timings={"total_s": total, "guidance_s": t_guid, "steps": n})
@@ -301,6 +305,28 @@ def check_interventions(pipe, edits: Sequence[Intervention], prompt: str, num_in
     pipe.scheduler.set_timesteps(num_inference_steps, device=pipe.unet.device)
     editor.bind(list(probe.attn2), probe.resolutions(), (height, width), n_steps=len(pipe.scheduler.timesteps),
                 timesteps=[float(t) for t in pipe.scheduler.timesteps], model_id=model_info(pipe).get("id"))
+
+
+def live_maps_for(pipe) -> Recorder | LiveTextMaps:
+    """What gives a guidance forward its live maps on ``pipe`` (not entered, no storage): the recorder for the UNet
+    families, ``LiveTextMaps`` for SD3, Flux and PixArt-Σ."""
+    return LiveTextMaps(pipe) if pipeline_family(pipe) in TEXT_MAP_FAMILIES else Recorder(pipe, None)
+
+
+def family_method(pipe, name: str, options: dict[str, Any] | None, height: int, width: int) -> GuidanceMethod:
+    """The method ``name`` with the family defaults of ``pipe`` at ``height``×``width`` pixels
+    (``attnlens.adapters.method_defaults``: the map resolution on SDXL and the DiTs) under the user's ``options``,
+    which win."""
+    options = dict(options or {})
+    m = get_method(name, **options)
+    family = pipeline_family(pipe)
+    if family == "sd" or m.name == "none":
+        return m
+    probe = live_maps_for(pipe)  # not entered: only the layer sizes for this image size
+    probe.latent_hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    defaults = {k: v for k, v in method_defaults(family, type(m.config), probe.resolutions()).items()
+                if k not in options and getattr(m.config, k) != v}
+    return get_method(name, **options, **defaults) if defaults else m
 
 
 def sample(
@@ -355,17 +381,20 @@ def sample(
     check_sampling_options(seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            height=height, width=width)
     prompt_info = check_prompt(prompt, pipe.tokenizer)
+    adapter = adapter_for(pipe)
+    default_h, default_w = adapter.default_size()
+    height, width = height or default_h, width or default_w
     unknown = unknown_words(model_info(pipe).get("id"), prompt)
     if unknown:  # a testbed model draws only its own small world: say which words it cannot draw
         note = (f"{model_info(pipe).get('id')} never saw {', '.join(repr(w) for w in unknown[:6])} in training (its "
                 "world: six colours, four shapes, big/small, 'and', 'next to'); their maps and the image mean little")
         prompt_info.warnings.append(note)
         warnings.warn(note, stacklevel=2)
-    m = method if isinstance(method, GuidanceMethod) else get_method(method, **(method_options or {}))
+    m = method if isinstance(method, GuidanceMethod) else family_method(pipe, method, method_options, height, width)
     parse = None
     if m.name != "none" or bind:
 
-        parse = parse_prompt(prompt_info.text, tokenizer=pipe.tokenizer, spacy_model=spacy_model, bind=bind,
+        parse = parse_prompt(prompt_info.text, tokenizer=adapter.text_tokenizer, spacy_model=spacy_model, bind=bind,
                              include_entities=include_entities)
         odd = suspicious_parse(parse) if m.name != "none" and not bind else None
         if odd:
@@ -392,6 +421,9 @@ def sample(
         **(manifest or {}),
     }
     edits = as_interventions(interventions)
+    if edits and getattr(pipe, "unet", None) is None:
+        raise ConfigError(f"interventions edit UNet cross-attention (SD 1.x/2.x, SDXL); {adapter.family} runs can be "
+                          "recorded and guided, not yet intervened on", hint="leave out the interventions for this model")
     if edits:
         check_interventions(pipe, edits, prompt_info.text, num_inference_steps, height, width)
     cfg = recording or RecordingConfig()
@@ -401,8 +433,6 @@ def sample(
             raise EmptySelection(f"the step selection {cfg.to_dict()['steps']!r} keeps none of the "
                                  f"{num_inference_steps} denoising steps (0..{num_inference_steps - 1})",
                                  hint="select steps inside the schedule, e.g. --steps 0:10, or leave --steps out")
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     # refuse what cannot fit and announce what is unusually large, before anything is written (attnlens.cost)
     cost = run_cost(pipe, height=height, width=width, n_steps=num_inference_steps, config=cfg,
                     n_tokens=len(prompt_info.pieces) + 2, cfg=guidance_scale > 1)
@@ -410,13 +440,15 @@ def sample(
         warnings.warn(note, LargeRunWarning, stacklevel=2)
     rec = Recorder(pipe, out, config=cfg, prompts=[prompt_info.text], seeds=[seed], manifest=info, overwrite=overwrite,
                    interventions=edits)
+    dit = adapter.family in TEXT_MAP_FAMILIES  # live maps for the loss from LiveTextMaps, the store from rec
     with contextlib.ExitStack() as hooks:
         hook = m.attention_hook(pipe, prompt_info.text, parse) if m.name != "none" else None
         if hook is not None:  # the method's processors first: the recorder wraps them, so maps stay the real ones
             hooks.enter_context(hook)
         hooks.enter_context(rec)
+        live = hooks.enter_context(LiveTextMaps(pipe, store=rec) if dit else contextlib.nullcontext(rec))
         rec.annotate(height=height, width=width)
-        result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=rec, seed=seed,
+        result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=live, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                height=height, width=width, progress=progress)
         rec.annotate(timings=result.timings)

@@ -1,0 +1,249 @@
+"""Live (autograd-connected) image → text attention maps of the transformer families, for guidance losses.
+
+The guided sampler reads a method's maps from ``recorder.live_maps`` during a guidance forward. For SD 1.x/2.x and
+SDXL the recorder (:mod:`attnlens.recording`) provides them. For SD3, Flux and PixArt-Σ this module provides the
+same interface (``context``, ``need_live``, ``live_maps``, ``resolutions``, ``latent_hw`` and the recorder's
+storage calls) so that every method runs on them. Storage is the recorder's job: given an entered ``Recorder`` as
+``store``, the storage calls and step contexts go to it (it records the maps of its own configuration, guidance
+phase included); without one, nothing is stored.
+
+Sites (module paths, as the recorder names them):
+
+* SD3: ``transformer_blocks.<i>.attn`` — joint attention over ``[image; CLIP (77); T5]`` keys;
+* Flux: ``transformer_blocks.<i>.attn`` — the double-stream blocks, joint attention over ``[T5; image]`` keys with
+  the rotary embedding (the single-stream blocks are not used by default);
+* PixArt-Σ: ``transformer_blocks.<i>.attn2`` — cross-attention over the T5 keys (padding masked).
+
+What a method receives, per site: ``(heads, h, w, T)`` with the text positions of the family's encoder
+(:data:`attnlens.adapters.FAMILY_DEFAULTS`, ``text``): the softmax over **all** keys, sliced to that encoder's text
+keys and renormalised over them, so each pixel's row is a distribution over the text positions as in a UNet's
+cross-attention:
+
+    A[q, j] = P[q, j] / Σ_{j' ∈ text} P[q, j'],   P = softmax(q·Kᵀ/√d) over every key
+
+For CLIP (SD3) ``T = 77`` and position ``j`` is CLIP position ``j`` (``<sot>`` at 0), as the parse counts. For T5
+(Flux, PixArt-Σ), which has no start token, an empty column is put first, so T5 piece ``k`` sits at position ``k + 1``
+— the position a parse made with the T5 tokenizer gives it.
+
+The output of every attention call is the original processor's own (it is called first); the probabilities are
+computed beside it, only for the sites a method asked for and only in the guidance phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from .adapters import FAMILY_DEFAULTS, adapter_for
+from .errors import ConfigError
+
+#: family → (site name prefix, site name suffix)
+SITES = {"sd3": ("transformer_blocks.", ".attn"), "flux": ("transformer_blocks.", ".attn"),
+         "pixart": ("transformer_blocks.", ".attn2")}
+
+
+def text_sites(net, family: str) -> dict[str, Any]:
+    """``{module path: attention module}`` of the sites of a transformer denoiser, in block order."""
+    prefix, suffix = SITES[family]
+    found = {n: m for n, m in net.named_modules()
+             if n.startswith(prefix) and n.endswith(suffix) and n.count(".") == 2 and hasattr(m, "processor")}
+    return {n: found[n] for n in sorted(found, key=lambda n: int(n.split(".")[1]))}
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, n, heads·d) → (b, heads, n, d)."""
+    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def image_text_probs(family: str, attn, hidden_states, encoder_hidden_states, attention_mask=None,
+                     image_rotary_emb=None) -> tuple[torch.Tensor, int]:
+    """The softmax over every key of each image query, ``(b, heads, N_image, K)``, and the index of the first text
+    key; computed as the family's processor computes its scores (same projections, norms, rotary embedding)."""
+    if family == "sd3":  # JointAttnProcessor2_0: keys [image; text]
+        q, k = _split_heads(attn.to_q(hidden_states), attn.heads), _split_heads(attn.to_k(hidden_states), attn.heads)
+        ek = _split_heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
+        q = attn.norm_q(q) if attn.norm_q is not None else q
+        k = attn.norm_k(k) if attn.norm_k is not None else k
+        ek = attn.norm_added_k(ek) if attn.norm_added_k is not None else ek
+        keys, first = torch.cat([k, ek], dim=2), k.shape[2]
+        mask = None
+    elif family == "flux":  # FluxAttnProcessor (double stream): keys [text; image], rotary on both
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        n_text = encoder_hidden_states.shape[1]
+        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        q, keys = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1)
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            keys = apply_rotary_emb(keys, image_rotary_emb, sequence_dim=1)
+        q, keys, first = q[:, n_text:].transpose(1, 2), keys.transpose(1, 2), 0
+        mask = None
+    else:  # PixArt-Σ cross-attention (AttnProcessor2_0): keys = text, padding masked
+        q = _split_heads(attn.to_q(hidden_states), attn.heads)
+        keys = _split_heads(attn.to_k(encoder_hidden_states), attn.heads)
+        first, mask = 0, None
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, keys.shape[2], q.shape[0])
+            mask = mask.view(q.shape[0], attn.heads, -1, mask.shape[-1])
+    scores = q.float() @ keys.float().transpose(-1, -2) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores + mask.float()
+    return scores.softmax(dim=-1), first
+
+
+def text_maps(probs: torch.Tensor, first: int, length: int, lead_zero: bool, hw: tuple[int, int]) -> torch.Tensor:
+    """One sample's maps for a loss: the ``length`` text keys from ``first``, renormalised over them, laid out
+    ``(heads, h, w, T)`` (``lead_zero``: an empty column first, see the module docstring).
+
+    Entries of probability 0 (that column, and PixArt's masked padding, whose ``exp(−10000)`` is 0) hold the dtype's
+    smallest normal number instead, so that a loss normalising each token's map over space (SynGen) stays finite
+    in its gradient; the rows still sum to 1 up to that number.
+
+    Shapes:
+        probs: ``(heads, N, K)`` → ``(heads, h, w, length (+1))``.
+    """
+    t = probs[..., first:first + length]
+    tiny = torch.finfo(t.dtype).tiny
+    t = (t / t.sum(-1, keepdim=True).clamp_min(tiny)).clamp_min(tiny)
+    if lead_zero:
+        t = torch.cat([torch.full_like(t[..., :1], tiny), t], dim=-1)
+    return t.reshape(t.shape[0], hw[0], hw[1], t.shape[-1])
+
+
+class _Site:
+    """A processor around one site's original: the output is the original's; in the guidance phase, for a site a
+    method needs, the image → text maps go to ``owner.live_maps``."""
+
+    def __init__(self, owner: "LiveTextMaps", name: str, original: Any):
+        self.owner, self.name, self.original = owner, name, original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        owner = self.owner
+        if owner.phase == "guidance" and self.name in owner.need_live and encoder_hidden_states is not None:
+            rotary = kwargs.get("image_rotary_emb", args[0] if args else None)
+            probs, first = image_text_probs(owner.family, attn, hidden_states, encoder_hidden_states,
+                                            attention_mask, rotary)
+            owner.live_maps[self.name] = text_maps(probs[0], first + owner.text_offset,
+                                                   owner.text_length(encoder_hidden_states), owner.text == "t5",
+                                                   owner.grid())
+        return out
+
+
+class LiveTextMaps:
+    """Live maps of SD3 / Flux / PixArt-Σ for guidance, with the recorder's interface and no storage.
+
+    Use as a context manager around ``guided_sample(pipe, ..., recorder=maps)``; the original processors (the same
+    objects) are put back on exit, also when the body raises. With a recorder, enter it first
+    (``with attnlens.record(pipe, out) as rec, LiveTextMaps(pipe, store=rec) as maps``).
+
+    Args:
+        pipe: a ``StableDiffusion3Pipeline``, ``FluxPipeline`` or ``PixArtSigmaPipeline``.
+        text (`str`, *optional*): ``clip`` (SD3 only) or ``t5``; the family's default if None.
+        store (`Recorder`, *optional*): an entered recorder that stores the run.
+    """
+
+    def __init__(self, pipe, text: str | None = None, store: Any = None):
+        self.store = store
+        self.adapter = adapter_for(pipe)
+        self.family = self.adapter.family
+        if self.family not in SITES:
+            raise ConfigError(f"LiveTextMaps serves the transformer families {sorted(SITES)}, not {self.family}",
+                              hint="SD 1.x/2.x and SDXL: use attnlens.record(pipe, None)")
+        self.text = text or FAMILY_DEFAULTS[self.family].text
+        if self.text == "clip" and self.family != "sd3":
+            raise ConfigError(f"{self.family} attends to T5 pieces only", hint="use text='t5'")
+        self.net = self.adapter.denoiser
+        self.sites = text_sites(self.net, self.family)
+        self._originals: dict[str, Any] = {}
+        self.need_live: set[str] = set()
+        self.live_maps: dict[str, torch.Tensor] = {}
+        self.phase, self.step, self.iteration = "sample", -1, 0
+        self.latent_hw: tuple[int, int] | None = None
+        self._n_steps = 0
+        # SD3's text keys are [CLIP (77); T5]: T5 starts after the CLIP block
+        self.text_offset = 77 if (self.family == "sd3" and self.text == "t5") else 0
+
+    def text_length(self, encoder_hidden_states: torch.Tensor) -> int:
+        n = encoder_hidden_states.shape[1]
+        if self.family == "sd3":
+            return 77 if self.text == "clip" else n - 77
+        return n
+
+    def grid(self) -> tuple[int, int]:
+        if self.latent_hw is None:
+            raise ConfigError("map sizes are known once the latent size is (set latent_hw)")
+        p = 2 if self.family == "flux" else self.net.config.patch_size
+        return self.latent_hw[0] // p, self.latent_hw[1] // p
+
+    def resolutions(self) -> dict[str, tuple[int, int]]:
+        """``{site: (h, w)}``: every site has the patch grid's size."""
+        g = self.grid()
+        return {name: g for name in self.sites}
+
+    def __enter__(self) -> "LiveTextMaps":
+        if self._originals:
+            raise ConfigError("these live maps are already active")
+        try:
+            for name, module in self.sites.items():
+                self._originals[name] = module.processor
+                module.set_processor(_Site(self, name, module.processor))
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for name, original in self._originals.items():
+            self.sites[name].set_processor(original)
+        self._originals.clear()
+
+    @property
+    def n_steps(self) -> int:
+        return self._n_steps
+
+    @n_steps.setter
+    def n_steps(self, n: int) -> None:
+        self._n_steps = n
+        if self.store is not None:
+            self.store.n_steps = n
+
+    @contextlib.contextmanager
+    def context(self, step: int, timestep: float, phase: str = "sample", iteration: int = 0):
+        prev = (self.step, self.phase, self.iteration)
+        self.step, self.phase, self.iteration = step, phase, iteration
+        if phase == "guidance":
+            self.live_maps = {}
+        try:
+            if self.store is not None:
+                with self.store.context(step, timestep, phase=phase, iteration=iteration):
+                    yield self
+            else:
+                yield self
+        finally:
+            self.step, self.phase, self.iteration = prev
+
+    # the recorder's storage calls, passed to the store (nothing is stored without one)
+    def set_batch_layout(self, cfg: bool) -> None:
+        if self.store is not None:
+            self.store.set_batch_layout(cfg)
+
+    def log_scalars(self, *args, **kwargs) -> None:
+        if self.store is not None:
+            self.store.log_scalars(*args, **kwargs)
+
+    def record_latent(self, *args) -> None:
+        if self.store is not None:
+            self.store.record_latent(*args)
+
+    def record_final_latent(self, *args) -> None:
+        if self.store is not None:
+            self.store.record_final_latent(*args)
