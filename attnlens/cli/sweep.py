@@ -76,6 +76,9 @@ def sweep(
         raise BadOption(f"unexpected argument '{root}'", hint="attnlens sweep SPEC --out ROOT")
     if out is None:
         raise BadOption("no --out given", hint=f"attnlens sweep {spec} --out sweeps/NAME")
+    if "://" in out:
+        raise BadOption(f"a sweep writes to a local or shared folder, not to '{out}'",
+                        hint="sweep into a folder, then publish runs with 'attnlens record --out URL' (docs/sweep.md)")
     if executor != "ray" and address:
         raise BadOption("--address is for --executor ray", hint=f"attnlens sweep {spec} --out {out} --executor ray "
                                                                   f"--address {address}")
