@@ -95,13 +95,20 @@ def sweep(
     bar = Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                    TimeRemainingColumn(), console=err_console, transient=False)
     task = bar.add_task("cells", total=None)
+
+    def progress(done: int, total: int) -> None:  # the bar appears once the plan is made (a refused spec: no bar)
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
     try:
-        with bar:
-            result = run_sweep(s, out, executor=executor, workers=workers, threads=threads, address=address,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = run_sweep(s, out, executor=executor, workers=workers, threads=threads, address=address,
+                           progress=progress)
     except KeyboardInterrupt:
         raise CommandInterrupted(f"interrupted: finished cells are kept in {out}/sweep.json; rerun the same command "
                                  f"to resume (attnlens sweep status {out})") from None
+    finally:
+        bar.stop()
     report(fmt, result, lambda: (f"{result['cells']} cells under {out}: {result['ran']} run now, "
                                  f"{result['complete'] + result['reused']} done ({result['reused']} reused), "
                                  f"{result['failed']} failed ({result['seconds']:.1f} s); "

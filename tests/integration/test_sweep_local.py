@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = """
 model = "attnlens-tiny"
 steps = 2
-seeds = [0, 1]
-prompts = ["a red crown and a golden strawberry", "a blue cat"]
-scorers = ["shapes"]
+seeds = [0]
+prompts = ["a red circle and a blue square", "a green triangle"]
+scorers = ["shapes"]                # the shapes world's evaluator (on random weights its verdicts are noise)
 
 [[methods]]
 name = "none"
@@ -61,24 +61,24 @@ def test_a_sweep_stopped_with_ctrl_c_resumes_and_never_records_a_cell_twice(tmp_
     assert "rerun the same command to resume" in err and "Traceback" not in err
     states = Counter(c["state"] for c in cell_states(out))
     before = {e["cell"] for e in read_events(out) if e["event"] == "finish"}
-    assert 2 <= len(before) < 12 and states["complete"] == len(before) and states["pending"] == 12 - len(before)
+    assert 2 <= len(before) < 6 and states["complete"] == len(before) and states["pending"] == 6 - len(before)
 
     status = _cli("sweep", "status", str(out), "--format", "json")
     rows = json.loads(status.communicate(timeout=60)[0])
-    assert sum(r["state"] == "pending" for r in rows) == 12 - len(before)
+    assert sum(r["state"] == "pending" for r in rows) == 6 - len(before)
 
     proc = _cli("sweep", str(spec), "--out", str(out), "--workers", "2", "--threads", "1", "--format", "json")
     stdout, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     result = json.loads(stdout)
-    assert result["cells"] == 12 and result["failed"] == 0 and result["pending"] == 0
-    assert result["ran"] == 12 - len(before)  # the finished cells were not handed out again
+    assert result["cells"] == 6 and result["failed"] == 0 and result["pending"] == 0
+    assert result["ran"] == 6 - len(before)  # the finished cells were not handed out again
     finished = Counter(e["cell"] for e in read_events(out) if e["event"] == "finish")
     cells = load_spec(spec).cells(out)
     assert finished == Counter({c.id: 1 for c in cells})  # every run written exactly once
     data = read_sweep(out)
     assert data["protocol"]["model"] == "attnlens-tiny" and data["protocol"]["model_digest"]
-    assert data["protocol"]["scheduler"] and data["protocol"]["seeds"] == [0, 1]
+    assert data["protocol"]["scheduler"] and data["protocol"]["seeds"] == [0]
     for c, rec in zip(cells, data["cells"]):
         assert rec["id"] == c.id and rec["state"] == "complete"
         m = attnlens.open_run(c.path).manifest
