@@ -101,6 +101,8 @@ def analyze(
         raise BadOption(f"--out '{out}' should end in .parquet", hint="e.g. --out metrics.parquet")
     if executor not in ("local", "ray"):
         raise BadOption(f"unknown executor '{executor}'", hint="choose one of: local, ray")
+    if address and executor != "ray":
+        raise BadOption("--address is for --executor ray", hint="add --executor ray")
     options = dict(partial=partial, metrics=_split(metric) or None, layers=_split(layers) or None, steps=steps,
                    phases=_split(phase) or None)
     if executor == "ray":

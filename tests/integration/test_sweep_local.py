@@ -19,6 +19,7 @@ import attnlens
 from attnlens.sweeps import cell_states, load_spec, read_events, read_sweep
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 
 SPEC = """
 model = "attnlens-tiny"
