@@ -43,8 +43,9 @@ def failure(cell: Cell, exc: BaseException) -> dict[str, Any]:
 def run_local(spec: SweepSpec, cells: Sequence[Cell], root: str | Path, on_result: OnResult, *, workers: int = 2,
               threads: int | None = None) -> None:
     """Run ``cells`` on ``workers`` processes, calling ``on_result(cell, result)`` in this process as each ends.
-    At most ``workers`` cells are handed out at a time, so a stop leaves nothing queued. Ctrl-C (or any error here)
-    ends the worker processes and re-raises (their runs in progress are left incomplete)."""
+    At most ``workers`` cells are handed out at a time, so a stop leaves nothing queued. On Ctrl-C it waits for
+    the workers to stop (their runs in progress are marked interrupted) and re-raises; on any other error here it
+    ends the worker processes. Either way no worker is left writing after this returns."""
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
                                initargs=(threads or default_threads(workers),))
@@ -63,6 +64,15 @@ def run_local(spec: SweepSpec, cells: Sequence[Cell], root: str | Path, on_resul
                 except Exception as exc:  # noqa: BLE001  (a dead worker or a bug: the cell failed, the sweep goes on)
                     result = failure(cell, exc)
                 on_result(cell, result)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too (one process group): each marks its run interrupted and stops; a worker
+        # that did not get it finishes its one cell first. A second Ctrl-C ends them at once.
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            _end_workers(pool)
+            raise
+        raise
     except BaseException:
         _end_workers(pool)
         raise

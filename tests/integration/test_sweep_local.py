@@ -43,6 +43,20 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The process's output once it ends; on a timeout the process (started by this test) is ended first."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+
+
 def test_a_sweep_stopped_with_ctrl_c_resumes_and_never_records_a_cell_twice(tmp_path):
     spec = tmp_path / "sweep.toml"
     spec.write_text(SPEC)
@@ -66,11 +80,11 @@ def test_a_sweep_stopped_with_ctrl_c_resumes_and_never_records_a_cell_twice(tmp_
     assert 2 <= len(before) < 6 and states["complete"] == len(before) and states["pending"] == 6 - len(before)
 
     status = _cli("sweep", "status", str(out), "--format", "json")
-    rows = json.loads(status.communicate(timeout=60)[0])
+    rows = json.loads(_finish(status, 120)[0])
     assert sum(r["state"] == "pending" for r in rows) == 6 - len(before)
 
     proc = _cli("sweep", str(spec), "--out", str(out), "--workers", "2", "--threads", "1", "--format", "json")
-    stdout, err = proc.communicate(timeout=240)
+    stdout, err = _finish(proc, 540)  # about 30 s on a quiet 2-core machine
     assert proc.returncode == 0, err
     result = json.loads(stdout)
     assert result["cells"] == 6 and result["failed"] == 0 and result["pending"] == 0
@@ -92,9 +106,9 @@ def test_a_sweep_stopped_with_ctrl_c_resumes_and_never_records_a_cell_twice(tmp_
 
     # a third run reuses everything, and a changed protocol is refused
     proc = _cli("sweep", str(spec), "--out", str(out), "--format", "json")
-    stdout, err = proc.communicate(timeout=120)
+    stdout, err = _finish(proc, 240)
     assert proc.returncode == 0 and json.loads(stdout)["ran"] == 0, err
     spec.write_text(SPEC.replace("steps = 2", "steps = 3"))
     proc = _cli("sweep", str(spec), "--out", str(out))
-    _, err = proc.communicate(timeout=120)
+    _, err = _finish(proc, 240)
     assert proc.returncode == 2 and err.startswith("error: ") and "another protocol (differs in: steps)" in err
