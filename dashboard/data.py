@@ -42,6 +42,7 @@ from attnlens.figures import BOOKKEEPING, FigureSpec, figure_bytes, layer_order,
 from attnlens.store import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, Run
 from attnlens.store import open_run as store_open_run
 from attnlens.store import read_manifest
+from attnlens.store.remote import is_url, mirror_root
 
 #: a running run's cache entries expire after this many seconds (its chunks change without touching the manifest)
 RUNNING_REFRESH_S = 5.0
@@ -150,7 +151,11 @@ _ENTRY_CACHE: dict[tuple[str, str, str], RunEntry] = {}
 
 def scan_root(root: str | os.PathLike) -> list[RunEntry]:
     """Every run under ``root`` (:func:`run_folders`), sorted by path. A manifest is parsed again only when its
-    modification time or size changed. Links are not followed, so nothing outside the root is ever listed."""
+    modification time or size changed. Links are not followed, so nothing outside the root is ever listed. A URL
+    (``s3://bucket/root``) is copied into the local cache first (``attnlens.store.remote.mirror_root``) and the copy
+    is scanned."""
+    if is_url(root):
+        root = mirror_root(root)
     base = Path(root).resolve()
     out = []
     for path in run_folders(base):

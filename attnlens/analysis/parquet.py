@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from ..errors import NotFoundError, StoreError
 from ..selection import step_filter
 from ..store import is_run
+from ..store.remote import is_url
 from ..store.layout import default_file_mode
 from ..vocab import SCALAR_PREFIX
 from .table import Analysis, _schema, resolve_metrics
@@ -110,6 +111,9 @@ def load_table(sources: Sequence[str | Path] | str | Path, *, partial: bool = Fa
     frames = []
     run_paths = []
     for s in sources:
+        if is_url(s):  # a run or root on an object store (analysed from its local copy)
+            run_paths.append(s)
+            continue
         p = Path(s)
         if p.suffix == ".parquet" or (p.is_file() and not is_run(p)):
             df = read_table(p, layers=[str(x) for x in layers] if layers else None, phases=phases)

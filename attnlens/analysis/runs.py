@@ -11,6 +11,7 @@ from ..errors import AttnlensError, BadOption, EmptySelection, RunNotFound
 from ..interventions import label_of
 from ..methods import available_methods, get_method
 from ..store import Run, find_runs, open_run
+from ..store.remote import is_url
 
 
 def _sample_info(run: Run, k: int) -> tuple[str, int]:
@@ -72,6 +73,9 @@ def discover_runs(paths: Sequence[str | Path] | str | Path, partial: bool = Fals
         raise BadOption("no run or root given", hint="attnlens analyze runs/")
     found: list[Path] = []
     for p in paths:
+        if is_url(p):  # a run or root on an object store: its runs' URLs (open_run copies each one here)
+            found += list(find_runs(p))
+            continue
         p = Path(p)
         if not p.exists():
             raise RunNotFound(f"'{p}' does not exist", hint="pass a run folder or a folder holding runs")
@@ -81,7 +85,7 @@ def discover_runs(paths: Sequence[str | Path] | str | Path, partial: bool = Fals
         found += hits
     runs, notes, seen = [], [], set()
     for path in found:
-        key = path.resolve()
+        key = path if isinstance(path, str) else path.resolve()
         if key in seen:
             continue
         seen.add(key)

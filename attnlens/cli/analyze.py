@@ -78,7 +78,7 @@ def _split(values: list[str]) -> list[str]:
 
 @app.command(epilog=ANALYZE_EXAMPLES)
 def analyze(
-    paths: list[Path] = typer.Argument(..., help="Run folders and/or folders holding runs."),
+    paths: list[str] = typer.Argument(..., help="Run folders and/or folders holding runs (or their URLs, s3://...)."),
     out: Path = typer.Option(Path("metrics.parquet"), "--out", "-o", help="Parquet file to write (replaced)."),
     partial: bool = typer.Option(False, "--partial", help="Analyse incomplete runs up to their last complete step."),
     metric: list[str] = typer.Option([], "--metric", "-m",
@@ -106,6 +106,8 @@ def analyze(
         raise BadOption(f"--out '{out}' should end in .parquet", hint="e.g. --out metrics.parquet")
     if executor not in ("local", "ray"):
         raise BadOption(f"unknown executor '{executor}'", hint="choose one of: local, ray")
+    if address and executor != "ray":
+        raise BadOption("--address is for --executor ray", hint="add --executor ray")
     options = dict(partial=partial, metrics=_split(metric) or None, layers=_split(layers) or None, steps=steps,
                    phases=_split(phase) or None, text=text,
                    renormalize_text=renormalize_text)
@@ -133,7 +135,7 @@ def analyze(
         err_console.print(f"next: attnlens compare {result.path} --by method", markup=False)
 
 
-def _load(sources: list[Path], partial: bool, **kwargs):
+def _load(sources: list[str], partial: bool, **kwargs):
     from ..analysis import load_table
 
     notes: list[str] = []
@@ -151,7 +153,8 @@ COMPARE_FORMATS = ("text", "json", "table", "csv", "markdown", "latex")
 
 @app.command(epilog=COMPARE_EXAMPLES)
 def compare(
-    sources: list[Path] = typer.Argument(..., help="Root(s) holding runs, run folders, or metrics.parquet files."),
+    sources: list[str] = typer.Argument(..., help="Root(s) holding runs, run folders (or their URLs), or "
+                                                  "metrics.parquet files."),
     by: str = typer.Option("method", "--by", help="Group column: method, or variant (method + its non-default "
                                                   "hyperparameters, or the run's label)."),
     metric: list[str] = typer.Option([], "--metric", "-m", help="Metric (repeatable). Default: the headline set."),
@@ -213,7 +216,8 @@ def compare(
 @app.command(epilog=FIGURE_EXAMPLES)
 def figure(
     kind: str = typer.Argument(..., help="maps | curves | layers | losses"),
-    sources: list[Path] = typer.Argument(..., help="Run folders/roots, or a metrics.parquet (not for maps)."),
+    sources: list[str] = typer.Argument(..., help="Run folders/roots (or their URLs), or a metrics.parquet "
+                                                  "(not for maps)."),
     out: Path = typer.Option(..., "--out", "-o", help="FILE.pdf (vector), FILE.svg or FILE.png (300 dpi)."),
     width: Optional[str] = typer.Option(None, "--width", help="column (3.25 in) | page (6.75 in) | inches. "
                                                               "Default: column for curves, page otherwise."),

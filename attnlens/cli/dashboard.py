@@ -106,13 +106,18 @@ def _preload(app_path: Path) -> None:
 
 @app.command(epilog=DASHBOARD_EXAMPLES)
 def dashboard(
-    root: Path = typer.Argument(Path("runs"), help="Folder holding runs (only runs under it can be opened)."),
+    where: str = typer.Argument("runs", metavar="ROOT",
+                                help="Folder holding runs (only runs under it can be opened), or a URL "
+                                     "(s3://bucket/root: its runs are copied into the local cache first)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
     port: int = typer.Option(8501, "--port", help="Port to serve on."),
     print_command: bool = typer.Option(False, "--print-command", help="Print the streamlit command and exit."),
 ) -> None:
     """Open the dashboard: compare methods side by side (images, maps at any step and layer, metric curves, leakage),
     compare across prompts, and export paper figures."""
+    from ..store.remote import is_url, mirror_root
+
+    root = mirror_root(where) if is_url(where) else Path(where)
     if not root.exists():
         raise BadOption(f"'{root}' does not exist", hint="pass the folder your runs are recorded in, e.g. runs/")
     if not root.is_dir():

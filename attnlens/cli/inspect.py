@@ -11,7 +11,7 @@ from ._app import app
 from ._output import FORMAT, JSON, human_bytes, report, resolve_format
 
 
-def run_summary(path: Path) -> dict[str, Any]:
+def run_summary(path: str | Path) -> dict[str, Any]:
     """Everything ``info`` shows, as a JSON-ready dict (``attnlens.store.Run.summary``)."""
     from ..store import open_run
 
@@ -31,7 +31,7 @@ Examples:
 
 @app.command(epilog=INFO_EXAMPLES)
 def info(
-    run: Path = typer.Argument(..., help="A run folder."),
+    run: str = typer.Argument(..., help="A run folder or URL (s3://bucket/root/prompt/run)."),
     check: bool = typer.Option(False, "--check", help="Read every map chunk and the images; exit 2 if any is "
                                "missing or damaged (names the layer, phase and step)."),
     fmt: str = FORMAT,
@@ -83,7 +83,7 @@ def _info_text(s: dict[str, Any]) -> str:
 
 @app.command(name="ls")
 def ls(
-    root: Path = typer.Argument(Path("runs"), help="Folder holding runs."),
+    root: str = typer.Argument("runs", help="Folder or URL (s3://bucket/root) holding runs."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:

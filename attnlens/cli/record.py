@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import BadOption
+from ..errors import BadOption, RunExists
 from ._app import CommandInterrupted, app
 from ._output import FORMAT, JSON, err_console, report, resolve_format, warn
 
@@ -120,7 +120,8 @@ def record(
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="Classifier-free guidance scale."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height (default: the model's native size)."),
     width: Optional[int] = typer.Option(None, "--width", help="Image width (default: the model's native size)."),
-    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Root folder for the runs."),
+    out: str = typer.Option("runs", "--out", "-o", help="Root folder for the runs, or a URL (s3://bucket/root: "
+                                                       "each run is recorded locally, then uploaded)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace runs that are already complete."),
     bind: list[str] = typer.Option([], "--bind", help='Manual binding "MOD[,MOD]>NOUN" overriding the parse (repeatable).'),
     spacy_model: Optional[str] = typer.Option(None, "--spacy-model", help="spaCy pipeline for the parse."),
@@ -176,11 +177,21 @@ def record(
     get_method(method, **options)  # validate before loading a model
     edits = [parse_intervention(t) for t in intervene] + (read_spec_file(intervene_file) if intervene_file else [])
     name = run_name(method) + (f"+{slugify(label_of(edits), limit=60)}" if edits else "")
-    targets = sweep_paths(out, prompts, seeds, name)
     from ..store import prepare_run_dir
+    from ..store.remote import cache_path, is_url, join, publish_run
 
+    remote = is_url(out)
+    # on an object store, each run is recorded into its local copy's folder and published when it ends
+    targets = sweep_paths(Path(".") if remote else Path(out), prompts, seeds, name)
+    urls = {path: join(out, path.as_posix()) for _, _, path in targets} if remote else {}
+    if remote:
+        targets = [(p, s, cache_path(urls[path])) for p, s, path in targets]
+        urls = {cache_path(u): u for u in urls.values()}
     for _, _, path in targets:  # refuse early, before any sampling, when an output is a complete run
-        if not overwrite and complete_run(path):
+        if not overwrite and complete_run(urls.get(path, path)):
+            if remote:
+                raise RunExists(f"'{urls[path]}' already holds a complete run",
+                                hint="pass --overwrite to replace it, or choose another --out")
             prepare_run_dir(path, overwrite=False)
 
     for s in seeds:  # values no sampler can use are refused before the model is loaded
@@ -216,19 +227,22 @@ def record(
                         run = sample(pipe, p, method=method, method_options=options, seed=s, out=path,
                                      num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height,
                                      width=width, spacy_model=spacy_model, bind=list(bind) or None,
-                                     include_entities=include_entities, recording=config, overwrite=overwrite,
-                                     progress=tick, manifest={"model_id": model},
+                                     include_entities=include_entities, recording=config,
+                                     overwrite=overwrite or remote, progress=tick, manifest={"model_id": model},
                                      interventions=edits or None)
                 except BaseException:
                     progress.remove_task(task)  # a refused or failed run leaves its error line, not an empty bar
                     raise
+                if remote:
+                    publish_run(path, urls[path])
                 for w in dict.fromkeys(str(c.message) for c in caught if issubclass(c.category, UserWarning)
                                        and not issubclass(c.category, LargeRunWarning)):  # shown before the run
                     warn(w)
                 done.append(run)
     except KeyboardInterrupt:
         raise CommandInterrupted(interrupted_message(targets, len(done))) from None
-    report(fmt, [{"path": str(run.path), "prompt": p, "seed": s, "method": method, "model": model}
-                 for run, (p, s, _) in zip(done, targets)],
-           lambda: "\n".join(str(run.path) for run in done))
+    shown = [urls.get(run.path, str(run.path)) for run in done]
+    report(fmt, [{"path": where, "prompt": p, "seed": s, "method": method, "model": model}
+                 for where, (p, s, _) in zip(shown, targets)],
+           lambda: "\n".join(shown))
     err_console.print(f"recorded {len(done)} run(s) under {out}; next: attnlens ls {out}", markup=False)

@@ -76,6 +76,9 @@ def sweep(
         raise BadOption(f"unexpected argument '{root}'", hint="attnlens sweep SPEC --out ROOT")
     if out is None:
         raise BadOption("no --out given", hint=f"attnlens sweep {spec} --out sweeps/NAME")
+    if "://" in out:
+        raise BadOption(f"a sweep writes to a local or shared folder, not to '{out}'",
+                        hint="sweep into a folder, then publish runs with 'attnlens record --out URL' (docs/sweep.md)")
     if executor != "ray" and address:
         raise BadOption("--address is for --executor ray", hint=f"attnlens sweep {spec} --out {out} --executor ray "
                                                                   f"--address {address}")
@@ -92,13 +95,20 @@ def sweep(
     bar = Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                    TimeRemainingColumn(), console=err_console, transient=False)
     task = bar.add_task("cells", total=None)
+
+    def progress(done: int, total: int) -> None:  # the bar appears once the plan is made (a refused spec: no bar)
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
     try:
-        with bar:
-            result = run_sweep(s, out, executor=executor, workers=workers, threads=threads, address=address,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = run_sweep(s, out, executor=executor, workers=workers, threads=threads, address=address,
+                           progress=progress)
     except KeyboardInterrupt:
         raise CommandInterrupted(f"interrupted: finished cells are kept in {out}/sweep.json; rerun the same command "
                                  f"to resume (attnlens sweep status {out})") from None
+    finally:
+        bar.stop()
     report(fmt, result, lambda: (f"{result['cells']} cells under {out}: {result['ran']} run now, "
                                  f"{result['complete'] + result['reused']} done ({result['reused']} reused), "
                                  f"{result['failed']} failed ({result['seconds']:.1f} s); "

@@ -22,11 +22,14 @@ from ..errors import AttnlensError, NotFoundError, RunNotFound, StoreError
 from ._fastzarr import ChunkReader
 from .layout import MANIFEST, PHASES, STATUS_COMPLETE, Manifest, data_path, layer_sort_key, validate_manifest
 from ..tokens import word_positions_in
+from .remote import fetch_run, find_run_urls, is_url, read_remote_manifest, remote_is_run
 from .scores import read_sample_scores
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read ``RUN/manifest.json``; raises AttnlensError when the folder is not a run."""
+    """Read ``RUN/manifest.json`` (``RUN`` a folder or a URL); raises AttnlensError when it is not a run."""
+    if is_url(path):
+        return read_remote_manifest(path)
     path = Path(path)
     f = path / MANIFEST
     if not f.is_file():
@@ -42,6 +45,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def is_run(path: str | Path) -> bool:
+    if is_url(path):
+        return remote_is_run(path)
     return (Path(path) / MANIFEST).is_file()
 
 
@@ -411,13 +416,17 @@ def _notebook():
 
 
 def open_run(path: str | Path) -> Run:
-    """Open a run store read-only (manifest + lazy Zarr arrays)."""
-    path = Path(path)
+    """Open a run store read-only (manifest + lazy Zarr arrays). A URL (``s3://bucket/root/run``) is copied into
+    the local cache first (``attnlens.store.remote.fetch_run``) and the copy is opened."""
+    path = fetch_run(path) if is_url(path) else Path(path)
     return Run(path=path, manifest=read_manifest(path))
 
 
-def find_runs(root: str | Path) -> Iterator[Path]:
-    """Every run folder under ``root`` (``root`` itself if it is a run), sorted."""
+def find_runs(root: str | Path) -> Iterator[Path | str]:
+    """Every run folder under ``root`` (``root`` itself if it is a run), sorted; under a URL, the runs' URLs."""
+    if is_url(root):
+        yield from find_run_urls(root)
+        return
     root = Path(root)
     if not root.exists():
         raise RunNotFound(f"'{root}' does not exist")

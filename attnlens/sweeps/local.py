@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -43,23 +43,51 @@ def failure(cell: Cell, exc: BaseException) -> dict[str, Any]:
 def run_local(spec: SweepSpec, cells: Sequence[Cell], root: str | Path, on_result: OnResult, *, workers: int = 2,
               threads: int | None = None) -> None:
     """Run ``cells`` on ``workers`` processes, calling ``on_result(cell, result)`` in this process as each ends.
-    Ctrl-C cancels the cells not started and re-raises (the workers' runs in progress are left incomplete)."""
+    At most ``workers`` cells are handed out at a time, so a stop leaves nothing queued. On Ctrl-C it waits for
+    the workers to stop (their runs in progress are marked interrupted) and re-raises; on any other error here it
+    ends the worker processes. Either way no worker is left writing after this returns."""
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
                                initargs=(threads or default_threads(workers),))
+    todo = list(cells)[::-1]
+    running: dict[Any, Cell] = {}
     try:
-        futures = {pool.submit(run_cell, spec, c, str(root)): c for c in cells}
-        for f in as_completed(futures):
-            cell = futures[f]
-            try:
-                result = f.result()
-            except Exception as exc:  # noqa: BLE001  (a dead worker or a bug: the cell failed, the sweep goes on)
-                result = failure(cell, exc)
-            on_result(cell, result)
+        while todo or running:
+            while todo and len(running) < workers:
+                cell = todo.pop()
+                running[pool.submit(run_cell, spec, cell, str(root))] = cell
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                cell = running.pop(f)
+                try:
+                    result = f.result()
+                except Exception as exc:  # noqa: BLE001  (a dead worker or a bug: the cell failed, the sweep goes on)
+                    result = failure(cell, exc)
+                on_result(cell, result)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too (one process group): each marks its run interrupted and stops; a worker
+        # that did not get it finishes its one cell first. A second Ctrl-C ends them at once.
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            _end_workers(pool)
+            raise
+        raise
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _end_workers(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool and end its worker processes now (a worker must not write after its driver has gone)."""
+    processes = list(getattr(pool, "_processes", {}).values())  # the pool's own children
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(timeout=10)
 
 
 __all__ = ["default_threads", "failure", "run_local"]

@@ -125,12 +125,18 @@ def test_ray_sweep_survives_a_killed_worker_and_analyze_runs_on_the_cluster(clus
     spec.write_text(SPEC)
     out = tmp_path / "out"
     proc = _sweep(spec, out, cluster)
-    # kill the first Ray worker process seen recording, while it records
-    start = _wait(lambda: next((e for e in read_events(out) if e["event"] == "start"), None), 80, "a cell to start")
-    victim = int(start["worker"].rsplit(":", 1)[1])
-    killed_mid_run = not any(e["event"] == "finish" and e["worker"] == start["worker"] for e in read_events(out))
-    os.kill(victim, signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        # kill the first Ray worker process seen recording, while it records
+        start = _wait(lambda: next((e for e in read_events(out) if e["event"] == "start"), None), 240,
+                      "a cell to start")
+        victim = int(start["worker"].rsplit(":", 1)[1])
+        killed_mid_run = not any(e["event"] == "finish" and e["worker"] == start["worker"] for e in read_events(out))
+        os.kill(victim, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:  # the sweep this test started
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, stderr
     result = json.loads(stdout)
     cells = load_spec(spec).cells(out)
