@@ -144,7 +144,8 @@ def bar_figure(table, metric: str, title: str):
         sub = table.loc[model]
         ax.barh(range(len(sub)), sub[metric].values, color=OKABE_ITO[1])
         ax.set_yticks(range(len(sub)), [str(c) for c in sub.index], fontsize=6)
-        ax.invert_yaxis()
+        if ax is axes[0]:  # the axes share y: invert once (first condition on top)
+            ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"{metric} (fraction of images)")
         ax.set_title(model, fontsize=8)
@@ -177,10 +178,11 @@ def run_experiment(args, conditions: Sequence[Condition], name: str, metric: str
     outcomes = pd.concat(frames, ignore_index=True)
     outcomes.to_csv(out / "outcomes.csv", index=False)
     table = summary_table(outcomes, [c.label for c in conditions])
-    (out / f"{name}.md").write_text(markdown_table(table, ".3f"))
+    shown = table.astype({"n": str})  # a count, not a rate
+    (out / f"{name}.md").write_text(markdown_table(shown, ".3f"))
     files = paired_tables(outcomes, out, args.n_boot)
     files += write_figure(bar_figure(table, metric, title), out, name)
-    log(markdown_table(table, ".3f"))
+    log(markdown_table(shown, ".3f"))
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out}")
     for f in files:
         print(f)
