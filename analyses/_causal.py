@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("attnlens-shapes", "attnlens-shapes-bow")
-#: the outcome columns reported (evaluator flags; ``bound``: every object drawn, none in another's colour)
-OUTCOMES = ("swapped", "misbinding", "bound", "success", "object_accuracy")
+#: the outcome columns reported (evaluator flags; ``bound``: every object drawn, none in another's colour;
+#: ``flipped``: the colour binding is the other one than in the same (prompt, seed) without intervention — bound
+#: there and swapped here, or swapped there and bound here)
+OUTCOMES = ("swapped", "flipped", "misbinding", "bound", "success", "object_accuracy")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,16 @@ def run_conditions(model: str, scenes: Sequence, seeds: Sequence[int], condition
     return pd.DataFrame(rows)
 
 
+def add_flipped(outcomes):
+    """``flipped`` per run: its colour binding is the opposite of the unedited run's (same model, prompt, seed)."""
+    key = ["model", "prompt", "seed"]
+    base = outcomes[outcomes["condition"] == "none"].set_index(key)[["swapped", "bound"]]
+    b = base.reindex(outcomes.set_index(key).index)
+    bs, bb = b["swapped"].fillna(False).to_numpy(bool), b["bound"].fillna(False).to_numpy(bool)
+    s, bd = outcomes["swapped"].to_numpy(bool), outcomes["bound"].to_numpy(bool)
+    return outcomes.assign(flipped=(bb & s) | (bs & bd & ~s))
+
+
 def summary_table(outcomes, conditions: Sequence[str]):
     """Rates per (model, condition): n and the mean of every outcome."""
     df = outcomes.copy()
@@ -175,7 +187,7 @@ def run_experiment(args, conditions: Sequence[Condition], name: str, metric: str
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     frames = [run_conditions(m, scenes, seeds, conditions, root / m, args.steps, args.guidance, log=log)
               for m in args.models.split(",") if m]
-    outcomes = pd.concat(frames, ignore_index=True)
+    outcomes = add_flipped(pd.concat(frames, ignore_index=True))
     outcomes.to_csv(out / "outcomes.csv", index=False)
     table = summary_table(outcomes, [c.label for c in conditions])
     shown = table.astype({"n": str})  # a count, not a rate
