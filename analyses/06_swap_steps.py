@@ -43,7 +43,8 @@ def main() -> None:
     p.add_argument("--groups", default="res16,res8", help="resolution groups swapped over all steps (default res16,res8)")
     args = p.parse_args()
     conds = conditions([int(k) for k in args.ks.split(",") if k.strip()], [g for g in args.groups.split(",") if g])
-    run_experiment(args, conds, "swap", "swapped", "colour words' maps swapped: images whose colours swap")
+    run_experiment(args, conds, "swap", "flipped",
+                   "colour words' maps swapped: images whose colour binding flips (vs. the same seed unedited)")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("attnlens-shapes", "attnlens-shapes-bow")
-#: the outcome columns reported (evaluator flags; ``bound``: every object drawn, none in another's colour)
-OUTCOMES = ("swapped", "misbinding", "bound", "success", "object_accuracy")
+#: the outcome columns reported (evaluator flags; ``bound``: every object drawn, none in another's colour;
+#: ``flipped``: the colour binding is the other one than in the same (prompt, seed) without intervention — bound
+#: there and swapped here, or swapped there and bound here)
+OUTCOMES = ("swapped", "flipped", "misbinding", "bound", "success", "object_accuracy")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,16 @@ def run_conditions(model: str, scenes: Sequence, seeds: Sequence[int], condition
     return pd.DataFrame(rows)
 
 
+def add_flipped(outcomes):
+    """``flipped`` per run: its colour binding is the opposite of the unedited run's (same model, prompt, seed)."""
+    key = ["model", "prompt", "seed"]
+    base = outcomes[outcomes["condition"] == "none"].set_index(key)[["swapped", "bound"]]
+    b = base.reindex(outcomes.set_index(key).index)
+    bs, bb = b["swapped"].fillna(False).to_numpy(bool), b["bound"].fillna(False).to_numpy(bool)
+    s, bd = outcomes["swapped"].to_numpy(bool), outcomes["bound"].to_numpy(bool)
+    return outcomes.assign(flipped=(bb & s) | (bs & bd & ~s))
+
+
 def summary_table(outcomes, conditions: Sequence[str]):
     """Rates per (model, condition): n and the mean of every outcome."""
     df = outcomes.copy()
@@ -144,7 +156,8 @@ def bar_figure(table, metric: str, title: str):
         sub = table.loc[model]
         ax.barh(range(len(sub)), sub[metric].values, color=OKABE_ITO[1])
         ax.set_yticks(range(len(sub)), [str(c) for c in sub.index], fontsize=6)
-        ax.invert_yaxis()
+        if ax is axes[0]:  # the axes share y: invert once (first condition on top)
+            ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"{metric} (fraction of images)")
         ax.set_title(model, fontsize=8)
@@ -174,13 +187,14 @@ def run_experiment(args, conditions: Sequence[Condition], name: str, metric: str
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     frames = [run_conditions(m, scenes, seeds, conditions, root / m, args.steps, args.guidance, log=log)
               for m in args.models.split(",") if m]
-    outcomes = pd.concat(frames, ignore_index=True)
+    outcomes = add_flipped(pd.concat(frames, ignore_index=True))
     outcomes.to_csv(out / "outcomes.csv", index=False)
     table = summary_table(outcomes, [c.label for c in conditions])
-    (out / f"{name}.md").write_text(markdown_table(table, ".3f"))
+    shown = table.astype({"n": str})  # a count, not a rate
+    (out / f"{name}.md").write_text(markdown_table(shown, ".3f"))
     files = paired_tables(outcomes, out, args.n_boot)
     files += write_figure(bar_figure(table, metric, title), out, name)
-    log(markdown_table(table, ".3f"))
+    log(markdown_table(shown, ".3f"))
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out}")
     for f in files:
         print(f)

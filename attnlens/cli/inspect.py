@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,6 +62,9 @@ def _info_text(s: dict[str, Any]) -> str:
         f"status     {status}",
         f"prompt     {s['prompt']}",
         f"method     {s['method']}  {s['hyperparameters'] or ''}",
+    ] + [
+        f"intervene  {json.dumps(spec, sort_keys=True)}" for spec in s.get("interventions") or []
+    ] + [
         f"model      {s['model']}",
         f"seed       {s['seed']}   steps {s['steps']}   guidance scale {s['guidance_scale']}",
     ]

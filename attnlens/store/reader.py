@@ -353,6 +353,7 @@ class Run:
                             "max_iteration": max((max(v) for v in records.get(ph, {}).values()), default=None)}
                        for ph in PHASES if ph in records},
             "scalars": m.get("scalars", []),
+            "interventions": m.get("interventions") or [],
             "size_bytes": self.size_bytes(),
             "error": m.get("error"),
         }

@@ -201,6 +201,8 @@ def test_cli_intervene(run_cli, tmp_path):
     assert path.name.startswith("none+swap-red-blue-steps-0-1-res16-ablate-ball")
     run = attnlens.open_run(path)
     assert variant_label(run.manifest) == "none + swap(red,blue; steps 0:1; res16) + ablate(ball)"
+    code, out, _ = run_cli("info", path)
+    assert code == 0 and 'intervene  {"layers": ["res16"], "op": "swap"' in out
     spec = tmp_path / "spec.toml"
     spec.write_text('[[intervention]]\nop = "scale"\ntokens = ["red"]\nfactor = 3\nsteps = "0"\n')
     code, _, err = run_cli("record", PROMPT, "--n-steps", "2", "--height", "64", "--width", "64", "--out", tmp_path,
