@@ -127,6 +127,8 @@ def binding(
                                                     "(for reporting); docs/testbed.md."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="calibration.json from `attnlens bench "
                                                "calibrate`: adds each method at its calibrated step size."),
+    skip_prompts: int = typer.Option(0, "--skip-prompts", help="Start after this many prompts of the split (leave out "
+                                                               "prompts already used, e.g. by a pilot)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -144,6 +146,8 @@ def binding(
         raise BadOption("--prompts must be at least 1", hint="e.g. --prompts 12")
     if n_steps < 1:
         raise BadOption("--n-steps must be at least 1", hint="e.g. --n-steps 50")
+    if skip_prompts < 0:
+        raise BadOption("--skip-prompts cannot be negative", hint="e.g. --skip-prompts 8")
     if threads > 0:
         torch.set_num_threads(threads)
     overrides = {}
@@ -158,6 +162,7 @@ def binding(
                                 methods=method or METHODS, sweep=_floats(sweep), steps=n_steps,
                                 guidance_scale=guidance, overrides=overrides, analyse=analyse, n_boot=n_boot,
                                 rerecord=rerecord, runs_root=runs, split=split, calibrated=calibrated,
+                                skip_prompts=skip_prompts,
                                 log=lambda s: err_console.print(s, markup=False, highlight=False))
     if fmt == "json":
         report(fmt, {"out": str(res.out), "recorded": res.recorded, "reused": res.reused,

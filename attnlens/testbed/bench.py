@@ -69,10 +69,13 @@ class Variant:
     calibrated: bool = False  # the step size chosen on the validation split (``attnlens bench calibrate``)
 
 
-def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000, split: str = "all") -> list[str]:
+def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000, split: str = "all",
+                    skip: int = 0) -> list[str]:
     """The first ``n`` distinct two-object captions (``and`` / ``next to``) of the renderer's ``test`` split
-    (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …); without size words unless ``sizes``. ``split``: ``all``,
-    or only the protocol's ``val`` or ``test`` captions (:func:`attnlens.testbed.protocol.split_of`)."""
+    (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …) after the first ``skip``; without size words unless
+    ``sizes``. ``split``: ``all``, or only the protocol's ``val`` or ``test`` captions
+    (:func:`attnlens.testbed.protocol.split_of`). ``skip`` leaves out captions already used elsewhere (the protocol's
+    test report skips the test captions that the pre-protocol benchmarks had seen)."""
 
     check_split(split)
     out: list[str] = []
@@ -86,10 +89,11 @@ def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 200
         if scene.caption not in seen and (split == "all" or split_of(scene.caption) == split):
             seen.add(scene.caption)
             out.append(scene.caption)
-            if len(out) == n:
-                return out
+            if len(out) == n + skip:
+                return out[skip:]
     where = "" if split == "all" else f" in the '{split}' split"
-    raise AttnlensError(f"only {len(out)} distinct held-out prompts found{where}", hint="ask for fewer prompts")
+    raise AttnlensError(f"only {len(out)} distinct held-out prompts found{where}",
+                        hint="ask for fewer prompts" + (" or skip fewer" if skip else ""))
 
 
 def _fmt_factor(x: float) -> str:
@@ -303,6 +307,7 @@ def run_binding_bench(
     runs_root: str | Path | None = None,
     split: str = "all",
     calibrated: dict[str, float] | None = None,
+    skip_prompts: int = 0,
 ) -> BenchResult:
     """Run the binding benchmark into ``out`` (see the module docstring); resumable.
 
@@ -311,7 +316,8 @@ def run_binding_bench(
     ``runs_root`` (default ``out/runs``) lets several benchmarks share their recorded runs (e.g. one with the
     released defaults on many prompts and a step-size sweep on a subset). ``split``: which held-out prompts an int
     ``prompts`` takes (``all``, ``val``, ``test``: :mod:`attnlens.testbed.protocol`); ``calibrated`` (method →
-    step-size factor, :func:`attnlens.testbed.protocol.read_calibration`) adds each method at its calibrated value.
+    step-size factor, :func:`attnlens.testbed.protocol.read_calibration`) adds each method at its calibrated value;
+    ``skip_prompts``: an int ``prompts`` starts after that many prompts of the split.
     """
     import pandas as pd
 
@@ -320,7 +326,7 @@ def run_binding_bench(
     log = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out)
     root = Path(runs_root) if runs_root is not None else out / "runs"
-    prompt_list = heldout_prompts(prompts, split=split) if isinstance(prompts, int) else list(prompts)
+    prompt_list = heldout_prompts(prompts, split=split, skip=skip_prompts) if isinstance(prompts, int) else list(prompts)
     for p in prompt_list:
         try:
             parse_caption(p)
@@ -336,7 +342,8 @@ def run_binding_bench(
     jobs = [(v, p, s) for p in prompt_list for s in seeds for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({
-        "model": str(model_id), "split": split if isinstance(prompts, int) else "given", "prompts": prompt_list,
+        "model": str(model_id), "split": split if isinstance(prompts, int) else "given",
+        "skip_prompts": skip_prompts if isinstance(prompts, int) else 0, "prompts": prompt_list,
         "seeds": seeds, "steps": steps, "calibrated": dict(calibrated or {}),
         "guidance_scale": guidance_scale, "variants": [vars(v) for v in variants]}, indent=2, default=str))
     rows, recorded, reused = [], 0, 0
