@@ -164,17 +164,27 @@ def score_run(path: str | Path) -> dict[str, Any]:
     }
 
 
+def existing_run(root: Path, variant: Variant, prompt: str, seed: int, *, steps: int,
+                 guidance_scale: float) -> tuple[Path, bool]:
+    """Where (variant, prompt, seed) is recorded under ``root``, and whether a complete run with the same settings is
+    already there (``attnlens.sweep.reusable``)."""
+
+    path = run_path(root, prompt, run_name(variant.method, label=variant.label), seed)
+    options = json.loads(json.dumps(variant.options))
+    return path, reusable(path, prompt=prompt, seed=seed, method=variant.method, steps=steps,
+                          settings={"guidance_scale": guidance_scale, "bench_options": options,
+                                    "label": variant.label})
+
+
 def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *, steps: int, guidance_scale: float,
                    model_id: str, rerecord: bool = False) -> tuple[Path, bool]:
     """Record one (variant, prompt, seed) unless a complete run with the same settings exists (``attnlens.sweep``).
     Returns (path, recorded)."""
 
-    path = run_path(root, prompt, run_name(variant.method, label=variant.label), seed)
-    options = json.loads(json.dumps(variant.options))
-    if not rerecord and reusable(path, prompt=prompt, seed=seed, method=variant.method, steps=steps,
-                                 settings={"guidance_scale": guidance_scale, "bench_options": options,
-                                           "label": variant.label}):
+    path, done = existing_run(root, variant, prompt, seed, steps=steps, guidance_scale=guidance_scale)
+    if done and not rerecord:
         return path, False
+    options = json.loads(json.dumps(variant.options))
     sample(pipe, prompt, method=variant.method, method_options=variant.options, seed=seed, out=path,
                     num_inference_steps=steps, guidance_scale=guidance_scale, overwrite=True,
                     manifest={"label": variant.label, "bench_options": options, "model_id": model_id,
@@ -347,14 +357,20 @@ def run_binding_bench(
         "seeds": seeds, "steps": steps, "calibrated": dict(calibrated or {}),
         "guidance_scale": guidance_scale, "variants": [vars(v) for v in variants]}, indent=2, default=str))
     rows, recorded, reused = [], 0, 0
-    bar = tqdm(jobs, desc="binding bench", unit="run", disable=not progress, file=sys.stderr)
-    for v, p, s in bar:
+    # the bar counts the runs still to record, so its rate and ETA are those of sampling (reused runs cost nothing)
+    todo = len(jobs) if rerecord else sum(not existing_run(root, v, p, s, steps=steps,
+                                                           guidance_scale=guidance_scale)[1] for v, p, s in jobs)
+    bar = tqdm(total=todo, desc=f"binding bench ({len(jobs) - todo} of {len(jobs)} runs reused)", unit="run",
+               disable=not progress, file=sys.stderr)
+    for v, p, s in jobs:
         bar.set_postfix_str(f"{v.label} | {p} | seed {s}", refresh=False)
         path, fresh = record_variant(pipe, root, v, p, s, steps=steps, guidance_scale=guidance_scale,
                                      model_id=str(model_id), rerecord=rerecord)
         recorded += fresh
         reused += not fresh
+        bar.update(int(fresh))
         rows.append({**score_run(path), "variant": v.label, "sweep": v.sweep, "calibrated": v.calibrated})
+    bar.close()
     outcomes = pd.DataFrame(rows)
     files = [out / "outcomes.csv"]
     outcomes.to_csv(files[0], index=False)
@@ -408,5 +424,5 @@ def run_binding_bench(
 
 
 __all__ = ["AUC_FIGURE_PAIRS", "BenchResult", "METHODS", "OUTCOMES", "Variant", "bench_variants",
-           "binding_comparison", "heldout_prompts", "outcome_rows", "record_variant", "run_binding_bench",
+           "binding_comparison", "existing_run", "heldout_prompts", "outcome_rows", "record_variant", "run_binding_bench",
            "score_run"]
