@@ -45,6 +45,12 @@ def resolve_format(fmt: str | None, as_json: bool = False, choices: Sequence[str
     return fmt
 
 
+def show_progress(fmt: str) -> bool:
+    """Whether a long command draws its progress bar: only for text output to a terminal (stderr a TTY); with
+    ``--format json`` or when stderr is a file or a pipe the command runs silently."""
+    return fmt == "text" and sys.stderr.isatty()
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 

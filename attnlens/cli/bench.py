@@ -10,7 +10,7 @@ import typer
 
 from ..errors import BadOption
 from ._app import app
-from ._output import FORMAT, JSON, console, err_console, report, resolve_format
+from ._output import FORMAT, JSON, console, err_console, report, resolve_format, show_progress
 
 bench_app = typer.Typer(
     name="bench",
@@ -38,6 +38,7 @@ none) and, unless --no-analyse, OUT/metrics.parquet, OUT/auc.{md,csv,tex,pdf,png
 at each layer and step predicts per-run success (ROC AUC, DeLong interval; auc_none.* on the unguided runs only;
 auc_fixed.{md,csv} at the point fixed in advance: all layers, last step).
 Prompts are two-object captions of the held-out split (colour-shape pairs never seen in training).
+On a terminal a progress bar on stderr counts the runs still to record, with an ETA (none with --format json).
 """
 
 SANITY_EXAMPLES = """
@@ -127,6 +128,8 @@ def binding(
                                                     "(for reporting); docs/testbed.md."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="calibration.json from `attnlens bench "
                                                "calibrate`: adds each method at its calibrated step size."),
+    skip_prompts: int = typer.Option(0, "--skip-prompts", help="Start after this many prompts of the split (leave out "
+                                                               "prompts already used, e.g. by a pilot)."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -144,6 +147,8 @@ def binding(
         raise BadOption("--prompts must be at least 1", hint="e.g. --prompts 12")
     if n_steps < 1:
         raise BadOption("--n-steps must be at least 1", hint="e.g. --n-steps 50")
+    if skip_prompts < 0:
+        raise BadOption("--skip-prompts cannot be negative", hint="e.g. --skip-prompts 8")
     if threads > 0:
         torch.set_num_threads(threads)
     overrides = {}
@@ -158,6 +163,7 @@ def binding(
                                 methods=method or METHODS, sweep=_floats(sweep), steps=n_steps,
                                 guidance_scale=guidance, overrides=overrides, analyse=analyse, n_boot=n_boot,
                                 rerecord=rerecord, runs_root=runs, split=split, calibrated=calibrated,
+                                skip_prompts=skip_prompts, progress=show_progress(fmt),
                                 log=lambda s: err_console.print(s, markup=False, highlight=False))
     if fmt == "json":
         report(fmt, {"out": str(res.out), "recorded": res.recorded, "reused": res.reused,
@@ -249,7 +255,7 @@ def calibrate(
     with quiet_model_loading():
         doc = run_calibration(model or _model_default(), out, methods=method or ["syngen"], factors=_floats(factors),
                               prompts=prompts, seeds=_ints(seeds), steps=n_steps, guidance_scale=guidance,
-                              objective=objective, runs_root=runs,
+                              objective=objective, runs_root=runs, progress=show_progress(fmt),
                               log=lambda s: err_console.print(s, markup=False, highlight=False))
     if fmt == "json":
         report(fmt, doc)

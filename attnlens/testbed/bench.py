@@ -70,10 +70,13 @@ class Variant:
     calibrated: bool = False  # the step size chosen on the validation split (``attnlens bench calibrate``)
 
 
-def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000, split: str = "all") -> list[str]:
+def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000, split: str = "all",
+                    skip: int = 0) -> list[str]:
     """The first ``n`` distinct two-object captions (``and`` / ``next to``) of the renderer's ``test`` split
-    (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …); without size words unless ``sizes``. ``split``: ``all``,
-    or only the protocol's ``val`` or ``test`` captions (:func:`attnlens.testbed.protocol.split_of`)."""
+    (scenes ``scene_at(seed, i, "test")``, i = 0, 1, …) after the first ``skip``; without size words unless
+    ``sizes``. ``split``: ``all``, or only the protocol's ``val`` or ``test`` captions
+    (:func:`attnlens.testbed.protocol.split_of`). ``skip`` leaves out captions already used elsewhere (the protocol's
+    test report skips the test captions that the pre-protocol benchmarks had seen)."""
 
     check_split(split)
     out: list[str] = []
@@ -87,10 +90,11 @@ def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 200
         if scene.caption not in seen and (split == "all" or split_of(scene.caption) == split):
             seen.add(scene.caption)
             out.append(scene.caption)
-            if len(out) == n:
-                return out
+            if len(out) == n + skip:
+                return out[skip:]
     where = "" if split == "all" else f" in the '{split}' split"
-    raise AttnlensError(f"only {len(out)} distinct held-out prompts found{where}", hint="ask for fewer prompts")
+    raise AttnlensError(f"only {len(out)} distinct held-out prompts found{where}",
+                        hint="ask for fewer prompts" + (" or skip fewer" if skip else ""))
 
 
 def _fmt_factor(x: float) -> str:
@@ -161,17 +165,27 @@ def score_run(path: str | Path) -> dict[str, Any]:
     }
 
 
+def existing_run(root: Path, variant: Variant, prompt: str, seed: int, *, steps: int,
+                 guidance_scale: float) -> tuple[Path, bool]:
+    """Where (variant, prompt, seed) is recorded under ``root``, and whether a complete run with the same settings is
+    already there (``attnlens.sweep.reusable``)."""
+
+    path = run_path(root, prompt, run_name(variant.method, label=variant.label), seed)
+    options = json.loads(json.dumps(variant.options))
+    return path, reusable(path, prompt=prompt, seed=seed, method=variant.method, steps=steps,
+                          settings={"guidance_scale": guidance_scale, "bench_options": options,
+                                    "label": variant.label})
+
+
 def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *, steps: int, guidance_scale: float,
                    model_id: str, rerecord: bool = False) -> tuple[Path, bool]:
     """Record one (variant, prompt, seed) unless a complete run with the same settings exists (``attnlens.sweep``).
     Returns (path, recorded)."""
 
-    path = run_path(root, prompt, run_name(variant.method, label=variant.label), seed)
-    options = json.loads(json.dumps(variant.options))
-    if not rerecord and reusable(path, prompt=prompt, seed=seed, method=variant.method, steps=steps,
-                                 settings={"guidance_scale": guidance_scale, "bench_options": options,
-                                           "label": variant.label}):
+    path, done = existing_run(root, variant, prompt, seed, steps=steps, guidance_scale=guidance_scale)
+    if done and not rerecord:
         return path, False
+    options = json.loads(json.dumps(variant.options))
     sample(pipe, prompt, method=variant.method, method_options=variant.options, seed=seed, out=path,
                     num_inference_steps=steps, guidance_scale=guidance_scale, overwrite=True,
                     manifest={"label": variant.label, "bench_options": options, "model_id": model_id,
@@ -313,6 +327,7 @@ def run_binding_bench(
     runs_root: str | Path | None = None,
     split: str = "all",
     calibrated: dict[str, float] | None = None,
+    skip_prompts: int = 0,
 ) -> BenchResult:
     """Run the binding benchmark into ``out`` (see the module docstring); resumable.
 
@@ -321,7 +336,8 @@ def run_binding_bench(
     ``runs_root`` (default ``out/runs``) lets several benchmarks share their recorded runs (e.g. one with the
     released defaults on many prompts and a step-size sweep on a subset). ``split``: which held-out prompts an int
     ``prompts`` takes (``all``, ``val``, ``test``: :mod:`attnlens.testbed.protocol`); ``calibrated`` (method →
-    step-size factor, :func:`attnlens.testbed.protocol.read_calibration`) adds each method at its calibrated value.
+    step-size factor, :func:`attnlens.testbed.protocol.read_calibration`) adds each method at its calibrated value;
+    ``skip_prompts``: an int ``prompts`` starts after that many prompts of the split.
     """
     import pandas as pd
 
@@ -330,7 +346,7 @@ def run_binding_bench(
     log = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out)
     root = Path(runs_root) if runs_root is not None else out / "runs"
-    prompt_list = heldout_prompts(prompts, split=split) if isinstance(prompts, int) else list(prompts)
+    prompt_list = heldout_prompts(prompts, split=split, skip=skip_prompts) if isinstance(prompts, int) else list(prompts)
     for p in prompt_list:
         try:
             parse_caption(p)
@@ -346,18 +362,25 @@ def run_binding_bench(
     jobs = [(v, p, s) for p in prompt_list for s in seeds for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({
-        "model": str(model_id), "split": split if isinstance(prompts, int) else "given", "prompts": prompt_list,
+        "model": str(model_id), "split": split if isinstance(prompts, int) else "given",
+        "skip_prompts": skip_prompts if isinstance(prompts, int) else 0, "prompts": prompt_list,
         "seeds": seeds, "steps": steps, "calibrated": dict(calibrated or {}),
         "guidance_scale": guidance_scale, "variants": [vars(v) for v in variants]}, indent=2, default=str))
     rows, recorded, reused = [], 0, 0
-    bar = tqdm(jobs, desc="binding bench", unit="run", disable=not progress, file=sys.stderr)
-    for v, p, s in bar:
+    # the bar counts the runs still to record, so its rate and ETA are those of sampling (reused runs cost nothing)
+    todo = len(jobs) if rerecord else sum(not existing_run(root, v, p, s, steps=steps,
+                                                           guidance_scale=guidance_scale)[1] for v, p, s in jobs)
+    bar = tqdm(total=todo, desc=f"binding bench ({len(jobs) - todo} of {len(jobs)} runs reused)", unit="run",
+               disable=not progress, file=sys.stderr)
+    for v, p, s in jobs:
         bar.set_postfix_str(f"{v.label} | {p} | seed {s}", refresh=False)
         path, fresh = record_variant(pipe, root, v, p, s, steps=steps, guidance_scale=guidance_scale,
                                      model_id=str(model_id), rerecord=rerecord)
         recorded += fresh
         reused += not fresh
+        bar.update(int(fresh))
         rows.append({**score_run(path), "variant": v.label, "sweep": v.sweep, "calibrated": v.calibrated})
+    bar.close()
     outcomes = pd.DataFrame(rows)
     files = [out / "outcomes.csv"]
     outcomes.to_csv(files[0], index=False)
@@ -411,5 +434,5 @@ def run_binding_bench(
 
 
 __all__ = ["AUC_FIGURE_PAIRS", "BenchResult", "METHODS", "OUTCOMES", "Variant", "bench_variants",
-           "binding_comparison", "heldout_prompts", "outcome_rows", "record_variant", "run_binding_bench",
+           "binding_comparison", "existing_run", "heldout_prompts", "outcome_rows", "record_variant", "run_binding_bench",
            "score_run"]

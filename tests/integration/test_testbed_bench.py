@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -172,3 +174,19 @@ def test_cli_bench_power_and_calibrate_errors(tmp_path, run_cli):
                          (("bench", "binding", "--calibration", pilot, "--out", tmp_path), "not a calibration file")):
         code, out, err = run_cli(*args)
         assert code == 2 and needle in err and "Traceback" not in err, (args, err)
+
+
+def test_cli_bench_progress_bar_counts_runs_to_record_and_only_on_a_terminal(tmp_path, run_cli, monkeypatch,
+                                                                                tiny_pipe):
+    import attnlens.testbed.bench as bench_module
+
+    monkeypatch.setattr(bench_module, "load_pipeline", lambda *a, **k: tiny_pipe)
+    args = ("bench", "binding", "--prompts", "1", "--seeds", "0", "--sweep", "", "--n-steps", "2", "--no-analyse",
+            "--n-boot", "20", "--out", tmp_path, "--method", "none", "--method", "syngen")
+    code, out, err = run_cli(*args, "--format", "json")  # JSON: no bar, stdout parses
+    assert code == 0 and json.loads(out)["recorded"] == 2 and "binding bench" not in err
+    code, out, err = run_cli(*args)  # text, but stderr is not a terminal: no bar either
+    assert code == 0 and "binding bench" not in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = run_cli(*args, "--method", "syngen-entropy")  # a terminal: the bar counts what is left to record
+    assert code == 0 and "binding bench (2 of 3 runs reused)" in err and "1/1" in err, err

@@ -21,6 +21,7 @@ def test_split_is_a_property_of_the_caption_not_of_how_many_are_taken():
     assert val == [p for p in every if split_of(p) == "val"][:40]
     assert test == [p for p in every if split_of(p) == "test"][:40]
     assert heldout_prompts(10, split="val") == val[:10]  # taking fewer takes a prefix
+    assert heldout_prompts(5, split="test", skip=8) == test[8:13]  # skipping leaves out a prefix
     share = sum(split_of(p) == "val" for p in every) / len(every)
     assert 0.18 < share < 0.32  # about one in four
     with pytest.raises(BadOption, match="unknown split"):
