@@ -108,7 +108,8 @@ def sweep(
         raise CommandInterrupted(f"interrupted: finished cells are kept in {out}/sweep.json; rerun the same command "
                                  f"to resume (attnlens sweep status {out})") from None
     finally:
-        bar.stop()
+        if bar.live.is_started:  # a bar never started prints nothing (stop would print an empty line)
+            bar.stop()
     report(fmt, result, lambda: (f"{result['cells']} cells under {out}: {result['ran']} run now, "
                                  f"{result['complete'] + result['reused']} done ({result['reused']} reused), "
                                  f"{result['failed']} failed ({result['seconds']:.1f} s); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -32,6 +33,17 @@ def _init(threads: int) -> None:
     torch.set_num_threads(threads)
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle, a worker ignores Ctrl-C: the driver stops it
+
+
+def _cell(spec: SweepSpec, cell: Cell, root: str) -> dict[str, Any]:
+    """``run_cell`` in a worker, where Ctrl-C interrupts only while a cell runs (its run is then marked
+    interrupted and the KeyboardInterrupt goes back to the driver as the cell's result)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_cell(spec, cell, root)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def failure(cell: Cell, exc: BaseException) -> dict[str, Any]:
@@ -55,7 +67,7 @@ def run_local(spec: SweepSpec, cells: Sequence[Cell], root: str | Path, on_resul
         while todo or running:
             while todo and len(running) < workers:
                 cell = todo.pop()
-                running[pool.submit(run_cell, spec, cell, str(root))] = cell
+                running[pool.submit(_cell, spec, cell, str(root))] = cell
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in done:
                 cell = running.pop(f)
