@@ -113,6 +113,33 @@ class ViewState:
         return s
 
 
+def query_problems(query: Mapping[str, Any]) -> list[str]:
+    """What :meth:`ViewState.from_query` had to drop from ``query``, one line each: unknown keys, values that are not
+    numbers where a number belongs, values outside an enumeration. (Values checked against the root — a prompt
+    nobody recorded, a layer the runs lack, a step outside the schedule — are reported by the page.)"""
+    names = {f.name for f in fields(ViewState)}
+    enums = {"view": VIEWS, "scale": SCALES, "by": BY, "export_kind": EXPORT_KINDS, "export_format": EXPORT_FORMATS,
+             "export_width": EXPORT_WIDTHS, "export_steps": EXPORT_STEPS}
+    out = []
+    for key, raw in query.items():
+        values = [str(x) for x in raw] if isinstance(raw, (list, tuple)) else [str(raw)]
+        if key not in names:
+            out.append(f"unknown URL parameter `{key}` ignored")
+            continue
+        if not values or key in LIST_FIELDS:
+            continue
+        v = values[-1]
+        if key in INT_FIELDS:
+            try:
+                if int(v) < 0:
+                    out.append(f"`{key}={v}` is negative; ignored")
+            except ValueError:
+                out.append(f"`{key}={v}` is not a whole number; ignored")
+        elif key in enums and v not in enums[key]:
+            out.append(f"`{key}={v}` is not one of {', '.join(enums[key])}; ignored")
+    return out
+
+
 def query_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two query dicts encode the same state (a one-element list equals its string)."""
 
@@ -123,5 +150,4 @@ def query_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 __all__ = ["BY", "EXPORT_FORMATS", "EXPORT_KINDS", "EXPORT_STEPS", "EXPORT_WIDTHS", "SCALES", "VIEWS", "VIEW_LABELS",
-           "ViewState",
-           "query_equal"]
+           "ViewState", "query_equal", "query_problems"]

@@ -54,10 +54,13 @@ from .state import (
     VIEWS,
     ViewState,
     query_equal,
+    query_problems,
 )
 
 ROOT_ENV = "ATTNLENS_DASHBOARD_ROOT"
 _VS = "_attnlens_view"
+_URL_NOTES = "_attnlens_url_notes"
+_URL_FIELDS = "_attnlens_url_fields"
 PLAYER_DIR = Path(__file__).resolve().with_name("step_player")  # the step player's index.html
 PLAYER_KEY = "step_player"
 _ACK = "_attnlens_player_ack"
@@ -182,6 +185,25 @@ def _init_state() -> None:
     qp = st.query_params
     query = {k: qp.get_all(k) for k in qp.keys()}
     st.session_state[_VS] = ViewState.from_query(query)
+    st.session_state[_URL_NOTES] = query_problems(query)
+    st.session_state[_URL_FIELDS] = set(query)  # the fields the URL set: a stale one is reported once, then dropped
+
+
+def _url_note(name: str, value: Any, instead: Any) -> None:
+    """Report, once, that the URL's ``name=value`` does not exist under this root and what is shown instead."""
+    given = st.session_state.get(_URL_FIELDS, set())
+    if name in given and value is not None and value != [] and value != instead:
+        given.discard(name)
+        st.session_state.setdefault(_URL_NOTES, []).append(
+            f"`{name}={value}` from the URL does not exist under this root; showing `{instead}` instead")
+
+
+def _show_url_notes(box: Any) -> None:
+    """The URL values that were refused, as one warning at the top of the page."""
+    notes = st.session_state.get(_URL_NOTES) or []
+    if notes:
+        box.warning("Refused part of the URL: " + "; ".join(notes) + ".", icon=":material/link_off:")
+        st.session_state[_URL_NOTES] = []  # said once; the URL is rewritten to what is shown
 
 
 def _sync_url() -> None:
@@ -207,7 +229,9 @@ def _widget(factory: Callable[..., Any], name: str, label: str, options: Sequenc
             if not cur and default is not None:
                 cur = [x for x in default if x in opts]
         elif cur not in opts:
+            stale = cur
             cur = default if default in opts else (opts[0] if opts else None)
+            _url_note(name, stale, cur)
     setattr(vs, name, cur)
     wkey = f"w_{name}"
     if st.session_state.get(wkey, object()) != cur:
@@ -254,26 +278,31 @@ def _main(argv: Sequence[str] | None = None) -> None:
         return
     filtered = _sidebar(root, entries)
     st.markdown(f"#### attnlens · `{root}`")
+    notes_box = st.container()  # filled at the end of the script run: the URL values refused on the way
     if not entries:
         st.info(f"No runs under `{root}` yet. Record some, e.g. "
                 f"`attnlens record \"a red crown and a golden strawberry\" --method syngen --seed 1 --out {root}`, "
                 "then press Refresh in the sidebar.")
+        _show_url_notes(notes_box)
         _sync_url()
         return
     view = _widget(st.segmented_control, "view", "View", VIEWS, default="compare", format_func=VIEW_LABELS.get,
                    required=True, label_visibility="collapsed")
     if view == "runs":
         _runs_view(root, entries, filtered)
+        _show_url_notes(notes_box)
         _sync_url()
         return
     if view == "across":
         _across_view(root, filtered)
+        _show_url_notes(notes_box)
         _sync_url()
         return
     unit = _unit_selector(filtered)
     if unit is not None:
         prompt, seed, runs, labels = unit
         _unit_view(runs, labels, view)
+    _show_url_notes(notes_box)
     _sync_url()
 
 
@@ -295,6 +324,8 @@ def _stepped(ctx: "_Ctx", view: str) -> None:
     matrices."""
     t0 = time.perf_counter()
     vs = _vs()
+    if vs.step is not None and vs.step not in ctx.steps:
+        _url_note("step", vs.step, ctx.steps[-1])
     ctx.step = vs.step = vs.step if vs.step in ctx.steps else ctx.steps[-1]
     if view == "compare":
         _compare_view(ctx)

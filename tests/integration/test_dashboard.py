@@ -498,3 +498,15 @@ def test_the_colour_bar_has_tick_labels():
     below = bar[-14:].astype(int).sum(axis=-1)  # the label strip: dark text on white
     assert (below < 300).sum() > 50 and (below > 700).mean() > 0.5
     assert np.array_equal(P.colorbar(1.0, 1.0), P.colorbar(1.0, 1.0, ticks=False))  # no range: no ticks to draw
+
+
+def test_query_problems_name_what_the_url_loses():
+    from dashboard.state import query_problems
+
+    problems = query_problems({"seed": "x", "step": "-2", "view": "nope", "colour": "red", "layer": "res16",
+                               "tokens": ["red", "crown"]})
+    assert len(problems) == 4
+    assert any("seed=x" in p and "whole number" in p for p in problems)
+    assert any("step=-2" in p and "negative" in p for p in problems)
+    assert any("view=nope" in p for p in problems) and any("colour" in p for p in problems)
+    assert query_problems({"seed": "1", "view": "runs", "tokens": ["a"]}) == []
