@@ -60,6 +60,7 @@ def _scores(runs: Path, prompt: str) -> list[str]:
     import numpy as np
 
     import attnlens
+    from .analysis.runs import variant_label
     from .testbed import score
 
     lines = []
@@ -80,7 +81,7 @@ def _scores(runs: Path, prompt: str) -> list[str]:
                 seen.append(f"{want}: drawn as {o.colour} {o.shape}")
         verdict = ("colours swapped" if result.swapped else "misbound" if result.misbinding else
                    "correct" if result.success else "objects wrong")
-        label = run.info.label or run.info.method_name
+        label = variant_label(run.manifest)
         lines.append(f"  {label:<24} seed {run.info.seed}:  {verdict:<16} ({'; '.join(seen)})")
     return lines
 
@@ -133,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     _run(["compare", str(table), "--by", "variant", "--baseline", "none", *focus, "--format", "markdown",
           "--out", str(args.out / "comparison.md")], t0)
     seed = args.seeds[0]
-    map_runs = sorted(str(p.parent) for p in runs.rglob("manifest.json") if p.parent.name.endswith(f"seed{seed}"))
+    def rank(folder: Path) -> int:  # none, the intervention, then the methods in the order they were recorded
+        base = folder.name.rsplit("-seed", 1)[0]
+        return 1 if "+" in base else 0 if base == "none" else 2 + (METHODS.index(base) if base in METHODS else 99)
+
+    map_runs = [str(d) for d in sorted((p.parent for p in runs.rglob("manifest.json")
+                                        if p.parent.name.endswith(f"-seed{seed}")), key=rank)]
     _run(["figure", "maps", *map_runs, *tokens, "--out", str(figures / "maps.pdf")], t0)
     _run(["figure", "curves", str(table), "--by", "variant", "--metric", "jsd", "--role", "bound",
           "--out", str(figures / "curves.pdf")], t0)
@@ -144,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\ndone in {seconds / 60:.1f} min (first figure after {first_at:.0f} s).\n"
         f"You are looking at one prompt, {args.prompt!r}, on {args.model} with seeds {', '.join(map(str, args.seeds))}:\n"
         f"  {figures / 'maps.pdf'}      each variant's final image and where {shown} attend, step by step;\n"
-        f"  {args.out / 'scores.txt'}      which colour the evaluator found on which shape (does the swap move them?);\n"
+        + (f"  {args.out / 'scores.txt'}      which colour the evaluator found on which shape (does the swap move "
+           "them?);\n" if shapes else "") +
         f"  {args.out / 'comparison.md'}   each variant against none, paired on seed, with bootstrap intervals;\n"
         f"  {figures / 'curves.pdf'}, {figures / 'losses.pdf'}   binding divergence and the guidance losses per step.\n"
         f"Next: open the dashboard on these runs:  .venv/bin/attnlens dashboard {runs}   (then http://127.0.0.1:8501)\n"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import attnlens
+from attnlens.analysis.runs import variant_label
 from attnlens.demo import METHODS
 
 
@@ -20,10 +21,10 @@ def test_demo_records_intervenes_scores_analyses_compares_and_draws(tmp_path):
                           "--model", "attnlens-tiny"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = [attnlens.open_run(p) for p in sorted(attnlens.find_runs(out / "runs"))]
-    labels = sorted(r.info.label or r.info.method_name for r in runs)
+    labels = sorted(variant_label(r.manifest) for r in runs)
     assert len(runs) == len(METHODS) + 1 and sorted(set(r.info.method_name for r in runs)) == sorted(METHODS)
     swapped = [r for r in runs if r.manifest.get("interventions")]
-    assert len(swapped) == 1 and "swap" in (swapped[0].info.label or "")  # the intervention run, labelled as such
+    assert len(swapped) == 1 and "swap(red,golden)" in variant_label(swapped[0].manifest)  # labelled as such
     for run in runs:
         assert run.complete and run.info.seed == 1 and run.info.steps == 2
         # every loop index recorded (--n-steps is the count; PNDM runs one extra loop index: 2 steps = 3 timesteps)
