@@ -430,18 +430,17 @@ def _map_controls(runs: list[D.RunEntry], labels: dict[str, str], show_tokens: b
         st.info("None of the selected runs has attention maps to show yet.")
         return None
     vs = _vs()
-    c = st.columns([5, 3, 2, 1.3, 1.3, 2] if show_tokens else [4, 2, 1.3, 1.3, 2])
     tokens: list[str] = []
     label_of: dict[str, str] = {}
-    col = iter(c)
-    if show_tokens:
+    if show_tokens:  # a row of its own: at 1280 px a column cut the token chips off after the second
         choices = D.token_choices(parse) if parse is not None else []
         label_of = dict(choices)
         default = D.default_tokens(parse) if parse is not None else []
         tokens = _widget(st.multiselect, "tokens", "Tokens", [v for v, _ in choices], default=default, multi=True,
-                         container=next(col), format_func=lambda v: label_of.get(v, v))
+                         format_func=lambda v: label_of.get(v, v))
         if tokens == default:  # the default stays out of the URL
             vs.tokens = []
+    col = iter(st.columns([4, 2, 1.5, 1.5, 2]))
     layer_opts = D.layer_choices(resolutions)
     layer_label = dict(layer_opts)
     layer = _widget(st.selectbox, "layer", "Layer / resolution", [v for v, _ in layer_opts], default="all",
@@ -697,7 +696,9 @@ def _metrics_view(ctx: _Ctx) -> None:
         st.error(f"`{_rel(p)}`: cannot analyse this run ({msg})", icon=":material/error:")
     for note in res.notes:
         st.caption(f"note: {note}")
-    left, right = st.columns(2)
+    # the leakage matrices need a column per entity (plus "outside") per run: beside the curves only for 1–2 runs,
+    # else below them at full width (at 1600 px four runs' matrices overlapped in half the page)
+    left, right = st.columns(2) if len(ctx.readable) <= 2 else (st.container(), st.container())
     with left:
         st.markdown(f"**{metric} [{role}] vs step** · layer `{ctx.layer}` · phase `{ctx.phase}`")
         if figs["curves"] is not None:
