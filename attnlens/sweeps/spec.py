@@ -10,7 +10,7 @@ A spec::
     prompts = ["a red crown", "a blue ball"]   # or: prompts_file = "prompts.txt" | prompt_set = "CC-500"
     # limit = 20                     # the first N prompts of the file or set
     scorers = []                     # names in attnlens.scoring (e.g. "shapes" for attnlens-shapes)
-    interventions = []               # reserved for attention interventions (passed to record once they exist)
+    interventions = []               # attention interventions applied to every cell, e.g. ["swap red blue steps=0:10"]
 
     [recording]                      # the options of attnlens record: heads, tokens, layers, steps, dtype, uncond
     dtype = "fp16"
@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from ..errors import BadOption, ConfigError, NotFoundError
+from ..errors import AttnlensError, BadOption, ConfigError, NotFoundError
+from ..interventions import parse_intervention
 from ..sweep import run_name, run_path, slugify
 
 #: keys a spec may hold at its top level, and what each is
@@ -57,7 +58,7 @@ TOP_KEYS = {
     "height": "image height", "width": "image width", "seeds": "list of seeds",
     "images_per_prompt": "seeds 0..N-1", "prompts": "list of prompts", "prompts_file": "text file, one prompt a line",
     "prompt_set": "a named set in the shared datasets", "limit": "first N prompts", "methods": "[[methods]] tables",
-    "recording": "[recording] table", "scorers": "scorer names", "interventions": "reserved (issue 14)",
+    "recording": "[recording] table", "scorers": "scorer names", "interventions": "intervention specs applied to every cell (docs/interventions.md)",
     "spacy_model": "spaCy pipeline for the parse", "name": "the sweep's name",
 }
 METHOD_KEYS = {"name", "options", "grid", "label"}
@@ -275,8 +276,13 @@ def parse_spec(data: Mapping[str, Any], *, base: Path | None = None, method_name
           "spec: 'scorers' must be a list of names", 'e.g. scorers = ["shapes"]')
     interventions = data.get("interventions", [])
     _need(isinstance(interventions, list), "spec: 'interventions' must be a list", "interventions = []")
-    _need(not interventions, "spec: interventions are not supported by sweeps yet (attnlens record has no --intervene)",
-          "leave interventions = [] for now")
+    _need(all(isinstance(t, str) for t in interventions),
+          "spec: 'interventions' must be a list of intervention specs", 'e.g. interventions = ["swap red blue steps=0:10"]')
+    for text in interventions:  # each applies to every cell (as attnlens record --intervene); checked here, not per cell
+        try:
+            parse_intervention(text)
+        except AttnlensError as exc:
+            _need(False, f"spec: intervention {text!r}: {exc.message}", exc.hint or "see docs/interventions.md")
     for key in ("height", "width"):
         v = data.get(key)
         _need(v is None or (isinstance(v, int) and v > 0), f"spec: '{key}' must be a positive integer", f"{key} = 64")

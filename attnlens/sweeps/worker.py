@@ -80,7 +80,7 @@ def record_cell(spec: SweepSpec, cell: Cell, root: Path, device: str | None = No
         sample(pipe, cell.prompt, method=v.method, method_options=v.options, seed=cell.seed, out=cell.path,
                num_inference_steps=spec.steps, guidance_scale=spec.guidance_scale, height=spec.height,
                width=spec.width, spacy_model=spec.spacy_model, recording=recording_config(spec), overwrite=True,
-               manifest=manifest)
+               manifest=manifest, interventions=list(spec.interventions) or None)
     log_event(root, cell, "finish")
 
 

@@ -41,7 +41,8 @@ def test_cells_are_variants_times_prompts_times_seeds_with_one_folder_each(tmp_p
     ({"seedz": [1]}, "unknown key(s) ['seedz']"),
     ({"images_per_prompt": 2}, "either 'seeds' or 'images_per_prompt'"),
     ({"recording": {"head": "all"}}, "[recording] may hold only"),
-    ({"interventions": [{"op": "ablate"}]}, "interventions are not supported"),
+    ({"interventions": [{"op": "ablate"}]}, "must be a list of intervention specs"),
+    ({"interventions": ["shuffle red blue"]}, "intervention 'shuffle red blue'"),
     ({"prompts": ["A red crown!", "a red crown"]}, "would share the run folder"),
 ])
 def test_bad_specs_are_refused_with_one_line(change, words, tmp_path):
@@ -121,3 +122,9 @@ def test_cell_states_are_checked_against_the_run_folders(tmp_path):
     assert states[cells[2].id] == "running"
     with pytest.raises(AttnlensError, match="holds no sweep"):
         cell_states(tmp_path / "nothing")
+
+
+def test_interventions_in_a_spec_are_pinned_and_passed_to_every_cell(tmp_path):
+    spec = parse_spec({**BASE, "interventions": ["swap red blue steps=0:1"]})
+    assert spec.interventions == ["swap red blue steps=0:1"]
+    assert protocol(spec, None)["interventions"] == ["swap red blue steps=0:1"]  # another sweep with other edits is refused
