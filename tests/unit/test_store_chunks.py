@@ -114,7 +114,7 @@ def test_layers_from_the_template_match_zarr(tmp_path, monkeypatch):
     np.testing.assert_array_equal(m["token"][:], np.arange(5))
     np.testing.assert_array_equal(m["timestep"][:], 800.0 - np.arange(6))
     assert m["token_text"][0].tolist() == toks_b[0]
-    assert m["phase"][:].tolist() == ["sample", "guidance", "sample_uncond"]
+    assert m["phase"][:].tolist() == ["sample", "guidance", "sample_uncond", "noise_search"]  # attnlens.vocab.PHASES
     assert m["maps"].metadata.dimension_names == ("step", "phase", "iteration", "sample", "head", "token", "y", "x")
 
 
