@@ -694,7 +694,8 @@ class Recorder:
         if self.phase in LIVE_PHASES:
             if name in self.need_live:
                 self.live_maps[name] = p4[0]
-            if self.config.guidance and name in self._layer_set:
+            # stored only at the selected steps, as the sampling phase (the loss still gets its live maps)
+            if self.config.guidance and name in self._layer_set and self._want_step(self.step):
                 self._enqueue_map(name, self.phase, p4)
             return
         b = self._batch

@@ -95,3 +95,13 @@ def test_a_50_step_schedule_at_fewer_steps_is_announced(tiny_pipe, tmp_path):
     with pytest.warns(ScheduleWarning, match="at 2 steps it guides every step"):
         run = attnlens.sample(tiny_pipe, "a red crown", method="syngen", out=tmp_path / "r", num_inference_steps=2)
     assert any("written for 50 steps" in w for w in run.manifest["prompt_warnings"])
+
+
+def test_a_step_selection_limits_the_guidance_phase_too(tiny_pipe, tmp_path):
+    from attnlens.recording import RecordingConfig
+
+    run = attnlens.sample(tiny_pipe, "a red crown and a golden strawberry", method="syngen", out=tmp_path / "r",
+                          num_inference_steps=4, recording=RecordingConfig(steps=slice(None, None, 2)),
+                          method_options={"intervention_steps": 4})
+    assert run.recorded_steps(phase="sample") == [0, 2, 4]
+    assert run.recorded_steps(phase="guidance") == [0, 2]  # guided at 0..3, stored at the selected steps only
