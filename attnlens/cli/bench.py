@@ -111,7 +111,7 @@ def binding(
     model: Optional[str] = typer.Option(None, "--model", help="Shapes model: embedded default or a pipeline folder."),
     prompts: int = typer.Option(12, "--prompts", help="How many held-out two-object prompts."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
-    method: list[str] = typer.Option([], "--method", help="Method (repeatable), e.g. --method a-star --method predicated. Default: the five of docs/testbed.md."),
+    method: list[str] = typer.Option([], "--method", help="Method (repeatable): none, syngen, syngen-entropy, attend-excite, divide-bind, initno, structured (the default set), or conform, ebama, a-star, predicated, a user loss."),
     sweep: str = typer.Option("0.25,4", "--sweep", help="Step-size factors for the sweep (\"\" for none)."),
     n_steps: int = typer.Option(50, "--n-steps", help="Denoising steps (the methods' schedules assume 50)."),
     guidance: float = typer.Option(7.5, "--guidance-scale", "--guidance",

@@ -112,7 +112,9 @@ def record(
                               help="Embedded model (attnlens-shapes: trained on coloured shapes; attnlens-tiny: "
                                    "random weights), hub id (CompVis/stable-diffusion-v1-4) or local diffusers folder."),
     method: str = typer.Option("none", "--method",
-                               help="none | syngen | syngen-entropy | attend-excite | divide-bind | initno | structured | path/to/file.py:function"),
+                               help="none | syngen | syngen-entropy | attend-excite | divide-bind | conform | ebama | "
+                                    "a-star | predicated | initno | structured | path/to/file.py:function "
+                                    "(docs/methods.md)"),
     method_option: list[str] = typer.Option([], "--method-option", "-O", help="Method hyperparameter KEY=VALUE (repeatable)."),
     seed: list[int] = typer.Option([], "--seed", "-s", help="Seed (repeatable); default 0."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="Text file with one prompt per line."),
