@@ -22,9 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _causal import Condition, parser, run_experiment  # noqa: E402
 
+from attnlens.testbed.scene_edits import edit_texts  # noqa: E402
+
 
 def swap_spec(extra: str):
-    return lambda s: [f"swap {s.objects[0].colour} {s.objects[1].colour}{extra}"]
+    return lambda s: edit_texts(f"swap-colours{extra}", s)
 
 
 def conditions(ks: list[int], groups: list[str]) -> list[Condition]:

@@ -23,15 +23,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _causal import Condition, fraction_box, parser, run_experiment  # noqa: E402
+from _causal import Condition, parser, run_experiment  # noqa: E402
 
-
-def copy_specs(scene) -> list[str]:
-    return [f"copy {o.shape} {o.colour}" for o in scene.objects]
-
-
-def mask_specs(scene) -> list[str]:
-    return [f"mask {o.colour} {o.shape} {fraction_box(o, scene.image_size)}" for o in scene.objects]
+from attnlens.testbed.scene_edits import copy_noun as copy_specs  # noqa: E402
+from attnlens.testbed.scene_edits import mask_gt as mask_specs  # noqa: E402
 
 
 CONDITIONS = [

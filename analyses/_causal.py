@@ -66,11 +66,6 @@ def heldout_scenes(n: int, seed: int = 0, limit: int = 20000) -> list:
     raise SystemExit(f"only {len(out)} suitable held-out scenes found")
 
 
-def fraction_box(obj, image_size: int) -> str:
-    """An object's ground-truth box as ``box=r0,c0,r1,c1`` in fractions of the image."""
-    return "box=" + ",".join(f"{v / image_size:.4g}" for v in obj.bbox)
-
-
 def run_conditions(model: str, scenes: Sequence, seeds: Sequence[int], conditions: Sequence[Condition], root: Path,
                    steps: int, guidance: float, log=print):
     """Record (or reuse) every (condition, scene, seed) on ``model`` and score it; returns the outcome DataFrame."""

@@ -31,6 +31,8 @@ Examples:
 
   attnlens bench binding --sweep "" --no-analyse          # released defaults only, no AUC
 
+  attnlens bench binding --model attnlens-shapes-bow --intervene mask-gt --sweep ""   # + the ground-truth upper bound
+
 Writes OUT/runs (one recorded run per variant, prompt and seed; complete runs are reused, so an interrupted
 benchmark resumes), OUT/outcomes.csv (the evaluator's verdict per run), OUT/binding.{md,csv,tex} (success,
 misbinding, leakage, neglect, object accuracy per variant with 95 % paired bootstrap intervals and differences to
@@ -130,6 +132,10 @@ def binding(
                                                "calibrate`: adds each method at its calibrated step size."),
     skip_prompts: int = typer.Option(0, "--skip-prompts", help="Start after this many prompts of the split (leave out "
                                                                "prompts already used, e.g. by a pilot)."),
+    intervene: list[str] = typer.Option([], "--intervene", help="Add the unguided model with these attention edits "
+                                        "as a variant (repeatable): mask-gt (each object's words restricted to its "
+                                        "ground-truth box: the upper bound), copy-noun, swap-colours, optionally "
+                                        "with steps=/layers=/phases=, or any `record --intervene` text."),
     fmt: str = FORMAT,
     as_json: bool = JSON,
 ) -> None:
@@ -139,6 +145,7 @@ def binding(
     from ..compare import to_rich
     from ..testbed.bench import METHODS, run_binding_bench
     from ..testbed.protocol import check_split, read_calibration
+    from ..testbed.scene_edits import check_edit
 
     fmt = resolve_format(fmt, as_json)
     check_split(split)
@@ -149,6 +156,8 @@ def binding(
         raise BadOption("--n-steps must be at least 1", hint="e.g. --n-steps 50")
     if skip_prompts < 0:
         raise BadOption("--skip-prompts cannot be negative", hint="e.g. --skip-prompts 8")
+    for text in intervene:
+        check_edit(text)
     if threads > 0:
         torch.set_num_threads(threads)
     overrides = {}
@@ -163,7 +172,7 @@ def binding(
                                 methods=method or METHODS, sweep=_floats(sweep), steps=n_steps,
                                 guidance_scale=guidance, overrides=overrides, analyse=analyse, n_boot=n_boot,
                                 rerecord=rerecord, runs_root=runs, split=split, calibrated=calibrated,
-                                skip_prompts=skip_prompts, progress=show_progress(fmt),
+                                skip_prompts=skip_prompts, interventions=intervene, progress=show_progress(fmt),
                                 log=lambda s: err_console.print(s, markup=False, highlight=False))
     if fmt == "json":
         report(fmt, {"out": str(res.out), "recorded": res.recorded, "reused": res.reused,

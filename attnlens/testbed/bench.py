@@ -43,6 +43,7 @@ from .evaluate import parse_caption, score
 from .predictive import auc_figure, best_predictors, fixed_point, metric_auc, small_n_note
 from .protocol import check_split, split_of
 from .render import scene_at
+from .scene_edits import check_edit, edit_texts, is_named, scene_of
 
 METHODS = ("none", "syngen", "syngen-entropy", "attend-excite", "divide-bind", "initno", "structured")
 #: the hyperparameter each method calls its step size (released default 20 for all four)
@@ -68,6 +69,9 @@ class Variant:
     options: dict[str, Any] = field(default_factory=dict)
     sweep: bool = False  # part of the step-size sweep (not the released defaults)
     calibrated: bool = False  # the step size chosen on the validation split (``attnlens bench calibrate``)
+    #: attention edits (``attnlens.testbed.scene_edits``: a named edit such as ``mask-gt`` or an intervention text),
+    #: resolved per prompt against its scene; the unguided model with these edits is one variant
+    edits: tuple[str, ...] = ()
 
 
 def heldout_prompts(n: int, seed: int = 0, sizes: bool = False, limit: int = 20000, split: str = "all",
@@ -103,9 +107,11 @@ def _fmt_factor(x: float) -> str:
 
 def bench_variants(methods: Sequence[str] = METHODS, sweep: Sequence[float] = (0.25, 4.0),
                    overrides: dict[str, dict[str, Any]] | None = None,
-                   calibrated: dict[str, float] | None = None) -> list[Variant]:
+                   calibrated: dict[str, float] | None = None,
+                   interventions: Sequence[str] = ()) -> list[Variant]:
     """Released defaults for every method, then each method's calibrated step size (``calibrated``: method →
-    factor, from ``attnlens bench calibrate``), then, for each guided method, its step size × every ``sweep`` factor.
+    factor, from ``attnlens bench calibrate``), then, for each guided method, its step size × every ``sweep`` factor,
+    then the unguided model with each of ``interventions`` (label ``none + TEXT``; :mod:`.scene_edits`).
 
     ``overrides`` (method → options) applies to every variant of that method (e.g. a refinement cap).
     Labels: ``syngen`` (defaults), ``syngen step_size=5`` (sweep or calibrated: the same value is the same run)."""
@@ -140,6 +146,10 @@ def bench_variants(methods: Sequence[str] = METHODS, sweep: Sequence[float] = (0
             for f in sweep:
                 if float(f) != 1.0:
                     add(m, f, sweep=True)
+    for text in interventions:
+        check_edit(text)
+        label = f"none + {' '.join(text.split())}"
+        out[label] = Variant(label, "none", {}, edits=(text,))
     return list(out.values())
 
 
@@ -171,10 +181,16 @@ def existing_run(root: Path, variant: Variant, prompt: str, seed: int, *, steps:
     already there (``attnlens.sweep.reusable``)."""
 
     path = run_path(root, prompt, run_name(variant.method, label=variant.label), seed)
-    options = json.loads(json.dumps(variant.options))
     return path, reusable(path, prompt=prompt, seed=seed, method=variant.method, steps=steps,
-                          settings={"guidance_scale": guidance_scale, "bench_options": options,
-                                    "label": variant.label})
+                          settings={"guidance_scale": guidance_scale, **_bench_settings(variant)})
+
+
+def _bench_settings(variant: Variant) -> dict[str, Any]:
+    """What a benchmark run's manifest records of its variant (and what its reuse compares)."""
+    settings = {"bench_options": json.loads(json.dumps(variant.options)), "label": variant.label}
+    if variant.edits:  # only then: runs recorded before edits existed stay reusable
+        settings["bench_edits"] = list(variant.edits)
+    return settings
 
 
 def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *, steps: int, guidance_scale: float,
@@ -185,11 +201,11 @@ def record_variant(pipe, root: Path, variant: Variant, prompt: str, seed: int, *
     path, done = existing_run(root, variant, prompt, seed, steps=steps, guidance_scale=guidance_scale)
     if done and not rerecord:
         return path, False
-    options = json.loads(json.dumps(variant.options))
+    edits = [t for text in variant.edits
+             for t in edit_texts(text, scene_of(prompt) if is_named(text) else None)] or None
     sample(pipe, prompt, method=variant.method, method_options=variant.options, seed=seed, out=path,
-                    num_inference_steps=steps, guidance_scale=guidance_scale, overwrite=True,
-                    manifest={"label": variant.label, "bench_options": options, "model_id": model_id,
-                              "bench": "binding"})
+           num_inference_steps=steps, guidance_scale=guidance_scale, overwrite=True, interventions=edits,
+           manifest={**_bench_settings(variant), "model_id": model_id, "bench": "binding"})
     return path, True
 
 
@@ -328,6 +344,7 @@ def run_binding_bench(
     split: str = "all",
     calibrated: dict[str, float] | None = None,
     skip_prompts: int = 0,
+    interventions: Sequence[str] = (),
 ) -> BenchResult:
     """Run the binding benchmark into ``out`` (see the module docstring); resumable.
 
@@ -337,7 +354,9 @@ def run_binding_bench(
     released defaults on many prompts and a step-size sweep on a subset). ``split``: which held-out prompts an int
     ``prompts`` takes (``all``, ``val``, ``test``: :mod:`attnlens.testbed.protocol`); ``calibrated`` (method →
     step-size factor, :func:`attnlens.testbed.protocol.read_calibration`) adds each method at its calibrated value;
-    ``skip_prompts``: an int ``prompts`` starts after that many prompts of the split.
+    ``skip_prompts``: an int ``prompts`` starts after that many prompts of the split. ``interventions`` adds the
+    unguided model with each attention edit as a variant (``mask-gt``, ``copy-noun``, ``swap-colours`` with
+    options, or an intervention text: :mod:`attnlens.testbed.scene_edits`), e.g. the ground-truth-box upper bound.
     """
     import pandas as pd
 
@@ -356,7 +375,10 @@ def run_binding_bench(
     seeds = [int(s) for s in seeds]
     if not prompt_list or not seeds:
         raise AttnlensError("nothing to run: no prompts or no seeds")
-    variants = bench_variants(methods, sweep, overrides, calibrated)
+    variants = bench_variants(methods, sweep, overrides, calibrated, interventions)
+    if any(is_named(t) for v in variants for t in v.edits):
+        for p in prompt_list:  # every prompt needs its scene (the boxes, the colours) before anything is recorded
+            scene_of(p)
     model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "pipe")
     pipe = load_pipeline(model) if isinstance(model, str) else model
     jobs = [(v, p, s) for p in prompt_list for s in seeds for v in variants]

@@ -190,3 +190,54 @@ def test_cli_bench_progress_bar_counts_runs_to_record_and_only_on_a_terminal(tmp
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code, out, err = run_cli(*args, "--method", "syngen-entropy")  # a terminal: the bar counts what is left to record
     assert code == 0 and "binding bench (2 of 3 runs reused)" in err and "1/1" in err, err
+
+
+def test_bench_intervention_variants_edit_each_prompt_against_its_own_scene(tiny_pipe, tmp_path):
+    """`--intervene mask-gt` is the unguided model with each object's words masked to that prompt's ground-truth
+    boxes: the boxes come from the caption's own scene, the maps are zero outside them, a literal intervention text
+    applies as written, and a second benchmark reuses the runs."""
+    from attnlens import open_run
+    from attnlens.testbed.scene_edits import scene_of
+
+    prompts = heldout_prompts(2)
+    kw = dict(prompts=prompts, seeds=[0], methods=["none"], sweep=[], steps=2, analyse=False, n_boot=50,
+              progress=False, log=lambda s: None, interventions=["mask-gt", "swap-colours steps=0:1", "ablate and"])
+    res = run_binding_bench(tiny_pipe, tmp_path, **kw)
+    o = res.outcomes
+    assert set(o["variant"]) == {"none", "none + mask-gt", "none + swap-colours steps=0:1", "none + ablate and"}
+    assert res.recorded == 8
+    for p in prompts:
+        scene = scene_of(p)
+        run = open_run(o[(o["variant"] == "none + mask-gt") & (o["prompt"] == p)]["run"].iloc[0])
+        edits = run.manifest["interventions"]
+        assert [e["op"] for e in edits] == ["mask", "mask"]
+        for e, obj in zip(edits, scene.objects):
+            assert e["tokens"] == [obj.colour, obj.shape]
+            np.testing.assert_allclose(e["box"], [v / scene.image_size for v in obj.bbox], atol=1e-3)
+        colour = run.token_positions(scene.objects[0].colour)[0]
+        r0, c0, r1, c1 = (v / scene.image_size for v in scene.objects[0].bbox)
+        for layer in run.layers:
+            m = run.maps(layer, 0)[0, :, colour]  # (head, y, x)
+            h, w = m.shape[-2:]
+            # cells that do not overlap the box at all (cells on its edge keep the part inside)
+            rows = (np.arange(h + 1) / h)
+            cols = (np.arange(w + 1) / w)
+            out_r = (rows[1:] <= r0) | (rows[:-1] >= r1)
+            out_c = (cols[1:] <= c0) | (cols[:-1] >= c1)
+            outside = out_r[:, None] | out_c[None, :]
+            assert outside.any()
+            assert (m[:, outside] == 0).all() and m.sum() > 0
+        swap = open_run(o[(o["variant"] == "none + swap-colours steps=0:1") & (o["prompt"] == p)]["run"].iloc[0])
+        colours = [obj.colour for obj in scene.objects]
+        assert swap.manifest["interventions"][0]["tokens"] == colours
+        assert swap.manifest["interventions"][0]["steps"] in ("0:1", [0])
+    again = run_binding_bench(tiny_pipe, tmp_path, **kw)
+    assert again.recorded == 0 and again.reused == 8
+
+
+def test_cli_bench_refuses_a_bad_intervention_before_recording(tmp_path, run_cli):
+    for bad, words in (("mask-gt colour=red", "takes only"), ("frobnicate red", "unknown intervention")):
+        code, out, err = run_cli("bench", "binding", "--prompts", "1", "--seeds", "0", "--intervene", bad,
+                                 "--out", tmp_path / "b")
+        assert code == 2 and words in err and "Traceback" not in err, err
+        assert not (tmp_path / "b").exists()
