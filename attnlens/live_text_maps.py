@@ -38,6 +38,7 @@ import torch
 
 from .adapters import FAMILY_DEFAULTS, adapter_for
 from .errors import ConfigError
+from .recording.dit import dit_sites, processor_kind, query_keys
 
 #: family → (site name prefix, site name suffix)
 SITES = {"sd3": ("transformer_blocks.", ".attn"), "flux": ("transformer_blocks.", ".attn"),
@@ -45,54 +46,22 @@ SITES = {"sd3": ("transformer_blocks.", ".attn"), "flux": ("transformer_blocks."
 
 
 def text_sites(net, family: str) -> dict[str, Any]:
-    """``{module path: attention module}`` of the sites of a transformer denoiser, in block order."""
+    """``{module path: attention module}`` of the guidance sites of a transformer denoiser, in block order: the
+    recorder's sites (:func:`attnlens.recording.dit.dit_sites`) with the prefix of :data:`SITES`."""
     prefix, suffix = SITES[family]
-    found = {n: m for n, m in net.named_modules()
-             if n.startswith(prefix) and n.endswith(suffix) and n.count(".") == 2 and hasattr(m, "processor")}
-    return {n: found[n] for n in sorted(found, key=lambda n: int(n.split(".")[1]))}
+    return {n: m for n, m in dit_sites(net, family).items() if n.startswith(prefix) and n.endswith(suffix)}
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(b, n, heads·d) → (b, heads, n, d)."""
-    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
-
-
-def image_text_probs(family: str, attn, hidden_states, encoder_hidden_states, attention_mask=None,
-                     image_rotary_emb=None) -> tuple[torch.Tensor, int]:
+def site_scores_probs(kind: str, attn, hidden_states, encoder_hidden_states, attention_mask=None,
+                      image_rotary_emb=None) -> tuple[torch.Tensor, int]:
     """The softmax over every key of each image query, ``(b, heads, N_image, K)``, and the index of the first text
-    key; computed as the family's processor computes its scores (same projections, norms, rotary embedding)."""
-    if family == "sd3":  # JointAttnProcessor2_0: keys [image; text]
-        q, k = _split_heads(attn.to_q(hidden_states), attn.heads), _split_heads(attn.to_k(hidden_states), attn.heads)
-        ek = _split_heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
-        q = attn.norm_q(q) if attn.norm_q is not None else q
-        k = attn.norm_k(k) if attn.norm_k is not None else k
-        ek = attn.norm_added_k(ek) if attn.norm_added_k is not None else ek
-        keys, first = torch.cat([k, ek], dim=2), k.shape[2]
-        mask = None
-    elif family == "flux":  # FluxAttnProcessor (double stream): keys [text; image], rotary on both
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        n_text = encoder_hidden_states.shape[1]
-        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        q, keys = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1)
-        if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-            keys = apply_rotary_emb(keys, image_rotary_emb, sequence_dim=1)
-        q, keys, first = q[:, n_text:].transpose(1, 2), keys.transpose(1, 2), 0
-        mask = None
-    else:  # PixArt-Σ cross-attention (AttnProcessor2_0): keys = text, padding masked
-        q = _split_heads(attn.to_q(hidden_states), attn.heads)
-        keys = _split_heads(attn.to_k(encoder_hidden_states), attn.heads)
-        first, mask = 0, None
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, keys.shape[2], q.shape[0])
-            mask = mask.view(q.shape[0], attn.heads, -1, mask.shape[-1])
+    key. The queries, keys and mask come from :func:`attnlens.recording.dit.query_keys` (the one place that knows
+    each family's projections, norms and rotary embedding); the scores are ``q·kᵀ·d^-½ + mask`` in float32."""
+    q, keys, first, mask = query_keys(kind, attn, hidden_states, encoder_hidden_states, attention_mask,
+                                      image_rotary_emb, encoder_hidden_states.shape[1])
     scores = q.float() @ keys.float().transpose(-1, -2) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores + mask.float()
+    if mask is not None:  # (b·heads, 1, K) as the processors prepare it
+        scores = scores + mask.view(q.shape[0], q.shape[1], -1, mask.shape[-1]).float()
     return scores.softmax(dim=-1), first
 
 
@@ -127,8 +96,8 @@ class _Site:
         owner = self.owner
         if owner.phase == "guidance" and self.name in owner.need_live and encoder_hidden_states is not None:
             rotary = kwargs.get("image_rotary_emb", args[0] if args else None)
-            probs, first = image_text_probs(owner.family, attn, hidden_states, encoder_hidden_states,
-                                            attention_mask, rotary)
+            probs, first = site_scores_probs(processor_kind(owner.family, self.name, self.original), attn,
+                                             hidden_states, encoder_hidden_states, attention_mask, rotary)
             owner.live_maps[self.name] = text_maps(probs[0], first + owner.text_offset,
                                                    owner.text_length(encoder_hidden_states), owner.text == "t5",
                                                    owner.grid())
