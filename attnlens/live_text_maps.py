@@ -1,7 +1,7 @@
 """Live (autograd-connected) image → text attention maps of the transformer families, for guidance losses.
 
 The guided sampler reads a method's maps from ``recorder.live_maps`` during a guidance forward. For SD 1.x/2.x and
-SDXL the recorder (:mod:`attnlens.recording`) provides them. For SD3, Flux and PixArt-Σ this module provides the
+SDXL the recorder (:mod:`attnlens.recording`) provides them. For SD3, Flux, PixArt-Σ and Sana this module provides the
 same interface (``context``, ``need_live``, ``live_maps``, ``resolutions``, ``latent_hw`` and the recorder's
 storage calls) so that every method runs on them. Storage is the recorder's job: given an entered ``Recorder`` as
 ``store``, the storage calls and step contexts go to it (it records the maps of its own configuration, guidance
@@ -12,7 +12,8 @@ Sites (module paths, as the recorder names them):
 * SD3: ``transformer_blocks.<i>.attn`` — joint attention over ``[image; CLIP (77); T5]`` keys;
 * Flux: ``transformer_blocks.<i>.attn`` — the double-stream blocks, joint attention over ``[T5; image]`` keys with
   the rotary embedding (the single-stream blocks are not used by default);
-* PixArt-Σ: ``transformer_blocks.<i>.attn2`` — cross-attention over the T5 keys (padding masked).
+* PixArt-Σ: ``transformer_blocks.<i>.attn2`` — cross-attention over the T5 keys (padding masked);
+* Sana: ``transformer_blocks.<i>.attn2`` — cross-attention over the Gemma keys (padding masked).
 
 What a method receives, per site: ``(heads, h, w, T)`` with the text positions of the family's encoder
 (:data:`attnlens.adapters.FAMILY_DEFAULTS`, ``text``): the softmax over **all** keys, sliced to that encoder's text
@@ -23,7 +24,11 @@ cross-attention:
 
 For CLIP (SD3) ``T = 77`` and position ``j`` is CLIP position ``j`` (``<sot>`` at 0), as the parse counts. For T5
 (Flux, PixArt-Σ), which has no start token, an empty column is put first, so T5 piece ``k`` sits at position ``k + 1``
-— the position a parse made with the T5 tokenizer gives it.
+— the position a parse made with the T5 tokenizer gives it. For Gemma (Sana) the pipeline reads instruction +
+prompt and keeps the first and the last ``n − 1`` positions, so a prompt piece may sit one column later than a parse
+of the prompt alone puts it; the maps take the columns of :meth:`attnlens.adapters.SanaAdapter.text_columns`, which
+put every piece at its parse position (``<bos>`` at 0, piece ``k`` at ``k + 1``); they come from the prompt: the
+sampler calls :meth:`LiveTextMaps.set_prompt` before the first guidance forward.
 
 The output of every attention call is the original processor's own (it is called first); the probabilities are
 computed beside it, only for the sites a method asked for and only in the guidance phase.
@@ -37,12 +42,14 @@ from typing import Any
 import torch
 
 from .adapters import FAMILY_DEFAULTS, adapter_for
-from .errors import ConfigError
+from .errors import BadOption, ConfigError
 from .recording.dit import dit_sites, processor_kind, query_keys
 
 #: family → (site name prefix, site name suffix)
 SITES = {"sd3": ("transformer_blocks.", ".attn"), "flux": ("transformer_blocks.", ".attn"),
-         "pixart": ("transformer_blocks.", ".attn2")}
+         "pixart": ("transformer_blocks.", ".attn2"), "sana": ("transformer_blocks.", ".attn2")}
+#: family → the text positions its guidance maps can use (the default is FAMILY_DEFAULTS[family].text)
+TEXTS = {"sd3": ("clip", "t5"), "flux": ("t5",), "pixart": ("t5",), "sana": ("gemma",)}
 
 
 def text_sites(net, family: str) -> dict[str, Any]:
@@ -98,22 +105,21 @@ class _Site:
             rotary = kwargs.get("image_rotary_emb", args[0] if args else None)
             probs, first = site_scores_probs(processor_kind(owner.family, self.name, self.original), attn,
                                              hidden_states, encoder_hidden_states, attention_mask, rotary)
-            owner.live_maps[self.name] = text_maps(probs[0], first + owner.text_offset,
-                                                   owner.text_length(encoder_hidden_states), owner.text == "t5",
-                                                   owner.grid())
+            owner.live_maps[self.name] = owner.maps_of(probs[0], first, encoder_hidden_states.shape[1])
         return out
 
 
 class LiveTextMaps:
-    """Live maps of SD3 / Flux / PixArt-Σ for guidance, with the recorder's interface and no storage.
+    """Live maps of SD3 / Flux / PixArt-Σ / Sana for guidance, with the recorder's interface and no storage.
 
     Use as a context manager around ``guided_sample(pipe, ..., recorder=maps)``; the original processors (the same
     objects) are put back on exit, also when the body raises. With a recorder, enter it first
     (``with attnlens.record(pipe, out) as rec, LiveTextMaps(pipe, store=rec) as maps``).
 
     Args:
-        pipe: a ``StableDiffusion3Pipeline``, ``FluxPipeline`` or ``PixArtSigmaPipeline``.
-        text (`str`, *optional*): ``clip`` (SD3 only) or ``t5``; the family's default if None.
+        pipe: a ``StableDiffusion3Pipeline``, ``FluxPipeline``, ``PixArtSigmaPipeline`` or ``SanaPipeline``.
+        text (`str`, *optional*): SD3: ``clip`` or ``t5``; Flux, PixArt-Σ: ``t5``; Sana: ``gemma``;
+            the family's default (:data:`attnlens.adapters.FAMILY_DEFAULTS`) if None.
         store (`Recorder`, *optional*): an entered recorder that stores the run.
     """
 
@@ -125,8 +131,9 @@ class LiveTextMaps:
             raise ConfigError(f"LiveTextMaps serves the transformer families {sorted(SITES)}, not {self.family}",
                               hint="SD 1.x/2.x and SDXL: use attnlens.record(pipe, None)")
         self.text = text or FAMILY_DEFAULTS[self.family].text
-        if self.text == "clip" and self.family != "sd3":
-            raise ConfigError(f"{self.family} attends to T5 pieces only", hint="use text='t5'")
+        if self.text not in TEXTS[self.family]:
+            raise BadOption(f"guidance text '{self.text}' is not available on {self.family}",
+                            hint=f"{self.family} attends to: {', '.join(TEXTS[self.family])}")
         self.net = self.adapter.denoiser
         self.sites = text_sites(self.net, self.family)
         self._originals: dict[str, Any] = {}
@@ -135,14 +142,26 @@ class LiveTextMaps:
         self.phase, self.step, self.iteration = "sample", -1, 0
         self.latent_hw: tuple[int, int] | None = None
         self._n_steps = 0
-        # SD3's text keys are [CLIP (77); T5]: T5 starts after the CLIP block
-        self.text_offset = 77 if (self.family == "sd3" and self.text == "t5") else 0
+        self.columns: list[int] | None = None  # Sana: the key column of each map position (set_prompt)
 
-    def text_length(self, encoder_hidden_states: torch.Tensor) -> int:
-        n = encoder_hidden_states.shape[1]
-        if self.family == "sd3":
-            return 77 if self.text == "clip" else n - 77
-        return n
+    def set_prompt(self, prompt: str) -> None:
+        """What the layout needs from the prompt (Sana's columns); the sampler calls it before the first guidance
+        forward."""
+        if self.family == "sana":
+            self.columns = self.adapter.text_columns(prompt)
+
+    def maps_of(self, probs: torch.Tensor, first: int, n_text: int) -> torch.Tensor:
+        """One sample's ``(heads, h, w, T)`` maps from its ``(heads, N, K)`` probabilities (module docstring)."""
+        hw = self.grid()
+        if self.family == "sana":
+            if self.columns is None:
+                raise ConfigError("Sana's live maps need the prompt (call set_prompt first)")
+            return text_maps(probs, first, n_text, False, hw)[..., self.columns]
+        if self.family != "sd3":
+            return text_maps(probs, first, n_text, True, hw)
+        if self.text == "clip":
+            return text_maps(probs, first, 77, False, hw)
+        return text_maps(probs, first + 77, n_text - 77, True, hw)
 
     def grid(self) -> tuple[int, int]:
         if self.latent_hw is None:

@@ -1,6 +1,6 @@
 """The guided sampler: one readable denoising loop over a pipeline's components that any guidance method plugs into.
 
-One loop serves every family (SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ); what differs between them (prompt encoding,
+One loop serves every family (SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ, Sana); what differs between them (prompt encoding,
 latent preparation, ``scheduler.set_timesteps``, the denoiser's forward with or without classifier-free guidance,
 ``scheduler.step``, decoding) is the family's adapter (:mod:`attnlens.adapters`), which follows its diffusers
 pipeline's ``__call__`` (diffusers 0.3x–0.42). Before the sampling forward of every step that the method's ``plan``
@@ -24,7 +24,7 @@ attention explicitly, self-attention included, on every call).
 
 With ``method="none"`` the loop performs exactly the operations of ``pipe(...)``, so latents are bit-identical to
 a plain pipeline call with the same generator. The live maps come from the recorder (UNet families) or from
-:class:`attnlens.live_text_maps.LiveTextMaps` (SD3, Flux, PixArt-Σ).
+:class:`attnlens.live_text_maps.LiveTextMaps` (SD3, Flux, PixArt-Σ, Sana).
 """
 
 from __future__ import annotations
@@ -197,6 +197,8 @@ def guided_sample(
         recorder.latent_hw = adapter.latent_hw(latents)
         recorder.n_steps = n
         recorder.set_batch_layout(do_cfg)
+        if hasattr(recorder, "set_prompt"):  # LiveTextMaps: Sana's key columns, SD3's CLIP ↔ T5 alignment
+            recorder.set_prompt(prompt)
         if guided:
             recorder.need_live = set(method.layers(recorder.resolutions()))
             self_layers = method.self_attention_layers(recorder.resolutions())
