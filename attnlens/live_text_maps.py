@@ -27,8 +27,9 @@ For CLIP (SD3) ``T = 77`` and position ``j`` is CLIP position ``j`` (``<sot>`` a
 — the position a parse made with the T5 tokenizer gives it. For Gemma (Sana) the pipeline reads instruction +
 prompt and keeps the first and the last ``n − 1`` positions, so a prompt piece may sit one column later than a parse
 of the prompt alone puts it; the maps take the columns of :meth:`attnlens.adapters.SanaAdapter.text_columns`, which
-put every piece at its parse position (``<bos>`` at 0, piece ``k`` at ``k + 1``); they come from the prompt: the
-sampler calls :meth:`LiveTextMaps.set_prompt` before the first guidance forward.
+put every piece at its parse position (``<bos>`` at 0, piece ``k`` at ``k + 1``). SD3's ``both`` (the mean of the
+CLIP and the T5 maps, on the CLIP positions) is :func:`both_maps`. Sana's columns and SD3's CLIP ↔ T5 alignment come
+from the prompt: the sampler calls :meth:`LiveTextMaps.set_prompt` before the first guidance forward.
 
 The output of every attention call is the original processor's own (it is called first); the probabilities are
 computed beside it, only for the sites a method asked for and only in the guidance phase.
@@ -44,12 +45,28 @@ import torch
 from .adapters import FAMILY_DEFAULTS, adapter_for
 from .errors import BadOption, ConfigError
 from .recording.dit import dit_sites, processor_kind, query_keys
+from .textctx import piece_spans
 
 #: family → (site name prefix, site name suffix)
 SITES = {"sd3": ("transformer_blocks.", ".attn"), "flux": ("transformer_blocks.", ".attn"),
          "pixart": ("transformer_blocks.", ".attn2"), "sana": ("transformer_blocks.", ".attn2")}
 #: family → the text positions its guidance maps can use (the default is FAMILY_DEFAULTS[family].text)
-TEXTS = {"sd3": ("clip", "t5"), "flux": ("t5",), "pixart": ("t5",), "sana": ("gemma",)}
+TEXTS = {"sd3": ("clip", "t5", "both"), "flux": ("t5",), "pixart": ("t5",), "sana": ("gemma",)}
+
+
+def check_guide_text(family: str, text: str | None) -> str | None:
+    """``text`` if the guidance maps of ``family`` can use it (None: the family's default), else a ``BadOption``
+    that says what can: only SD3 attends to two encoders, so only SD3 has a choice (``clip``, ``t5``, ``both``)."""
+    if text is None:
+        return None
+    if family not in TEXTS:
+        raise BadOption(f"guide text '{text}' is for SD3 (CLIP and T5 keys); {family} guidance reads its CLIP "
+                        "positions only", hint="leave out --guide-text for this model")
+    if text not in TEXTS[family]:
+        hint = ("SD3: clip | t5 | both" if family == "sd3" else
+                f"{family} attends to {TEXTS[family][0]} pieces only: leave out --guide-text")
+        raise BadOption(f"guide text '{text}' is not available on {family}", hint=hint)
+    return text
 
 
 def text_sites(net, family: str) -> dict[str, Any]:
@@ -91,6 +108,39 @@ def text_maps(probs: torch.Tensor, first: int, length: int, lead_zero: bool, hw:
     return t.reshape(t.shape[0], hw[0], hw[1], t.shape[-1])
 
 
+def clip_t5_weights(prompt: str, clip_tokenizer, t5_tokenizer, length: int = 77) -> torch.Tensor:
+    """``W (length, n)``: row ``j`` spreads CLIP position ``j`` (``<sot>`` at 0, as the parse counts) evenly over the
+    T5 pieces (0-based, in the order the T5 tokenizer gives them; ``n`` of them) whose characters overlap that CLIP
+    piece's characters in ``prompt``; rows of ``<sot>``, ``<eot>``, padding and pieces with no T5 counterpart are 0.
+    """
+    clip = clip_tokenizer.tokenize(prompt)[:length - 2]
+    t5 = t5_tokenizer.tokenize(prompt)
+    w = torch.zeros(length, len(t5))
+    t5_spans = piece_spans(prompt, t5)
+    for i, s in enumerate(piece_spans(prompt, clip)):
+        hits = [k for k, u in enumerate(t5_spans) if s is not None and u is not None and u[0] < s[1] and u[1] > s[0]]
+        if hits:
+            w[i + 1, hits] = 1.0 / len(hits)
+    return w
+
+
+def both_maps(clip: torch.Tensor, t5: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """SD3's ``both`` maps, on the CLIP positions: for a CLIP position ``j`` with T5 counterparts (``weights`` row
+    ``j`` ≠ 0, :func:`clip_t5_weights`), the mean of its CLIP map and of the mean map of its T5 pieces; any other
+    position keeps its CLIP map:
+
+        B[..., j] = ½ (C[..., j] + Σ_k W[j, k] · T[..., k])   if Σ_k W[j, k] > 0,   else C[..., j]
+
+    Shapes:
+        clip: ``(heads, h, w, 77)``; t5: ``(heads, h, w, n_t5)`` (T5 piece k at index k); weights: ``(77, n)`` with
+        ``n ≤ n_t5`` → ``(heads, h, w, 77)``.
+    """
+    w = weights.to(t5)
+    has = (w.sum(-1) > 0).to(clip.dtype)
+    mapped = t5[..., :w.shape[1]] @ w.T
+    return clip * (1 - has) + 0.5 * (clip + mapped) * has
+
+
 class _Site:
     """A processor around one site's original: the output is the original's; in the guidance phase, for a site a
     method needs, the image → text maps go to ``owner.live_maps``."""
@@ -118,7 +168,7 @@ class LiveTextMaps:
 
     Args:
         pipe: a ``StableDiffusion3Pipeline``, ``FluxPipeline``, ``PixArtSigmaPipeline`` or ``SanaPipeline``.
-        text (`str`, *optional*): SD3: ``clip`` or ``t5``; Flux, PixArt-Σ: ``t5``; Sana: ``gemma``;
+        text (`str`, *optional*): SD3: ``clip``, ``t5`` or ``both``; Flux, PixArt-Σ: ``t5``; Sana: ``gemma``;
             the family's default (:data:`attnlens.adapters.FAMILY_DEFAULTS`) if None.
         store (`Recorder`, *optional*): an entered recorder that stores the run.
     """
@@ -130,10 +180,7 @@ class LiveTextMaps:
         if self.family not in SITES:
             raise ConfigError(f"LiveTextMaps serves the transformer families {sorted(SITES)}, not {self.family}",
                               hint="SD 1.x/2.x and SDXL: use attnlens.record(pipe, None)")
-        self.text = text or FAMILY_DEFAULTS[self.family].text
-        if self.text not in TEXTS[self.family]:
-            raise BadOption(f"guidance text '{self.text}' is not available on {self.family}",
-                            hint=f"{self.family} attends to: {', '.join(TEXTS[self.family])}")
+        self.text = check_guide_text(self.family, text) or FAMILY_DEFAULTS[self.family].text
         self.net = self.adapter.denoiser
         self.sites = text_sites(self.net, self.family)
         self._originals: dict[str, Any] = {}
@@ -143,12 +190,15 @@ class LiveTextMaps:
         self.latent_hw: tuple[int, int] | None = None
         self._n_steps = 0
         self.columns: list[int] | None = None  # Sana: the key column of each map position (set_prompt)
+        self.t5_weights: torch.Tensor | None = None  # SD3 "both": (77, T5 pieces) mean weights (set_prompt)
 
     def set_prompt(self, prompt: str) -> None:
-        """What the layout needs from the prompt (Sana's columns); the sampler calls it before the first guidance
-        forward."""
+        """What the layout needs from the prompt (Sana's columns, SD3's CLIP ↔ T5 alignment for ``both``); the
+        sampler calls it before the first guidance forward."""
         if self.family == "sana":
             self.columns = self.adapter.text_columns(prompt)
+        elif self.text == "both":
+            self.t5_weights = clip_t5_weights(prompt, self.adapter.text_tokenizer, self.adapter.pipe.tokenizer_3)
 
     def maps_of(self, probs: torch.Tensor, first: int, n_text: int) -> torch.Tensor:
         """One sample's ``(heads, h, w, T)`` maps from its ``(heads, N, K)`` probabilities (module docstring)."""
@@ -159,9 +209,13 @@ class LiveTextMaps:
             return text_maps(probs, first, n_text, False, hw)[..., self.columns]
         if self.family != "sd3":
             return text_maps(probs, first, n_text, True, hw)
-        if self.text == "clip":
-            return text_maps(probs, first, 77, False, hw)
-        return text_maps(probs, first + 77, n_text - 77, True, hw)
+        clip = text_maps(probs, first, 77, False, hw) if self.text != "t5" else None
+        t5 = text_maps(probs, first + 77, n_text - 77, True, hw) if self.text != "clip" else None
+        if self.text != "both":
+            return clip if t5 is None else t5
+        if self.t5_weights is None:
+            raise ConfigError("SD3's 'both' maps need the prompt (call set_prompt first)")
+        return both_maps(clip, t5[..., 1:], self.t5_weights)
 
     def grid(self) -> tuple[int, int]:
         if self.latent_hw is None:

@@ -44,7 +44,7 @@ from .cost import LargeRunWarning, available_memory, check_run_cost, free_disk, 
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .interventions import Editor, Intervention, as_interventions
 from .live_text_maps import SITES as TEXT_MAP_FAMILIES
-from .live_text_maps import LiveTextMaps
+from .live_text_maps import LiveTextMaps, check_guide_text
 from .methods import GuidanceMethod, LossOutput, get_method
 from .models.registry import model_info
 from .models.shapes import unknown_words
@@ -351,6 +351,7 @@ def sample(
     progress: ProgressFn | None = None,
     manifest: dict[str, Any] | None = None,
     interventions: Sequence[Intervention | str | dict[str, Any]] | None = None,
+    guide_text: str | None = None,
 ) -> Run | SampleResult:
     """Parse, guide, sample and record one (prompt, seed): the library form of ``attnlens record``.
 
@@ -367,6 +368,9 @@ def sample(
         interventions (`list`, *optional*): edits of the cross-attention probabilities (``Intervention`` objects,
             their text forms such as ``"swap red blue steps=0:10 layers=res16"``, or dicts; docs/interventions.md),
             applied in the guidance and sampling forwards and listed in the manifest.
+        guide_text (`str`, *optional*): SD3 only: the text positions a method's words map to, ``clip`` (the
+            default), ``t5`` or ``both`` (the mean of a word's CLIP and T5 maps; docs/methods.md, "Families");
+            stored as the manifest's ``method.guide_text``. Other families refuse it.
 
     Returns:
         The opened ``Run`` when ``out`` is given, else the ``SampleResult``.
@@ -384,6 +388,7 @@ def sample(
                            height=height, width=width)
     prompt_info = check_prompt(prompt, pipe.tokenizer)
     adapter = adapter_for(pipe)
+    check_guide_text(adapter.family, guide_text)
     default_h, default_w = adapter.default_size()
     height, width = height or default_h, width or default_w
     unknown = unknown_words(model_info(pipe).get("id"), prompt)
@@ -416,7 +421,8 @@ def sample(
         "seed": seed,
         "steps": num_inference_steps,
         "guidance_scale": guidance_scale,
-        "method": {"name": m.name, "hyperparameters": m.hyperparameters()},
+        "method": {"name": m.name, "hyperparameters": m.hyperparameters(),
+                   **({"guide_text": guide_text} if guide_text else {})},
         "parse": parse.to_dict() if parse is not None else None,
         "bind": list(bind) if bind else None,
         "prompt_warnings": prompt_info.warnings,
@@ -448,7 +454,8 @@ def sample(
         if hook is not None:  # the method's processors first: the recorder wraps them, so maps stay the real ones
             hooks.enter_context(hook)
         hooks.enter_context(rec)
-        live = hooks.enter_context(LiveTextMaps(pipe, store=rec) if dit else contextlib.nullcontext(rec))
+        live = hooks.enter_context(LiveTextMaps(pipe, text=guide_text, store=rec) if dit else
+                                   contextlib.nullcontext(rec))
         rec.annotate(height=height, width=width)
         result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=live, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

@@ -13,6 +13,7 @@ import torch
 
 import attnlens
 from attnlens.adapters import adapter_for, pipeline_family
+from attnlens.errors import BadOption
 from attnlens.live_text_maps import SITES as TEXT_FAMILIES
 from attnlens.live_text_maps import LiveTextMaps
 from attnlens.methods.base import StepPlan
@@ -307,3 +308,47 @@ def test_sana_words_sit_where_the_parse_and_the_recording_put_them(sana_pipe, tm
         found = remap_positions(prompt, list(parse.pieces), [position], run.tokens[0], encoders)
         assert found == {"gemma": [position + 1]}  # the recorder keeps the lone ▁: one column later
         np.testing.assert_allclose(stored[position + 1], live[..., position].numpy(), rtol=2e-3, atol=1e-6)
+
+
+def _sd3_maps(pipe, text: str) -> dict[str, torch.Tensor]:
+    """The live maps of one guidance forward on SD3 (the same latent and step each call) with ``text``."""
+    adapter = adapter_for(pipe)
+    h, w = adapter.default_size()
+    cond = adapter.encode(PROMPT, None, False, h, w)
+    z, timesteps = adapter.prepare(cond, 4, h, w, torch.Generator().manual_seed(0))
+    method = _Capture()
+    with LiveTextMaps(pipe, text=text) as live:
+        live.latent_hw = adapter.latent_hw(z)
+        live.set_prompt(PROMPT)
+        live.need_live = set(method.layers(live.resolutions()))
+        guidance_forward(pipe, live, method, None, z, timesteps[0], cond, step=0, adapter=adapter)
+    return method.seen
+
+
+def test_sd3_both_is_the_mean_of_a_words_clip_and_t5_maps(sd3_pipe):
+    """``both``, on the CLIP positions: ½ (CLIP map + the mean of the word's T5 piece maps); positions without T5
+    pieces (``<sot>``, ``<eot>``, padding) keep the CLIP map."""
+    clip, t5, both = (_sd3_maps(sd3_pipe, text) for text in ("clip", "t5", "both"))
+    assert sd3_pipe.tokenizer.tokenize(PROMPT)[:3] == ["a</w>", "red</w>", "crown</w>"]
+    assert sd3_pipe.tokenizer_3.tokenize(PROMPT)[:5] == ["▁a", "▁red", "▁c", "row", "n"]
+    for layer in clip:
+        c, t, b = clip[layer], t5[layer], both[layer]  # t5: T5 piece k at k + 1
+        assert b.shape == c.shape
+        torch.testing.assert_close(b[..., 2], (c[..., 2] + t[..., 2]) / 2)  # red: CLIP 2, T5 piece 1
+        torch.testing.assert_close(b[..., 3], (c[..., 3] + t[..., 3:6].mean(-1)) / 2)  # crown: ▁c row n
+        torch.testing.assert_close(b[..., 0], c[..., 0])  # <sot>
+        torch.testing.assert_close(b[..., 20:], c[..., 20:])  # padding
+        assert not torch.allclose(b[..., 3], c[..., 3])
+
+
+@pytest.mark.parametrize("name", ["syngen", "attend-excite"])
+def test_sd3_guidance_on_both_encoders_lowers_its_loss(sd3_pipe, name):
+    losses = lowers_its_loss(sd3_pipe, name, text="both")
+    assert losses[-1] < losses[0], losses
+
+
+def test_guide_text_is_refused_where_it_has_no_choice(pixart_pipe, sd3_pipe):
+    with pytest.raises(BadOption, match="not available on pixart"):
+        attnlens.sample(pixart_pipe, PROMPT, method="syngen", guide_text="clip", num_inference_steps=1)
+    with pytest.raises(BadOption, match="not available on sd3"):
+        LiveTextMaps(sd3_pipe, text="gemma")
