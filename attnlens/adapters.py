@@ -384,17 +384,29 @@ class PixArtAdapter(FamilyAdapter):
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
 
+    #: the dtype of the initial latent (None: the text embedding's, as PixArt-Σ's pipeline makes it)
+    latent_dtype: ClassVar[torch.dtype | None] = None
+
+    def prompt_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of the pipeline's ``encode_prompt``."""
+        return {}
+
+    def added_cond(self) -> dict[str, Any]:
+        """Extra keyword arguments of the transformer (PixArt-Σ: no micro-conditions)."""
+        return {"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
     def encode(self, prompt, negative_prompt, cfg, height, width) -> Conditioning:
         with torch.no_grad():
             pe, mask, npe, nmask = self.pipe.encode_prompt(prompt, cfg, negative_prompt=negative_prompt or "",
                                                            num_images_per_prompt=1, device=self.device,
                                                            clean_caption=False,
-                                                           max_sequence_length=self.max_sequence_length)
-        extra = {"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+                                                           max_sequence_length=self.max_sequence_length,
+                                                           **self.prompt_kwargs())
+        extra = self.added_cond()
         cond = {"encoder_hidden_states": pe, "encoder_attention_mask": mask, **extra}
         batched = ({"encoder_hidden_states": torch.cat([npe, pe], dim=0),
                     "encoder_attention_mask": torch.cat([nmask, mask], dim=0), **extra} if cfg else cond)
-        return Conditioning(cond=cond, batched=batched, cfg=cfg, dtype=pe.dtype)
+        return Conditioning(cond=cond, batched=batched, cfg=cfg, dtype=self.latent_dtype or pe.dtype)
 
     def prepare(self, conditioning, n_steps, height, width, generator):
         pipe = self.pipe
@@ -431,31 +443,26 @@ class SanaAdapter(PixArtAdapter):
     decoding."""
 
     family = "sana"
+    latent_dtype = torch.float32
 
     def instruction(self) -> list[str]:
         """The pipeline's default ``complex_human_instruction`` (read from its ``__call__``, so it follows the
         installed diffusers)."""
         return list(inspect.signature(type(self.pipe).__call__).parameters["complex_human_instruction"].default)
 
-    def encode(self, prompt, negative_prompt, cfg, height, width) -> Conditioning:
-        with torch.no_grad():
-            pe, mask, npe, nmask = self.pipe.encode_prompt(prompt, cfg, negative_prompt=negative_prompt or "",
-                                                           num_images_per_prompt=1, device=self.device,
-                                                           clean_caption=False,
-                                                           max_sequence_length=self.max_sequence_length,
-                                                           complex_human_instruction=self.instruction())
-        cond = {"encoder_hidden_states": pe, "encoder_attention_mask": mask}
-        batched = ({"encoder_hidden_states": torch.cat([npe, pe], dim=0),
-                    "encoder_attention_mask": torch.cat([nmask, mask], dim=0)} if cfg else cond)
-        return Conditioning(cond=cond, batched=batched, cfg=cfg, dtype=torch.float32)
+    def prompt_kwargs(self) -> dict[str, Any]:
+        return {"complex_human_instruction": self.instruction()}
+
+    def added_cond(self) -> dict[str, Any]:
+        return {}
 
     def text_columns(self, prompt: str) -> list[int]:
         """The key column of each live-map position, so that a word sits where a parse with the Gemma tokenizer
         puts it (``<bos>`` at 0, prompt piece k at k + 1): 0 (``<bos>``); then for each piece of the prompt
         tokenised alone, the first kept column whose characters overlap the piece's (the pipeline tokenises
-        instruction + prompt, so the first piece may carry the instruction's trailing space, ``▁a`` for ``a``, or
-        follow a lone ``▁`` column: prompt piece k then sits at column k + 2); then every column after the last
-        prompt column (padding, masked). Columns of the instruction are left out."""
+        instruction + the lower-cased prompt, so the first piece may carry the instruction's trailing space, ``▁a``
+        for ``a``, or follow a lone ``▁`` column: prompt piece k then sits at column k + 2); then every column after
+        the last prompt column (padding, masked). Columns of the instruction are left out."""
         tok = self.pipe.tokenizer
         tok.padding_side = "right"
         chi = "\n".join(self.instruction())
@@ -476,14 +483,6 @@ class SanaAdapter(PixArtAdapter):
             columns.append(hit)
         return columns + list(range(columns[-1] + 1, n))
 
-    def prepare(self, conditioning, n_steps, height, width, generator):
-        pipe = self.pipe
-        pipe.scheduler.set_timesteps(n_steps, device=self.device)
-        latents = pipe.prepare_latents(1, pipe.transformer.config.in_channels, height, width, torch.float32,
-                                       self.device, generator)
-        conditioning.extra["step"] = pipe.prepare_extra_step_kwargs(generator, 0.0)
-        return latents, pipe.scheduler.timesteps
-
     def model_input(self, latents, t):
         return latents
 
@@ -494,11 +493,6 @@ class SanaAdapter(PixArtAdapter):
         kwargs = {**kwargs, "encoder_hidden_states": kwargs["encoder_hidden_states"].to(dtype=dtype)}
         return transformer(latents.to(dtype=dtype), **kwargs, timestep=timestep, return_dict=False,
                            attention_kwargs=None)[0].float()
-
-    def decode(self, latents, generator, height, width):
-        pipe = self.pipe
-        image = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 
 class _null:
