@@ -309,6 +309,15 @@ def check_interventions(pipe, edits: Sequence[Intervention], prompt: str, num_in
                 timesteps=[float(t) for t in pipe.scheduler.timesteps], model_id=model_info(pipe).get("id"))
 
 
+def check_method_family(method: GuidanceMethod, family: str) -> None:
+    """Refuse, with a one-line error naming the method and the family, a method that runs on UNet pipelines only
+    (``GuidanceMethod.unet_only``) on a transformer family (SD3, Flux, PixArt-Σ, Sana)."""
+    if method.unet_only and family not in ("sd", "sdxl"):
+        raise ConfigError(f"method '{method.name}' does not run on {family}: {method.unet_only}",
+                          hint="every other built-in method runs on this model (syngen, attend-excite, "
+                               "divide-bind, conform, ...); or use an SD 1.x/2.x or SDXL model")
+
+
 def live_maps_for(pipe) -> Recorder | LiveTextMaps:
     """What gives a guidance forward its live maps on ``pipe`` (not entered, no storage): the recorder for the UNet
     families, ``LiveTextMaps`` for SD3, Flux and PixArt-Σ."""
@@ -398,6 +407,7 @@ def sample(
         prompt_info.warnings.append(note)
         warnings.warn(note, stacklevel=2)
     m = method if isinstance(method, GuidanceMethod) else family_method(pipe, method, method_options, height, width)
+    check_method_family(m, adapter.family)
     parse = None
     if m.name != "none" or bind:
 

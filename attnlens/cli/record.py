@@ -164,7 +164,7 @@ def record(
     from ..recording import RecordingConfig
     from ..selection import parse_steps
     from ..cost import LargeRunWarning, available_memory, check_run_cost, free_disk, native_size, run_cost
-    from ..sampler import check_sampling_options, sample
+    from ..sampler import check_method_family, check_sampling_options, sample
     from ..tokens import check_prompt
     from ._app import quiet_model_loading
 
@@ -212,7 +212,9 @@ def record(
                                width=width)
     with err_console.status(f"loading {model} ..."), quiet_model_loading():
         pipe = load_pipeline(model, device=device, dtype=model_dtype)
-    check_guide_text(pipeline_family(pipe), guide_text)  # SD3 only: refused before any run folder is made
+    family = pipeline_family(pipe)  # refused before any run folder is made: a UNet-only method, --guide-text
+    check_method_family(get_method(method, **options), family)
+    check_guide_text(family, guide_text)
     for p in prompts:
         for w in check_prompt(p, pipe.tokenizer).warnings:
             warn(w)

@@ -1,6 +1,6 @@
 """The transformer families on the command line (issue 15): SD3's --guide-text (clip | t5 | both) round-trips
-through the manifest and the run's label; refused elsewhere before anything is written (exit 2, one line, no
-traceback, no run folder)."""
+through the manifest and the run's label; methods that need UNet layers are refused on a transformer before
+anything is written (exit 2, one line, no traceback, no run folder)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def test_guide_text_round_trips_through_the_manifest_and_the_label(run_cli, tmp_
     ("attnlens-tiny-pixart", ["--method", "syngen", "--guide-text", "clip"], ["guide text 'clip'", "pixart"]),
     ("attnlens-tiny", ["--method", "syngen", "--guide-text", "t5"], ["guide text 't5'", "sd"]),
     ("attnlens-tiny-sd3", ["--method", "syngen", "--guide-text", "gemma"], ["--guide-text 'gemma'"]),
+    ("attnlens-tiny-sd3", ["--method", "initno"], ["'initno'", "sd3", "self-attention"]),
+    ("attnlens-tiny-sana", ["--method", "initno"], ["'initno'", "sana"]),
+    ("attnlens-tiny-pixart", ["--method", "structured"], ["'structured'", "pixart"]),
+    ("attnlens-tiny-sd3", ["--method", "structured"], ["'structured'", "sd3"]),
 ])
 def test_refused_before_anything_is_written(run_cli, tmp_path, model, args, words):
     code, out, err = run_cli("record", PROMPT, "--model", model, "--n-steps", "2", *args, "--out", tmp_path / "runs")

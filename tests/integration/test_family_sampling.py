@@ -352,3 +352,15 @@ def test_guide_text_is_refused_where_it_has_no_choice(pixart_pipe, sd3_pipe):
         attnlens.sample(pixart_pipe, PROMPT, method="syngen", guide_text="clip", num_inference_steps=1)
     with pytest.raises(BadOption, match="not available on sd3"):
         LiveTextMaps(sd3_pipe, text="gemma")
+
+
+@pytest.mark.parametrize("name", ["conform", "ebama", "a-star", "predicated"])
+@pytest.mark.parametrize("fixture", ["sd3_pipe", "sana_pipe"])
+def test_the_other_cross_attention_methods_guide_the_transformers(request, fixture, name):
+    """The baselines that read cross-attention maps only run on the DiT layouts: finite losses, non-zero gradients,
+    and the latent moves (InitNO and Structured Diffusion need UNet layers and are refused: test_family_cli.py)."""
+    pipe = request.getfixturevalue(fixture)
+    result = attnlens.sample(pipe, PROMPT, method=name, seed=0, num_inference_steps=1)
+    assert result.log and all(np.isfinite(e["loss"]) and e["grad_norm"] > 0 for e in result.log), result.log
+    plain = guided_sample(pipe, PROMPT, seed=0, num_inference_steps=1)
+    assert not torch.equal(result.latents, plain.latents)
