@@ -411,7 +411,9 @@ def sample(
     parse = None
     if m.name != "none" or bind:
 
-        parse = parse_prompt(prompt_info.text, tokenizer=adapter.text_tokenizer, spacy_model=spacy_model, bind=bind,
+        # the pieces the loss's maps index: SD3 guided on T5 (--guide-text t5) is parsed with its T5 tokenizer
+        tokenizer = pipe.tokenizer_3 if guide_text == "t5" else adapter.text_tokenizer
+        parse = parse_prompt(prompt_info.text, tokenizer=tokenizer, spacy_model=spacy_model, bind=bind,
                              include_entities=include_entities)
         odd = suspicious_parse(parse) if m.name != "none" and not bind else None
         if odd:

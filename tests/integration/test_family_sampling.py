@@ -347,6 +347,23 @@ def test_sd3_guidance_on_both_encoders_lowers_its_loss(sd3_pipe, name):
     assert losses[-1] < losses[0], losses
 
 
+def test_sd3_guided_on_t5_is_parsed_with_the_t5_tokenizer(sd3_pipe):
+    """With guide_text="t5" the maps index T5 pieces (piece k at k + 1), so the parse is made of T5 pieces."""
+
+    class CaptureParse(_CaptureEveryStep):
+        def loss(self, maps, parse, i):
+            self.parse = parse
+            return super().loss(maps, parse, i)
+
+    method = CaptureParse()
+    attnlens.sample(sd3_pipe, PROMPT, method=method, guide_text="t5", num_inference_steps=1)
+    assert method.parse.pieces[1:3] == ("▁a", "▁red")
+    assert next(iter(method.seen.values())).shape[-1] == 1 + adapter_for(sd3_pipe).max_sequence_length  # empty, T5
+    clip = attnlens.sample(sd3_pipe, PROMPT, method="syngen", seed=0, num_inference_steps=1)
+    t5 = attnlens.sample(sd3_pipe, PROMPT, method="syngen", seed=0, num_inference_steps=1, guide_text="t5")
+    assert not torch.equal(clip.latents, t5.latents)  # the loss read other maps
+
+
 def test_guide_text_is_refused_where_it_has_no_choice(pixart_pipe, sd3_pipe):
     with pytest.raises(BadOption, match="not available on pixart"):
         attnlens.sample(pixart_pipe, PROMPT, method="syngen", guide_text="clip", num_inference_steps=1)
