@@ -17,6 +17,8 @@ family     pipeline                           what its adapter adds to the SD 1.
 ``flux``   ``FluxPipeline``                   no CFG (a guidance *embedding* instead), packed 2×2 latents,
                                               text/image position ids, dynamic shift of the schedule
 ``pixart`` ``PixArtSigmaPipeline``            T5 text with its attention mask, learned-sigma output halved
+``sana``   ``SanaPipeline``                   Gemma-2 text behind the pipeline's instruction, its mask,
+                                              ``timestep_scale``, float32 latents, ``AutoencoderDC``
 =========  =================================  ============================================================
 
 Conditioning is held in a :class:`Conditioning`: the keyword arguments of the denoiser for the conditional branch
@@ -29,6 +31,7 @@ are :func:`method_defaults`; docs/methods.md ("Families") says where each comes 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -37,7 +40,7 @@ import torch
 
 from .errors import ConfigError
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana")
 
 
 @dataclass
@@ -381,17 +384,29 @@ class PixArtAdapter(FamilyAdapter):
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
 
+    #: the dtype of the initial latent (None: the text embedding's, as PixArt-Σ's pipeline makes it)
+    latent_dtype: ClassVar[torch.dtype | None] = None
+
+    def prompt_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of the pipeline's ``encode_prompt``."""
+        return {}
+
+    def added_cond(self) -> dict[str, Any]:
+        """Extra keyword arguments of the transformer (PixArt-Σ: no micro-conditions)."""
+        return {"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
     def encode(self, prompt, negative_prompt, cfg, height, width) -> Conditioning:
         with torch.no_grad():
             pe, mask, npe, nmask = self.pipe.encode_prompt(prompt, cfg, negative_prompt=negative_prompt or "",
                                                            num_images_per_prompt=1, device=self.device,
                                                            clean_caption=False,
-                                                           max_sequence_length=self.max_sequence_length)
-        extra = {"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+                                                           max_sequence_length=self.max_sequence_length,
+                                                           **self.prompt_kwargs())
+        extra = self.added_cond()
         cond = {"encoder_hidden_states": pe, "encoder_attention_mask": mask, **extra}
         batched = ({"encoder_hidden_states": torch.cat([npe, pe], dim=0),
                     "encoder_attention_mask": torch.cat([nmask, mask], dim=0), **extra} if cfg else cond)
-        return Conditioning(cond=cond, batched=batched, cfg=cfg, dtype=pe.dtype)
+        return Conditioning(cond=cond, batched=batched, cfg=cfg, dtype=self.latent_dtype or pe.dtype)
 
     def prepare(self, conditioning, n_steps, height, width, generator):
         pipe = self.pipe
@@ -419,6 +434,67 @@ class PixArtAdapter(FamilyAdapter):
         return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 
+class SanaAdapter(PixArtAdapter):
+    """``SanaPipeline.__call__`` (without resolution binning): Gemma-2 text with its attention mask, the prompt
+    behind the pipeline's default ``complex_human_instruction`` (the encoder reads instruction + prompt; the
+    pipeline keeps the first position and the last ``max_sequence_length − 1``), the timestep times the
+    transformer's ``timestep_scale``, float32 latents (the transformer's dtype only for its call, its output back to
+    float32), the learned-sigma half dropped after CFG, the scheduler's extra step arguments, ``AutoencoderDC``
+    decoding."""
+
+    family = "sana"
+    latent_dtype = torch.float32
+
+    def instruction(self) -> list[str]:
+        """The pipeline's default ``complex_human_instruction`` (read from its ``__call__``, so it follows the
+        installed diffusers)."""
+        return list(inspect.signature(type(self.pipe).__call__).parameters["complex_human_instruction"].default)
+
+    def prompt_kwargs(self) -> dict[str, Any]:
+        return {"complex_human_instruction": self.instruction()}
+
+    def added_cond(self) -> dict[str, Any]:
+        return {}
+
+    def text_columns(self, prompt: str) -> list[int]:
+        """The key column of each live-map position, so that a word sits where a parse with the Gemma tokenizer
+        puts it (``<bos>`` at 0, prompt piece k at k + 1): 0 (``<bos>``); then for each piece of the prompt
+        tokenised alone, the first kept column whose characters overlap the piece's (the pipeline tokenises
+        instruction + the lower-cased prompt, so the first piece may carry the instruction's trailing space, ``▁a``
+        for ``a``, or follow a lone ``▁`` column: prompt piece k then sits at column k + 2); then every column after
+        the last prompt column (padding, masked). Columns of the instruction are left out."""
+        tok = self.pipe.tokenizer
+        tok.padding_side = "right"
+        chi = "\n".join(self.instruction())
+        n = self.max_sequence_length
+        length = len(tok.encode(chi)) + n - 2
+        text = self.pipe._text_preprocessing(prompt, clean_caption=False)[0]  # lower-cased and stripped
+        full = tok(chi + text, padding="max_length", max_length=length, truncation=True,
+                   return_offsets_mapping=True)["offset_mapping"]
+        kept = [full[0]] + list(full[len(full) - n + 1:])
+        shift = len(chi) - (len(prompt) - len(prompt.lstrip()))  # sequence characters → the prompt's
+        spans = [(a - shift, b - shift) for a, b in kept]
+        alone = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        columns = [0]
+        for a, b in alone:
+            hit = next((c for c, (x, y) in enumerate(spans) if c > 0 and y > x and x < b and y > a), None)
+            if hit is None:  # cut off by max_sequence_length: the rest of the prompt is not attended
+                break
+            columns.append(hit)
+        return columns + list(range(columns[-1] + 1, n))
+
+    def model_input(self, latents, t):
+        return latents
+
+    def call(self, latents, t, kwargs):
+        transformer = self.pipe.transformer
+        dtype = transformer.dtype
+        timestep = t.expand(latents.shape[0]) * transformer.config.timestep_scale
+        kwargs = {**kwargs, "encoder_hidden_states": kwargs["encoder_hidden_states"].to(dtype=dtype)}
+        return transformer(latents.to(dtype=dtype), **kwargs, timestep=timestep, return_dict=False,
+                           attention_kwargs=None)[0].float()
+
+
 class _null:
     def __enter__(self):
         return self
@@ -434,6 +510,7 @@ _BY_PIPELINE: dict[str, type[FamilyAdapter]] = {
     "StableDiffusion3Pipeline": SD3Adapter,
     "FluxPipeline": FluxAdapter,
     "PixArtSigmaPipeline": PixArtAdapter,
+    "SanaPipeline": SanaAdapter,
 }
 
 
@@ -472,7 +549,8 @@ class FamilyDefaults:
         resolution: ``"method"``: each method's own default (SD 1.x/2.x: 16, the released value); ``"coarsest"``:
             the side of the model's coarsest cross-attention maps (SDXL at 1024 px: 32, i.e. latent/4 as 16 is for
             SD 1.x at 512 px; the DiTs: the patch grid, where every block has the same size).
-        text: which text positions the words map to: ``clip`` (the 77 CLIP positions) or ``t5`` (the T5 pieces).
+        text: which text positions the words map to: ``clip`` (the 77 CLIP positions), ``t5`` (the T5 pieces) or
+            ``gemma`` (Sana: the Gemma pieces, see ``SanaAdapter.text_columns``).
         source: where the choice comes from (shown in docs/methods.md).
     """
 
@@ -491,6 +569,9 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
                                              "attention sees T5 pieces only"),
     "pixart": FamilyDefaults("coarsest", "t5", "attnlens: every cross-attention block at the patch grid; T5 pieces "
                                                "(PixArt-Σ's only text encoder)"),
+    "sana": FamilyDefaults("coarsest", "gemma", "attnlens (no released guidance port for Sana): every cross-attention "
+                                                "block at the patch grid; Gemma pieces at the positions of a parse "
+                                                "with the Gemma tokenizer"),
 }
 
 

@@ -1,6 +1,6 @@
 """The guided sampler: one readable denoising loop over a pipeline's components that any guidance method plugs into.
 
-One loop serves every family (SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ); what differs between them (prompt encoding,
+One loop serves every family (SD 1.x/2.x, SDXL, SD3, Flux, PixArt-Σ, Sana); what differs between them (prompt encoding,
 latent preparation, ``scheduler.set_timesteps``, the denoiser's forward with or without classifier-free guidance,
 ``scheduler.step``, decoding) is the family's adapter (:mod:`attnlens.adapters`), which follows its diffusers
 pipeline's ``__call__`` (diffusers 0.3x–0.42). Before the sampling forward of every step that the method's ``plan``
@@ -24,7 +24,7 @@ attention explicitly, self-attention included, on every call).
 
 With ``method="none"`` the loop performs exactly the operations of ``pipe(...)``, so latents are bit-identical to
 a plain pipeline call with the same generator. The live maps come from the recorder (UNet families) or from
-:class:`attnlens.live_text_maps.LiveTextMaps` (SD3, Flux, PixArt-Σ).
+:class:`attnlens.live_text_maps.LiveTextMaps` (SD3, Flux, PixArt-Σ, Sana).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .cost import LargeRunWarning, available_memory, check_run_cost, free_disk, 
 from .errors import AttnlensError, BadOption, ConfigError, EmptySelection
 from .interventions import Editor, Intervention, as_interventions
 from .live_text_maps import SITES as TEXT_MAP_FAMILIES
-from .live_text_maps import LiveTextMaps
+from .live_text_maps import LiveTextMaps, check_guide_text
 from .methods import GuidanceMethod, LossOutput, get_method
 from .models.registry import model_info
 from .models.shapes import unknown_words
@@ -197,6 +197,8 @@ def guided_sample(
         recorder.latent_hw = adapter.latent_hw(latents)
         recorder.n_steps = n
         recorder.set_batch_layout(do_cfg)
+        if hasattr(recorder, "set_prompt"):  # LiveTextMaps: Sana's key columns, SD3's CLIP ↔ T5 alignment
+            recorder.set_prompt(prompt)
         if guided:
             recorder.need_live = set(method.layers(recorder.resolutions()))
             self_layers = method.self_attention_layers(recorder.resolutions())
@@ -307,6 +309,15 @@ def check_interventions(pipe, edits: Sequence[Intervention], prompt: str, num_in
                 timesteps=[float(t) for t in pipe.scheduler.timesteps], model_id=model_info(pipe).get("id"))
 
 
+def check_method_family(method: GuidanceMethod, family: str) -> None:
+    """Refuse, with a one-line error naming the method and the family, a method that runs on UNet pipelines only
+    (``GuidanceMethod.unet_only``) on a transformer family (SD3, Flux, PixArt-Σ, Sana)."""
+    if method.unet_only and family not in ("sd", "sdxl"):
+        raise ConfigError(f"method '{method.name}' does not run on {family}: {method.unet_only}",
+                          hint="every other built-in method runs on this model (syngen, attend-excite, "
+                               "divide-bind, conform, ...); or use an SD 1.x/2.x or SDXL model")
+
+
 def live_maps_for(pipe) -> Recorder | LiveTextMaps:
     """What gives a guidance forward its live maps on ``pipe`` (not entered, no storage): the recorder for the UNet
     families, ``LiveTextMaps`` for SD3, Flux and PixArt-Σ."""
@@ -349,6 +360,7 @@ def sample(
     progress: ProgressFn | None = None,
     manifest: dict[str, Any] | None = None,
     interventions: Sequence[Intervention | str | dict[str, Any]] | None = None,
+    guide_text: str | None = None,
 ) -> Run | SampleResult:
     """Parse, guide, sample and record one (prompt, seed): the library form of ``attnlens record``.
 
@@ -365,6 +377,9 @@ def sample(
         interventions (`list`, *optional*): edits of the cross-attention probabilities (``Intervention`` objects,
             their text forms such as ``"swap red blue steps=0:10 layers=res16"``, or dicts; docs/interventions.md),
             applied in the guidance and sampling forwards and listed in the manifest.
+        guide_text (`str`, *optional*): SD3 only: the text positions a method's words map to, ``clip`` (the
+            default), ``t5`` or ``both`` (the mean of a word's CLIP and T5 maps; docs/methods.md, "Families");
+            stored as the manifest's ``method.guide_text``. Other families refuse it.
 
     Returns:
         The opened ``Run`` when ``out`` is given, else the ``SampleResult``.
@@ -382,6 +397,7 @@ def sample(
                            height=height, width=width)
     prompt_info = check_prompt(prompt, pipe.tokenizer)
     adapter = adapter_for(pipe)
+    check_guide_text(adapter.family, guide_text)
     default_h, default_w = adapter.default_size()
     height, width = height or default_h, width or default_w
     unknown = unknown_words(model_info(pipe).get("id"), prompt)
@@ -391,10 +407,13 @@ def sample(
         prompt_info.warnings.append(note)
         warnings.warn(note, stacklevel=2)
     m = method if isinstance(method, GuidanceMethod) else family_method(pipe, method, method_options, height, width)
+    check_method_family(m, adapter.family)
     parse = None
     if m.name != "none" or bind:
 
-        parse = parse_prompt(prompt_info.text, tokenizer=adapter.text_tokenizer, spacy_model=spacy_model, bind=bind,
+        # the pieces the loss's maps index: SD3 guided on T5 (--guide-text t5) is parsed with its T5 tokenizer
+        tokenizer = pipe.tokenizer_3 if guide_text == "t5" else adapter.text_tokenizer
+        parse = parse_prompt(prompt_info.text, tokenizer=tokenizer, spacy_model=spacy_model, bind=bind,
                              include_entities=include_entities)
         odd = suspicious_parse(parse) if m.name != "none" and not bind else None
         if odd:
@@ -414,7 +433,8 @@ def sample(
         "seed": seed,
         "steps": num_inference_steps,
         "guidance_scale": guidance_scale,
-        "method": {"name": m.name, "hyperparameters": m.hyperparameters()},
+        "method": {"name": m.name, "hyperparameters": m.hyperparameters(),
+                   **({"guide_text": guide_text} if guide_text else {})},
         "parse": parse.to_dict() if parse is not None else None,
         "bind": list(bind) if bind else None,
         "prompt_warnings": prompt_info.warnings,
@@ -446,7 +466,8 @@ def sample(
         if hook is not None:  # the method's processors first: the recorder wraps them, so maps stay the real ones
             hooks.enter_context(hook)
         hooks.enter_context(rec)
-        live = hooks.enter_context(LiveTextMaps(pipe, store=rec) if dit else contextlib.nullcontext(rec))
+        live = hooks.enter_context(LiveTextMaps(pipe, text=guide_text, store=rec) if dit else
+                                   contextlib.nullcontext(rec))
         rec.annotate(height=height, width=width)
         result = guided_sample(pipe, prompt_info.text, method=m, parse=parse, recorder=live, seed=seed,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

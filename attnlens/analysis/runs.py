@@ -31,7 +31,8 @@ def _fmt_value(v: Any) -> str:
 
 def variant_label(manifest: dict[str, Any]) -> str:
     """A run's variant: manifest ``label`` if present, else the method name plus the hyperparameters that differ
-    from the registered method's defaults, e.g. ``syngen(negative=False)``, then the interventions, if any:
+    from the registered method's defaults, e.g. ``syngen(negative=False)`` (SD3 runs guided on chosen text
+    positions: ``syngen[text=both]``), then the interventions, if any:
     ``none + swap(red,blue; steps 0:10; res16)``."""
     if manifest.get("label"):
         return str(manifest["label"])
@@ -43,9 +44,10 @@ def variant_label(manifest: dict[str, Any]) -> str:
 def _method_label(manifest: dict[str, Any]) -> str:
     method = manifest.get("method") or {}
     name = str(method.get("name") or "unknown")
+    text = f"[text={method['guide_text']}]" if method.get("guide_text") else ""  # SD3: syngen[text=both]
     hp = method.get("hyperparameters") or {}
     if not hp:
-        return name
+        return name + text
 
     defaults = None
     if name in available_methods():
@@ -55,11 +57,11 @@ def _method_label(manifest: dict[str, Any]) -> str:
             defaults = None
     if defaults is None:
         digest = hashlib.sha1(json.dumps(hp, sort_keys=True, default=str).encode()).hexdigest()[:6]
-        return f"{name}[{digest}]"
+        return f"{name}{text}[{digest}]"
     diff = {k: v for k, v in hp.items() if k not in defaults or defaults[k] != v}
     if not diff:
-        return name
-    return name + "(" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(diff.items())) + ")"
+        return name + text
+    return name + text + "(" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(diff.items())) + ")"
 
 
 def discover_runs(paths: Sequence[str | Path] | str | Path, partial: bool = False) -> tuple[list[Run], list[str]]:

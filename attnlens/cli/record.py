@@ -28,6 +28,8 @@ Examples:
 
   attnlens record "a red crown" --model CompVis/stable-diffusion-v1-4      # on a GPU
 
+  attnlens record "a red crown" --model stabilityai/stable-diffusion-3.5-medium --method syngen --guide-text both
+
 Interventions (docs/interventions.md) edit the cross-attention probabilities the layers use and record:
 
   attnlens record "a red circle and a blue square" --intervene "swap red blue steps=0:10 layers=res16"
@@ -42,7 +44,8 @@ Grammar: OP TOKEN... [steps=SEL] [layers=L,...] [phases=sample,guidance]; OP is 
 swap A B, copy SOURCE TARGET, mask WORD... box=r0,c0,r1,c1 (fractions or pixels), patch RUN. A run with
 interventions is written to OUT/<prompt-slug>/<method>+<interventions>-seed<N>.
 
-Each run is written to OUT/<prompt-slug>/<method>-seed<N>; `attnlens ls OUT` lists them. --n-steps is how many
+Each run is written to OUT/<prompt-slug>/<method>-seed<N> (<method>+text-<T>-seed<N> with --guide-text T);
+`attnlens ls OUT` lists them. --n-steps is how many
 denoising steps to run; --steps (as in analyze, compare and figure) selects which of them are recorded.
 """
 
@@ -116,6 +119,9 @@ def record(
                                     "a-star | predicated | initno | structured | path/to/file.py:function "
                                     "(docs/methods.md)"),
     method_option: list[str] = typer.Option([], "--method-option", "-O", help="Method hyperparameter KEY=VALUE (repeatable)."),
+    guide_text: Optional[str] = typer.Option(None, "--guide-text",
+                                             help="SD3 only: the text positions a method's words map to: clip "
+                                                  "(default) | t5 | both (the mean of a word's CLIP and T5 maps)."),
     seed: list[int] = typer.Option([], "--seed", "-s", help="Seed (repeatable); default 0."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="Text file with one prompt per line."),
     n_steps: int = typer.Option(50, "--n-steps", help="Number of denoising steps."),
@@ -151,12 +157,14 @@ def record(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    from ..adapters import pipeline_family
+    from ..live_text_maps import check_guide_text
     from ..models import load_pipeline
     from ..sweep import complete_run, run_name, sweep_paths
     from ..recording import RecordingConfig
     from ..selection import parse_steps
     from ..cost import LargeRunWarning, available_memory, check_run_cost, free_disk, native_size, run_cost
-    from ..sampler import check_sampling_options, sample
+    from ..sampler import check_method_family, check_sampling_options, sample
     from ..tokens import check_prompt
     from ._app import quiet_model_loading
 
@@ -177,8 +185,11 @@ def record(
     from ..sweep import slugify
 
     get_method(method, **options)  # validate before loading a model
+    if guide_text is not None and guide_text not in ("clip", "t5", "both"):
+        raise BadOption(f"unknown --guide-text '{guide_text}'", hint="choose one of: clip, t5, both (SD3 only)")
     edits = [parse_intervention(t) for t in intervene] + (read_spec_file(intervene_file) if intervene_file else [])
-    name = run_name(method) + (f"+{slugify(label_of(edits), limit=60)}" if edits else "")
+    name = run_name(method) + (f"+text-{guide_text}" if guide_text else "") + \
+        (f"+{slugify(label_of(edits), limit=60)}" if edits else "")
     from ..store import prepare_run_dir
     from ..store.remote import cache_path, is_url, join, publish_run
 
@@ -201,6 +212,9 @@ def record(
                                width=width)
     with err_console.status(f"loading {model} ..."), quiet_model_loading():
         pipe = load_pipeline(model, device=device, dtype=model_dtype)
+    family = pipeline_family(pipe)  # refused before any run folder is made: a UNet-only method, --guide-text
+    check_method_family(get_method(method, **options), family)
+    check_guide_text(family, guide_text)
     for p in prompts:
         for w in check_prompt(p, pipe.tokenizer).warnings:
             warn(w)
@@ -231,7 +245,7 @@ def record(
                                      width=width, spacy_model=spacy_model, bind=list(bind) or None,
                                      include_entities=include_entities, recording=config,
                                      overwrite=overwrite or remote, progress=tick, manifest={"model_id": model},
-                                     interventions=edits or None)
+                                     interventions=edits or None, guide_text=guide_text)
                 except BaseException:
                     progress.remove_task(task)  # a refused or failed run leaves its error line, not an empty bar
                     raise

@@ -67,6 +67,9 @@ class GuidanceMethod:
     """
 
     name: ClassVar[str] = "base"
+    #: why the method runs on UNet pipelines only (SD 1.x/2.x, SDXL), or None: the sampler refuses it on the
+    #: transformer families before anything is written
+    unet_only: ClassVar[str | None] = None
 
     @dataclass(frozen=True)
     class Config:

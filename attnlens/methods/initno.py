@@ -282,6 +282,8 @@ class InitNO(GuidanceMethod):
     Defaults are ``run_sd_initno.py``'s (the README's way to run it: ``run_sd=False``, guided sampling on).
     """
 
+    unet_only = "it reads the self-attention (attn1) maps of the UNet's cross-attention layers"
+
     @dataclass(frozen=True)
     class Config:
         scale_factor: float = 20.0

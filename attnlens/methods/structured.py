@@ -178,6 +178,7 @@ class Structured(GuidanceMethod):
     """
 
     needs_maps = False
+    unet_only = "it replaces the values of the UNet's attn2 cross-attention (a transformer has no such layers)"
 
     @dataclass(frozen=True)
     class Config:

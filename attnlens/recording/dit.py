@@ -59,6 +59,18 @@ def site_kind(family: str, name: str) -> str:
     return "cross"
 
 
+def processor_kind(family: str, name: str, processor: Any) -> str:
+    """How :func:`query_keys` computes the queries and keys of site ``name`` whose processor is ``processor``:
+    :func:`site_kind`, with ``sana`` for Sana's own processor (found also under wrappers that keep ``.original``)."""
+    return _kind(site_kind(family, name), processor)
+
+
+def _kind(kind: str, processor: Any) -> str:
+    while hasattr(processor, "original"):
+        processor = processor.original
+    return "sana" if kind == "cross" and type(processor).__name__.startswith("Sana") else kind
+
+
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(b, n, heads·d) → (b, heads, n, d)."""
     b, n, _ = x.shape
@@ -156,7 +168,7 @@ class DiTRecordingProcessor:
         self.name = name
         self.original = original
         # SanaAttnProcessor2_0 applies the q/k norms before splitting heads, the others after
-        self.kind = "sana" if kind == "cross" and type(original).__name__.startswith("Sana") else kind
+        self.kind = _kind(kind, original)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
                  *args, **kwargs):

@@ -13,7 +13,10 @@ import torch
 
 import attnlens
 from attnlens.adapters import adapter_for, pipeline_family
+from attnlens.errors import BadOption
+from attnlens.live_text_maps import SITES as TEXT_FAMILIES
 from attnlens.live_text_maps import LiveTextMaps
+from attnlens.methods.base import StepPlan
 from attnlens.parse import parse_prompt
 from attnlens.sampler import family_method, guidance_forward, guided_sample
 from conftest import PROMPT
@@ -104,6 +107,25 @@ def pixart_pipe():
                                text_encoder=_t5(), tokenizer=t5_tokenizer())
 
 
+@pytest.fixture(scope="module")
+def sana_pipe(tmp_path_factory):
+    from diffusers import SanaPipeline
+
+    from attnlens.models.families import build_sana
+
+    return SanaPipeline.from_pretrained(build_sana(tmp_path_factory.mktemp("sana")))
+
+
+@pytest.mark.parametrize("guidance_scale", [4.5, 1.0])
+def test_none_reproduces_sana_bit_for_bit(sana_pipe, guidance_scale):
+    """Gemma behind the default instruction, timestep_scale, float32 latents, AutoencoderDC (no resolution bins)."""
+    ours = guided_sample(sana_pipe, PROMPT, seed=0, num_inference_steps=2, guidance_scale=guidance_scale)
+    theirs = _pipe_latents(sana_pipe, num_inference_steps=2, guidance_scale=guidance_scale, height=64, width=64,
+                           use_resolution_binning=False)
+    assert torch.equal(ours.latents, theirs)
+    assert ours.latents.dtype == torch.float32 and ours.image.size == (64, 64)
+
+
 @pytest.mark.parametrize("guidance_scale", [7.0, 1.0])
 def test_none_reproduces_sd3_bit_for_bit(sd3_pipe, guidance_scale):
     """Flow matching (FlowMatchEulerDiscreteScheduler), CFG, joint attention over CLIP + T5."""
@@ -139,7 +161,7 @@ def test_the_family_of_each_pipeline(tiny_pipe, sd2_pipe, sdxl_pipe, sd3_pipe, f
         adapter_for(object())
 
 
-def lowers_its_loss(pipe, name: str, steps: int = 5) -> list[float]:
+def lowers_its_loss(pipe, name: str, steps: int = 5, text: str | None = None) -> list[float]:
     """Gradient descent on the latent at the first step through the family's guidance forward: the losses."""
     adapter = adapter_for(pipe)
     h, w = adapter.default_size()
@@ -150,9 +172,11 @@ def lowers_its_loss(pipe, name: str, steps: int = 5) -> list[float]:
     z, timesteps = adapter.prepare(cond, 10, h, w, torch.Generator().manual_seed(0))
     t = timesteps[0]
     losses = []
-    live = LiveTextMaps(pipe) if adapter.family in ("sd3", "flux", "pixart") else attnlens.record(pipe, None)
+    live = LiveTextMaps(pipe, text=text) if adapter.family in TEXT_FAMILIES else attnlens.record(pipe, None)
     with live as rec:
         rec.latent_hw = adapter.latent_hw(z)
+        if adapter.family in TEXT_FAMILIES:
+            rec.set_prompt(PROMPT)
         rec.need_live = set(method.layers(rec.resolutions()))
         assert rec.need_live, "the method found its layers with the family's defaults"
         step_size = None
@@ -168,7 +192,7 @@ def lowers_its_loss(pipe, name: str, steps: int = 5) -> list[float]:
 
 
 @pytest.mark.parametrize("name", GUIDED)
-@pytest.mark.parametrize("fixture", ["sdxl_pipe", "sd3_pipe", "flux_pipe", "pixart_pipe"])
+@pytest.mark.parametrize("fixture", ["sdxl_pipe", "sd3_pipe", "flux_pipe", "pixart_pipe", "sana_pipe"])
 def test_each_method_lowers_its_loss_on_every_family(request, fixture, name):
     losses = lowers_its_loss(request.getfixturevalue(fixture), name)
     assert losses[-1] < losses[0], losses
@@ -209,7 +233,15 @@ class _Capture(attnlens.GuidanceMethod):
         return attnlens.LossOutput(loss=sum(m[..., 0, 0, 2].sum() for m in maps.values()))
 
 
-@pytest.mark.parametrize("fixture, width", [("sd3_pipe", 77), ("flux_pipe", 513), ("pixart_pipe", 301)])
+class _CaptureEveryStep(_Capture):
+    """Runs a guidance forward at every step (step size 0: the latent stays)."""
+
+    def plan(self, i, num_timesteps):
+        return StepPlan(step_size=0.0)
+
+
+@pytest.mark.parametrize("fixture, width", [("sd3_pipe", 77), ("flux_pipe", 513), ("pixart_pipe", 301),
+                                            ("sana_pipe", 300)])
 def test_live_text_maps_are_text_distributions_and_processors_come_back(request, fixture, width):
     pipe = request.getfixturevalue(fixture)
     adapter = adapter_for(pipe)
@@ -222,6 +254,7 @@ def test_live_text_maps_are_text_distributions_and_processors_come_back(request,
     method = _Capture()
     with pytest.raises(RuntimeError, match="inside"), LiveTextMaps(pipe) as live:
         live.latent_hw = adapter.latent_hw(z)
+        live.set_prompt(PROMPT)
         live.need_live = set(method.layers(live.resolutions()))
         leaf, out = guidance_forward(pipe, live, method, None, z, timesteps[0], cond, step=0, adapter=adapter)
         assert torch.autograd.grad(out.loss, [leaf])[0].abs().sum() > 0  # the maps carry the latent's graph
@@ -230,10 +263,10 @@ def test_live_text_maps_are_text_distributions_and_processors_come_back(request,
     assert set(method.seen) == set(live.sites) and method.seen
     for m in method.seen.values():
         assert m.shape[-1] == width  # CLIP: 77; T5: an empty column, then max_sequence_length pieces
-        torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)))
+        torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)))  # Sana: no instruction column kept here
 
 
-@pytest.mark.parametrize("fixture", ["sd3_pipe", "flux_pipe", "pixart_pipe"])
+@pytest.mark.parametrize("fixture", ["sd3_pipe", "flux_pipe", "pixart_pipe", "sana_pipe"])
 def test_a_guided_dit_sample_writes_a_readable_run(request, fixture, tmp_path):
     """The loss reads LiveTextMaps, the recorder (entered first, wrapped by them) stores the run."""
     pipe = request.getfixturevalue(fixture)
@@ -248,3 +281,103 @@ def test_a_guided_dit_sample_writes_a_readable_run(request, fixture, tmp_path):
     plain = attnlens.sample(pipe, PROMPT, method="none", seed=0, num_inference_steps=2, out=tmp_path / "none")
     assert run.latents().shape == plain.latents().shape and run.latents().shape[-3] == 4  # Flux: unpacked
     assert not np.allclose(run.latents()[-1], plain.latents()[-1])  # the updates changed the sampled latent
+
+
+def test_sana_words_sit_where_the_parse_and_the_recording_put_them(sana_pipe, tmp_path):
+    """Sana's pipeline reads instruction + prompt and keeps the first and the last n − 1 positions; with this
+    prompt the instruction's trailing space stays a lone ``▁`` at column 1, so prompt piece k is at column k + 2.
+    The live maps put each word at its parse position (Gemma tokenizer: piece k at k + 1), and that column is the
+    one the recorder stored for the word (as the analysis locates it)."""
+    from attnlens.textctx import remap_positions
+
+    prompt = "2 red crowns and a golden strawberry"  # "2" (a byte piece) does not merge with the space before it
+    adapter = adapter_for(sana_pipe)
+    columns = adapter.text_columns(prompt)
+    assert columns[:4] == [0, 2, 3, 4]
+    method = _CaptureEveryStep()
+    run = attnlens.sample(sana_pipe, prompt, method=method, seed=0, num_inference_steps=1, out=tmp_path / "run")
+    parse = parse_prompt(prompt, tokenizer=adapter.text_tokenizer)
+    assert run.tokens[0][1] == "▁" and run.tokens[0][2] == "<0x32>"
+    layer = run.layers[0]
+    live = method.seen[layer].mean(0)  # (h, w, T), the mean over heads, as stored
+    stored = np.asarray(run.maps(layer, step=0, phase="guidance")).reshape(-1, *live.shape[:2])  # (token, h, w)
+    encoders = run.manifest["text"]["encoders"]
+    words = [u for s in parse.sets for u in (*s.modifiers, s.noun)]
+    assert len(words) == 4
+    for position in (p for unit in words for p in unit.positions):  # each word piece
+        found = remap_positions(prompt, list(parse.pieces), [position], run.tokens[0], encoders)
+        assert found == {"gemma": [position + 1]}  # the recorder keeps the lone ▁: one column later
+        np.testing.assert_allclose(stored[position + 1], live[..., position].numpy(), rtol=2e-3, atol=1e-6)
+
+
+def _sd3_maps(pipe, text: str) -> dict[str, torch.Tensor]:
+    """The live maps of one guidance forward on SD3 (the same latent and step each call) with ``text``."""
+    adapter = adapter_for(pipe)
+    h, w = adapter.default_size()
+    cond = adapter.encode(PROMPT, None, False, h, w)
+    z, timesteps = adapter.prepare(cond, 4, h, w, torch.Generator().manual_seed(0))
+    method = _Capture()
+    with LiveTextMaps(pipe, text=text) as live:
+        live.latent_hw = adapter.latent_hw(z)
+        live.set_prompt(PROMPT)
+        live.need_live = set(method.layers(live.resolutions()))
+        guidance_forward(pipe, live, method, None, z, timesteps[0], cond, step=0, adapter=adapter)
+    return method.seen
+
+
+def test_sd3_both_is_the_mean_of_a_words_clip_and_t5_maps(sd3_pipe):
+    """``both``, on the CLIP positions: ½ (CLIP map + the mean of the word's T5 piece maps); positions without T5
+    pieces (``<sot>``, ``<eot>``, padding) keep the CLIP map."""
+    clip, t5, both = (_sd3_maps(sd3_pipe, text) for text in ("clip", "t5", "both"))
+    assert sd3_pipe.tokenizer.tokenize(PROMPT)[:3] == ["a</w>", "red</w>", "crown</w>"]
+    assert sd3_pipe.tokenizer_3.tokenize(PROMPT)[:5] == ["▁a", "▁red", "▁c", "row", "n"]
+    for layer in clip:
+        c, t, b = clip[layer], t5[layer], both[layer]  # t5: T5 piece k at k + 1
+        assert b.shape == c.shape
+        torch.testing.assert_close(b[..., 2], (c[..., 2] + t[..., 2]) / 2)  # red: CLIP 2, T5 piece 1
+        torch.testing.assert_close(b[..., 3], (c[..., 3] + t[..., 3:6].mean(-1)) / 2)  # crown: ▁c row n
+        torch.testing.assert_close(b[..., 0], c[..., 0])  # <sot>
+        torch.testing.assert_close(b[..., 20:], c[..., 20:])  # padding
+        assert not torch.allclose(b[..., 3], c[..., 3])
+
+
+@pytest.mark.parametrize("name", ["syngen", "attend-excite"])
+def test_sd3_guidance_on_both_encoders_lowers_its_loss(sd3_pipe, name):
+    losses = lowers_its_loss(sd3_pipe, name, text="both")
+    assert losses[-1] < losses[0], losses
+
+
+def test_sd3_guided_on_t5_is_parsed_with_the_t5_tokenizer(sd3_pipe):
+    """With guide_text="t5" the maps index T5 pieces (piece k at k + 1), so the parse is made of T5 pieces."""
+
+    class CaptureParse(_CaptureEveryStep):
+        def loss(self, maps, parse, i):
+            self.parse = parse
+            return super().loss(maps, parse, i)
+
+    method = CaptureParse()
+    attnlens.sample(sd3_pipe, PROMPT, method=method, guide_text="t5", num_inference_steps=1)
+    assert method.parse.pieces[1:3] == ("▁a", "▁red")
+    assert next(iter(method.seen.values())).shape[-1] == 1 + adapter_for(sd3_pipe).max_sequence_length  # empty, T5
+    clip = attnlens.sample(sd3_pipe, PROMPT, method="syngen", seed=0, num_inference_steps=1)
+    t5 = attnlens.sample(sd3_pipe, PROMPT, method="syngen", seed=0, num_inference_steps=1, guide_text="t5")
+    assert not torch.equal(clip.latents, t5.latents)  # the loss read other maps
+
+
+def test_guide_text_is_refused_where_it_has_no_choice(pixart_pipe, sd3_pipe):
+    with pytest.raises(BadOption, match="not available on pixart"):
+        attnlens.sample(pixart_pipe, PROMPT, method="syngen", guide_text="clip", num_inference_steps=1)
+    with pytest.raises(BadOption, match="not available on sd3"):
+        LiveTextMaps(sd3_pipe, text="gemma")
+
+
+@pytest.mark.parametrize("name", ["conform", "ebama", "a-star", "predicated"])
+@pytest.mark.parametrize("fixture", ["sd3_pipe", "sana_pipe"])
+def test_the_other_cross_attention_methods_guide_the_transformers(request, fixture, name):
+    """The baselines that read cross-attention maps only run on the DiT layouts: finite losses, non-zero gradients,
+    and the latent moves (InitNO and Structured Diffusion need UNet layers and are refused: test_family_cli.py)."""
+    pipe = request.getfixturevalue(fixture)
+    result = attnlens.sample(pipe, PROMPT, method=name, seed=0, num_inference_steps=1)
+    assert result.log and all(np.isfinite(e["loss"]) and e["grad_norm"] > 0 for e in result.log), result.log
+    plain = guided_sample(pipe, PROMPT, seed=0, num_inference_steps=1)
+    assert not torch.equal(result.latents, plain.latents)
