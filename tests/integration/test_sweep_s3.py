@@ -24,15 +24,9 @@ pytestmark = pytest.mark.slow
 SPEC = """
 model = "attnlens-tiny"
 steps = 2
-seeds = [0]
 prompts = ["a red circle and a blue square", "a green triangle"]
 scorers = ["shapes"]                # the scorers pass reads the worker's local copy before it is published
-
-[[methods]]
-name = "none"
-
-[[methods]]
-name = "syngen"
+methods = [{ name = "none" }, { name = "syngen" }]
 """
 ROOT = "s3://bucket/sweeps/first"
 
