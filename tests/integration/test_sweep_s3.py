@@ -1,8 +1,9 @@
 """``attnlens sweep SPEC --out s3://bucket/root`` against a local S3-compatible server (moto's server mode on
 127.0.0.1, started here): every cell published with its manifest last, ``sweep.json`` one object at the root, a
 cell whose manifest never arrived (a crash mid-publish) recorded again on resume while no complete run is written
-twice, ``sweep status``, ``ls`` and ``analyze`` on the URL; a missing bucket or an endpoint that does not answer
-is one ``error:`` line and exit 2."""
+twice, a scorer added on resume run on the published runs, ``sweep status``, ``ls`` and ``analyze`` on the URL;
+a worker whose publish failed publishes its staged run on retry; a missing bucket or an endpoint that does not
+answer is one ``error:`` line and exit 2."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ SPEC = """
 model = "attnlens-tiny"
 steps = 2
 prompts = ["a red circle and a blue square", "a green triangle"]
-scorers = ["shapes"]                # the scorers pass reads the worker's local copy before it is published
 methods = [{ name = "none" }, { name = "syngen" }]
 """
 ROOT = "s3://bucket/sweeps/first"
@@ -70,7 +70,7 @@ def test_a_sweep_to_s3_is_published_resumed_after_a_lost_manifest_and_read_by_st
         assert max(o["LastModified"] for o in run_keys) == keys[f"sweeps/first/{c.rel}/manifest.json"]["LastModified"]
     data = read_sweep(ROOT)  # one object, written by the driver
     assert data["protocol"]["model"] == "attnlens-tiny" and [c["state"] for c in data["cells"]] == ["complete"] * 4
-    assert all(set(c["scores"]["shapes"]) >= {"success", "misbinding"} for c in data["cells"])
+    assert all(c["scores"] == {} for c in data["cells"])
     staging = tmp_path / "home" / "staging"
     assert not staging.exists() or not any(staging.iterdir())  # removed after each successful publish
 
@@ -82,10 +82,14 @@ def test_a_sweep_to_s3_is_published_resumed_after_a_lost_manifest_and_read_by_st
     assert {r["id"]: r["state"] for r in json.loads(out)} == {c.id: ("pending" if c is lost else "complete")
                                                                 for c in cells}
 
+    # resumed with a scorer added: the lost cell is recorded (and scored from its local copy before it is
+    # published), the three complete ones are only scored (read from the store), never recorded again
+    spec.write_text(SPEC.replace("methods =", 'scorers = ["shapes"]\nmethods ='))
     code, out, err = run_cli(*args)
     assert code == 0, err
     result = json.loads(out)
-    assert (result["ran"], result["complete"], result["failed"], result["pending"]) == (1, 4, 0, 0)
+    assert (result["ran"], result["complete"], result["reused"], result["failed"]) == (4, 1, 3, 0)
+    assert all(set(c["scores"]["shapes"]) >= {"success", "misbinding"} for c in read_sweep(ROOT)["cells"])
     again = _manifests(s3)
     lost_key = f"sweeps/first/{lost.rel}/manifest.json"
     assert lost_key in again
@@ -95,7 +99,7 @@ def test_a_sweep_to_s3_is_published_resumed_after_a_lost_manifest_and_read_by_st
     assert starts == published == Counter({c.id: 2 if c is lost else 1 for c in cells})
 
     code, out, err = run_cli("sweep", "status", ROOT, "--format", "json")
-    assert code == 0 and [r["state"] for r in json.loads(out)] == ["complete"] * 4, err
+    assert code == 0 and sorted(r["state"] for r in json.loads(out)) == ["complete"] + ["reused"] * 3, err
     code, out, err = run_cli("ls", ROOT, "--format", "json")
     assert code == 0, err
     assert sorted(r["path"] for r in json.loads(out)) == sorted(c.path for c in cells)
