@@ -3,7 +3,10 @@
 One writer: :class:`SweepManifest` in the process that drives the sweep (workers return results to it; they never
 touch ``sweep.json``). Every write is atomic, so a killed sweep leaves the last complete version: on disk a
 temporary file and ``os.replace``; on an object store (a URL root) one PUT of the whole object
-(``attnlens.store.remote.write_json_object``). The states it holds are a record, not the truth: a cell is done when its run folder holds a
+(``attnlens.store.remote.write_json_object``). On a URL root the driver writes it at most every
+:data:`URL_WRITE_INTERVAL` seconds while cells finish, and once more when it stops (also on Ctrl-C or an error): a
+driver killed outright loses at most that much of the record, never the runs, which :func:`cell_states` and the
+reuse check find by their own manifests (only scores heard in that window are computed again on resume). The states it holds are a record, not the truth: a cell is done when its run folder holds a
 complete run with the cell's settings (``attnlens.sweep.reusable``), which :func:`cell_states` checks again.
 
 Cell states: ``pending`` (not started), ``running`` (handed to a worker), ``complete``, ``reused`` (a complete run
@@ -29,6 +32,8 @@ SWEEP_MANIFEST = "sweep.json"
 SCHEMA = 1
 PENDING, RUNNING, COMPLETE, REUSED, FAILED = "pending", "running", "complete", "reused", "failed"
 DONE = (COMPLETE, REUSED)
+#: seconds between two writes of ``sweep.json`` on a URL root while cells finish (see :class:`SweepManifest`)
+URL_WRITE_INTERVAL = 2.0
 
 
 def model_digest(location: str | None) -> str | None:
@@ -80,6 +85,11 @@ class SweepManifest:
     def __init__(self, root: Path | str, data: dict[str, Any]):
         self.root = root if is_url(root) else Path(root)
         self.data = data
+        #: on a URL root, :meth:`set` writes at most once per this many seconds (each write is one PUT of the whole
+        #: manifest, which grows with the cells); :meth:`flush` writes what is left
+        self.min_interval = URL_WRITE_INTERVAL if is_url(self.root) else 0.0
+        self._written = float("-inf")
+        self._dirty = False
 
     @property
     def path(self) -> Path | str:
@@ -128,9 +138,18 @@ class SweepManifest:
             c["error"] = None
         c.update(json.loads(json.dumps(values, default=str)))
         if write:
+            if time.monotonic() - self._written >= self.min_interval:
+                self.write()
+            else:
+                self._dirty = True
+
+    def flush(self) -> None:
+        """Write the changes :meth:`set` held back (none on a local root)."""
+        if self._dirty:
             self.write()
 
     def write(self) -> None:
+        self._written, self._dirty = time.monotonic(), False
         self.data["updated"] = time.time()
         if is_url(self.path):
             write_json_object(self.path, self.data)
@@ -226,4 +245,4 @@ def cell_states(root: str | Path) -> list[dict[str, Any]]:
 
 
 __all__ = ["COMPLETE", "DONE", "FAILED", "PENDING", "REUSED", "RUNNING", "SWEEP_MANIFEST", "SweepManifest",
-           "cell_done", "cell_states", "done_cells", "model_digest", "protocol", "read_sweep", "scheduler_name"]
+           "URL_WRITE_INTERVAL", "cell_done", "cell_states", "done_cells", "model_digest", "protocol", "read_sweep", "scheduler_name"]

@@ -74,11 +74,13 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
         if progress:
             progress(finished[0], total)
 
-    if todo:
-        if executor == "ray":
+    try:
+        if todo and executor == "ray":
             run_ray(spec, todo, root, on_result, address=address)
-        else:
+        elif todo:
             run_local(spec, todo, root, on_result, workers=workers, threads=threads)
+    finally:
+        man.flush()  # what a URL root's manifest held back (SweepManifest.min_interval)
     return summary(man.data["cells"], ran=total, seconds=time.perf_counter() - t0)
 
 

@@ -148,7 +148,11 @@ def test_a_sweep_on_a_url_root_keeps_its_manifest_as_one_object_and_reads_the_ce
         SweepManifest.create(root, parse_spec({**BASE, "steps": 3}), None)
     assert read_sweep(root) == data
 
+    man.min_interval = 3600  # on a URL root, set() writes at most this often; flush() writes what was held back
     man.set(cells[0].id, "complete")  # recorded as done, but no run on the store
+    assert read_sweep(root)["cells"][0]["state"] == PENDING
+    man.flush()
+    assert read_sweep(root)["cells"][0]["state"] == "complete"
     w = RunWriter(tmp_path / "run", {"prompt": cells[1].prompt, "seed": 0})
     w.finish()
     publish_run(tmp_path / "run", cells[1].path)  # complete, but not with the cell's settings
