@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from ..errors import BadOption
 from ..models.registry import resolve_model
-from .local import run_local
 from ..store.remote import is_url
+from .local import run_local
 from .manifest import DONE, PENDING, REUSED, SweepManifest, done_cells
 from .ray_executor import run_ray
 from .spec import Cell, SweepSpec

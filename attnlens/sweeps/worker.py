@@ -12,14 +12,13 @@ with ``O_APPEND``): the count of writes per cell, which the tests and ``attnlens
 **A root on an object store** (``s3://bucket/root``; ``cell.path`` is then the run's URL). The worker records the
 cell into its local staging folder in this machine's cache (:func:`staging`: ``$ATTNLENS_HOME/staging/<hash of
 the URL>-<name>``, apart from the read cache; the run lock guards it as on disk), scores that local copy, and
-publishes it with
-``publish_run`` (the manifest is the last object). After a successful publish the staging folder is **removed**
-(a large sweep must not fill a worker's disk; reading the run later downloads it again). When the publish fails
-(the connection drops, the worker dies while uploading), the staging folder is kept, and a retry that finds a
-complete run with the cell's settings there **publishes it again without recording it again**; an incomplete
-staged run is recorded again over. A reused cell whose scores are missing is read through ``open_run(URL)``
-(the read cache). Object stores have no append, so the event log of a URL root is a local file in each machine's cache
-(:func:`events_file`).
+publishes it with ``publish_run`` (the manifest is the last object). After a successful publish the staging folder
+is **removed** (a large sweep must not fill a worker's disk; reading the run later downloads it again). When the
+publish fails (the connection drops, the worker dies while uploading), the staging folder is kept, and a retry on
+this machine that finds a complete run with the cell's settings there **publishes it again without recording it
+again**; an incomplete staged run is recorded again over. A reused cell whose scores are missing is read through
+``open_run(URL)`` (the read cache). Object stores have no append, so the event log of a URL root is a local file
+in each machine's cache (:func:`events_file`).
 """
 
 from __future__ import annotations
