@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
+pytest.importorskip("boto3")
 pytest.importorskip("s3fs")
 
 import attnlens  # noqa: E402
