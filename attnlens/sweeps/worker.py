@@ -6,8 +6,9 @@ Re-executing a cell is safe: the run folder's lock (``attnlens.store.writer.RunL
 kernel when its process dies) refuses a second live writer, and a run without ``status: complete`` is never reused,
 so a worker killed mid-run leaves an incomplete run that the retry records again from the start.
 
-Every start and finish of a recording is appended to ``ROOT/sweep-events.jsonl`` (one short line per event, opened
-with ``O_APPEND``): the count of writes per cell, which the tests and ``attnlens sweep status`` read.
+Every start and finish of a recording (and every publish, on a URL root) is appended to
+``ROOT/sweep-events.jsonl`` (one short line per event, opened with ``O_APPEND``): the count of writes per cell,
+which the tests and ``attnlens sweep status`` read.
 
 **A root on an object store** (``s3://bucket/root``; ``cell.path`` is then the run's URL). The worker records the
 cell into its local staging folder in this machine's cache (:func:`staging`: ``$ATTNLENS_HOME/staging/<hash of

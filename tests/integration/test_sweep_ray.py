@@ -56,8 +56,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-#: the local S3 server's variables (endpoint, test credentials), set before the nodes start so that their workers
-#: reach it
+#: the local S3 server's variables (endpoint, test credentials) and a cache folder of the module's own (staging
+#: folders, copies of runs read from the store, the event log of a URL root), set before the nodes start so that
+#: their workers reach the server and the test reads the same cache
 S3_ENV: dict[str, str] = {}
 
 
@@ -92,8 +93,9 @@ def s3_endpoint():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    home = tempfile.mkdtemp(prefix="attnlens-home-")
     S3_ENV.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                  AWS_DEFAULT_REGION="us-east-1", NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+                  AWS_DEFAULT_REGION="us-east-1", NO_PROXY="127.0.0.1", no_proxy="127.0.0.1", ATTNLENS_HOME=home)
     boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                  region_name="us-east-1").create_bucket(Bucket="bucket")
     try:
@@ -101,6 +103,7 @@ def s3_endpoint():
     finally:
         S3_ENV.clear()
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
