@@ -100,7 +100,13 @@ def reusable(path: str | Path, *, prompt: str, seed: int, method: str, steps: in
     """True when ``path`` holds a complete run of ``prompt`` with ``seed``, ``method`` and ``steps`` denoising steps
     whose manifest also has every item of ``settings`` (manifest key → value, compared after a JSON round trip, so
     tuples equal the lists they are stored as)."""
-    m = _manifest(path)
+    return manifest_matches(_manifest(path), prompt=prompt, seed=seed, method=method, steps=steps, settings=settings)
+
+
+def manifest_matches(m: Mapping[str, Any] | None, *, prompt: str, seed: int, method: str, steps: int,
+                     settings: Mapping[str, Any] | None = None) -> bool:
+    """:func:`reusable` on a manifest already read (None: no run); a sweep on an object store reads its cells'
+    manifests in one batch."""
     if m is None or m.get("status") != STATUS_COMPLETE:
         return False
     recorded_method = m.get("method")
@@ -110,4 +116,4 @@ def reusable(path: str | Path, *, prompt: str, seed: int, method: str, steps: in
     return all(m.get(key) == value for key, value in expected.items())
 
 
-__all__ = ["SLUG_LIMIT", "complete_run", "reusable", "run_name", "run_path", "slugify", "sweep_paths"]
+__all__ = ["SLUG_LIMIT", "complete_run", "manifest_matches", "reusable", "run_name", "run_path", "slugify", "sweep_paths"]

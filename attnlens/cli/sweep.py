@@ -20,6 +20,8 @@ Examples:
 
   attnlens sweep sweep.toml --out sweeps/first --executor ray --address 127.0.0.1:6379
 
+  attnlens sweep sweep.toml --out s3://bucket/sweeps/first    # runs published to an object store
+
   attnlens sweep status sweeps/first
 
 A spec (TOML) names the model, the prompts (a list, a file or a named set such as CC-500), the seeds, the
@@ -27,6 +29,8 @@ methods with their hyperparameter grids, the recording options and the scorers; 
 Each (variant, prompt, seed) cell is one run at ROOT/<prompt-slug>/<variant>-seed<N>. ROOT/sweep.json pins the
 protocol (model and its digest, scheduler, steps, guidance, prompt-set hash, seeds) and lists every cell's state.
 Rerun the same command to resume: complete runs are reused, incomplete ones recorded again.
+ROOT may be an fsspec URL (s3://, gs://, ...; for S3 the AWS variables, AWS_ENDPOINT_URL for MinIO or moto): each
+cell is recorded in the worker's cache, then published with its manifest last; sweep.json is one object at ROOT.
 """
 
 
@@ -53,8 +57,8 @@ def _status_text(root: str, rows: list[dict]) -> str:
 @app.command(epilog=EXAMPLES)
 def sweep(
     spec: str = typer.Argument(..., help="The spec file (TOML), or 'status' to report on ROOT."),
-    root: Optional[str] = typer.Argument(None, help="With 'status': the sweep's root folder."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Root folder of the sweep's runs."),
+    root: Optional[str] = typer.Argument(None, help="With 'status': the sweep's root folder or URL."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Root folder or URL (s3://bucket/root) of the sweep's runs."),
     executor: str = typer.Option("local", "--executor", help="local (worker processes here) | ray (a Ray cluster)."),
     workers: int = typer.Option(2, "--workers", "-w", help="Local worker processes (each loads the model once)."),
     threads: Optional[int] = typer.Option(None, "--threads",
@@ -76,9 +80,6 @@ def sweep(
         raise BadOption(f"unexpected argument '{root}'", hint="attnlens sweep SPEC --out ROOT")
     if out is None:
         raise BadOption("no --out given", hint=f"attnlens sweep {spec} --out sweeps/NAME")
-    if "://" in out:
-        raise BadOption(f"a sweep writes to a local or shared folder, not to '{out}'",
-                        hint="sweep into a folder, then publish runs with 'attnlens record --out URL' (docs/sweep.md)")
     if executor != "ray" and address:
         raise BadOption("--address is for --executor ray", hint=f"attnlens sweep {spec} --out {out} --executor ray "
                                                                   f"--address {address}")

@@ -13,6 +13,11 @@ the same run at once are not excluded (the sweep's cells never share a run folde
 unchanged. The copy is refreshed when the remote manifest differs from the cached one. ``ls`` and ``info`` read
 only the manifest (:func:`read_remote_manifest`); :func:`mirror_root` copies a whole root (the dashboard's index).
 
+**Small JSON objects** (:func:`read_json_object`, :func:`write_json_object`): a sweep's ``sweep.json`` is written
+as one PUT of the whole object, so a reader sees the old object or the new one, never part of one.
+:func:`read_run_manifests` reads many runs' manifests in one batch of concurrent requests (a sweep's reuse check
+and its status).
+
 Credentials and endpoints come from the usual places of the file system's library (for S3: the AWS environment
 variables and files; ``AWS_ENDPOINT_URL`` for an S3-compatible server such as MinIO or moto).
 """
@@ -175,10 +180,77 @@ def publish_run(local: str | Path, url: str) -> str:
                 continue
             fs.put_file(str(f), join(path, rel))
         fs.put_file(str(local / MANIFEST), join(path, MANIFEST))
-    except OSError as exc:
-        raise StoreError(f"cannot write '{url}': {exc}", hint="check the URL, the bucket and your credentials") from None
+    except Exception as exc:  # noqa: BLE001  (botocore and aiohttp errors are not OSErrors)
+        raise io_error(url, exc) from None
     return url.rstrip("/")
 
 
-__all__ = ["cache_path", "cache_root", "fetch_run", "filesystem", "find_run_urls", "is_url", "join", "mirror_root",
-           "publish_run", "read_remote_manifest", "remote_is_run"]
+def io_error(url: str, exc: BaseException, verb: str = "write") -> StoreError:
+    """A one-line StoreError for a failed request to ``url`` (a missing bucket, an endpoint that does not answer,
+    refused credentials: the file system's libraries raise their own exception types)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return StoreError(f"cannot {verb} '{url}': {text}",
+                      hint="check the URL, that the bucket exists, the endpoint (AWS_ENDPOINT_URL for an "
+                           "S3-compatible server) and your credentials")
+
+
+def read_json_object(url: str) -> dict[str, Any] | None:
+    """The JSON object stored at ``url``, or None when there is none; StoreError when it cannot be read or is not
+    a JSON object."""
+    fs, path = filesystem(url)
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001  (botocore and aiohttp errors are not OSErrors)
+        raise io_error(url, exc, "read") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"'{url}' is damaged ({type(exc).__name__})", hint="rerun the sweep: it rewrites it") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"'{url}' is not a JSON object", hint="rerun the sweep: it rewrites it")
+    return data
+
+
+def write_json_object(url: str, data: dict[str, Any]) -> None:
+    """Store ``data`` as JSON at ``url`` in one PUT of the whole object (``pipe_file``; a small object is never
+    uploaded in parts), so a reader, or a crash of this process, never leaves a truncated object."""
+    fs, path = filesystem(url)
+    body = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+    try:
+        fs.pipe_file(path, body)
+    except Exception as exc:  # noqa: BLE001  (botocore and aiohttp errors are not OSErrors)
+        raise io_error(url, exc) from None
+
+
+def read_run_manifests(urls: list[str]) -> dict[str, dict[str, Any] | None]:
+    """The manifest of each run URL in ``urls`` (None where there is none or it is not a JSON object), read in
+    one batch of concurrent requests. All URLs must be on one file system."""
+    if not urls:
+        return {}
+    fs, _ = filesystem(urls[0])
+    paths = {filesystem(u)[1].rstrip("/") + "/" + MANIFEST: u for u in urls}
+    try:
+        got = fs.cat(list(paths), on_error="return")
+    except Exception as exc:  # noqa: BLE001  (botocore and aiohttp errors are not OSErrors)
+        raise io_error(urls[0], exc, "read") from None
+    out: dict[str, dict[str, Any] | None] = {}
+    for path, url in paths.items():
+        raw = got.get(path)
+        if isinstance(raw, FileNotFoundError) or raw is None:
+            out[url] = None
+        elif isinstance(raw, BaseException):
+            raise io_error(url, raw, "read")
+        else:
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                data = None
+            out[url] = data if isinstance(data, dict) else None
+    return out
+
+
+__all__ = ["cache_path", "cache_root", "fetch_run", "filesystem", "find_run_urls", "io_error", "is_url", "join",
+           "mirror_root", "publish_run", "read_json_object", "read_remote_manifest", "read_run_manifests",
+           "remote_is_run", "write_json_object"]

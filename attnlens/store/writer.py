@@ -158,8 +158,11 @@ def _locked(run: Path, holder: tuple[str, str]) -> RunLocked:
                      hint="wait for it to finish or choose another --out")
 
 
-def _replaceable(path: Path, overwrite: bool) -> list[Path]:
-    """What must be deleted before ``path`` receives a new run (refusing what may not be replaced); reads only."""
+def _replaceable(path: Path, overwrite: bool, stale_lock: bool = False) -> list[Path]:
+    """What must be deleted before ``path`` receives a new run (refusing what may not be replaced); reads only.
+    ``stale_lock``: the folder held the lock file of a recording that died (its lock was just taken over), so a
+    folder without a manifest that holds only what attnlens writes is that recording's start (killed between
+    creating ``data.zarr`` and its first manifest), and is replaced."""
     if not path.exists():
         return []
     if not path.is_dir():
@@ -178,6 +181,9 @@ def _replaceable(path: Path, overwrite: bool) -> list[Path]:
             names = ", ".join(p.name for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
             raise StoreError(f"'{path}' holds files attnlens did not write ({names}); it will not delete them",
                              hint="move them out of the run folder, or choose another --out")
+        return [p for p in ours if p.name != LOCK]
+    ours, foreign = run_entries(path)
+    if stale_lock and not foreign:
         return [p for p in ours if p.name != LOCK]
     if any(p.name != LOCK for p in path.iterdir()):
         raise StoreError(
@@ -206,14 +212,15 @@ def _prepare_locked(path: Path, overwrite: bool) -> tuple[Path, RunLock]:
     anything is deleted; in a folder without a lock file only after the read-only checks, so that no lock file is
     left in a folder that is refused (a user's folder, a file)."""
     try:
-        if not (path / LOCK).is_file():
+        stale = (path / LOCK).is_file()  # if acquire succeeds, a lock file left by a recording that died
+        if not stale:
             _replaceable(path, overwrite)
             path.mkdir(parents=True, exist_ok=True)
         lock = RunLock.acquire(path)  # refused here while another live recording holds it
     except OSError as exc:
         raise StoreError(f"cannot write to '{path}': {exc.strerror or exc}", hint="choose a writable --out") from exc
     try:
-        for p in _replaceable(path, overwrite):  # again, under the lock: what another process did meanwhile counts
+        for p in _replaceable(path, overwrite, stale):  # again, under the lock: what another did meanwhile counts
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         probe = path / ".attnlens-write-test"
         probe.write_bytes(b"")

@@ -3,7 +3,8 @@
 Modules, bottom up: :mod:`.spec` (the TOML spec, validation, cells), :mod:`.manifest` (``ROOT/sweep.json``: the
 protocol and each cell's state, one writer), :mod:`.worker` (one cell: reuse or record, then score),
 :mod:`.local` and :mod:`.ray_executor` (the executors), :mod:`.run` (the driver). Run paths and the reuse rule are
-``attnlens.sweep``'s. Documentation: ``docs/sweep.md``.
+``attnlens.sweep``'s. ROOT is a folder or an fsspec URL (``s3://bucket/root``: each cell is published by its worker,
+``attnlens.store.remote``). Documentation: ``docs/sweep.md``.
 """
 
 from .manifest import SWEEP_MANIFEST, SweepManifest, cell_states, read_sweep

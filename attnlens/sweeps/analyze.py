@@ -4,6 +4,9 @@ The runs are grouped by prompt, because an analysis pairs runs of the same promp
 drift's reference of the guided runs with its prompt and seed, and lends its parse to them); each group is one
 task that returns its Arrow table and its part of the summary. The driver writes the Parquet file exactly as a
 local analysis does (``attnlens.analysis.write_parquet``), so the table has the same rows (in group order).
+
+Runs under a URL root (``s3://bucket/root``) are handed to the tasks by their URLs, so each worker reads them
+itself (into its own machine's cache), wherever it runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from ..analysis import Analysis
+from ..store import find_runs
+from ..store.remote import cache_path, is_url
 from .ray_executor import remote, session
 
 
@@ -38,9 +43,12 @@ class ClusterAnalysis:
         self.options = {"partial": True, **options}  # runs were already filtered here
         self.address = address
         self.rows = 0
+        # a run read from a URL is opened from its local copy (cache_path); the tasks get the URL back
+        urls = {str(cache_path(u)): u for p in ([paths] if isinstance(paths, (str, Path)) else paths) if is_url(p)
+                for u in find_runs(p)}
         groups: dict[str, list[str]] = {}
         for run in self.runs:
-            groups.setdefault(str(run.manifest.get("prompt")), []).append(str(run.path))
+            groups.setdefault(str(run.manifest.get("prompt")), []).append(urls.get(str(run.path), str(run.path)))
         self.groups = list(groups.values())
 
     def tables(self) -> Iterator[Any]:

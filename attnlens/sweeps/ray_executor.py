@@ -5,6 +5,7 @@ Each task asks for one CPU, and one GPU when the cluster has GPUs; Ray reuses it
 loads the model once (``attnlens.sweeps.worker.pipeline``). A task whose worker process or node dies is retried
 (``max_retries``); the run-folder lock and the completion marker make the retry safe (``attnlens.sweeps.worker``).
 The workers write runs under the sweep root, so every node must see that path (one machine, a shared file system)
+or reach it (a URL root: each worker publishes its cells, with the object store's credentials of its own node),
 and import the same attnlens (start the nodes with it installed or on ``PYTHONPATH``).
 """
 

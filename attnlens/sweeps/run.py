@@ -1,5 +1,7 @@
 """Driving a sweep: pin the protocol in ``ROOT/sweep.json``, skip the cells already done, hand the rest to an
-executor, and record each result as it arrives. Rerunning the same spec on the same root resumes: cells whose
+executor, and record each result as it arrives. ``ROOT`` is a folder or an fsspec URL (``s3://bucket/root``): on
+a URL, each worker records a cell in its local cache and publishes it (``attnlens.sweeps.worker``), and this
+process writes ``sweep.json`` at the URL. Rerunning the same spec on the same root resumes: cells whose
 runs are complete with the cell's settings are kept, anything else is recorded (again)."""
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from typing import Any, Callable
 
 from ..errors import BadOption
 from ..models.registry import resolve_model
+from ..store.remote import is_url
 from .local import run_local
-from .manifest import DONE, PENDING, REUSED, SweepManifest, cell_done
+from .manifest import DONE, PENDING, REUSED, SweepManifest, done_cells
 from .ray_executor import run_ray
 from .spec import Cell, SweepSpec
 
@@ -27,13 +30,16 @@ def model_location(model: str) -> str | None:
 
 def plan(spec: SweepSpec, root: str | Path) -> tuple[SweepManifest, list[Cell]]:
     """Write (or continue) ``ROOT/sweep.json`` and return it with the cells still to run: those whose run is not
-    complete with the cell's settings, and those missing a score the spec asks for."""
-    root = Path(root)
+    complete with the cell's settings, and those missing a score the spec asks for. ``root`` may be a URL
+    (``s3://bucket/root``): the cells' run manifests are then read there, in one batch."""
+    root = root if is_url(root) else Path(root)
     man = SweepManifest.create(root, spec, model_location(spec.model))
     todo = []
-    for c in spec.cells(root):
+    cells = spec.cells(root)
+    done = done_cells(spec, cells)
+    for c in cells:
         rec = man.cell(c.id)
-        if cell_done(spec, c):
+        if c.id in done:
             man.set(c.id, rec["state"] if rec["state"] in DONE else REUSED, write=False, error=None)
             if set(spec.scorers) <= set(rec.get("scores") or {}):
                 continue
@@ -68,11 +74,13 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, executor: str = "local", wor
         if progress:
             progress(finished[0], total)
 
-    if todo:
-        if executor == "ray":
+    try:
+        if todo and executor == "ray":
             run_ray(spec, todo, root, on_result, address=address)
-        else:
+        elif todo:
             run_local(spec, todo, root, on_result, workers=workers, threads=threads)
+    finally:
+        man.flush()  # what a URL root's manifest held back (SweepManifest.min_interval)
     return summary(man.data["cells"], ran=total, seconds=time.perf_counter() - t0)
 
 

@@ -50,6 +50,7 @@ from typing import Any, Mapping
 
 from ..errors import AttnlensError, BadOption, ConfigError, NotFoundError
 from ..interventions import parse_intervention
+from ..store.remote import is_url, join
 from ..sweep import run_name, run_path, slugify
 
 #: keys a spec may hold at its top level, and what each is
@@ -122,12 +123,13 @@ class Variant:
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the sweep: a variant, a prompt and a seed, at ``path`` (``rel`` below the sweep root)."""
+    """One run of the sweep: a variant, a prompt and a seed, at ``path`` (``rel`` below the sweep root): a folder,
+    or a URL string when the root is on an object store (``s3://bucket/root/<prompt-slug>/<variant>-seed<N>``)."""
 
     variant: Variant
     prompt: str
     seed: int
-    path: Path
+    path: Path | str
     rel: str
 
     @property
@@ -167,7 +169,8 @@ class SweepSpec:
                                         f"folder '{rel}'", hint="give each prompt and seed once; prompts differing "
                                         "only in case or punctuation share a folder")
                     owner[rel] = (v.label, prompt, seed)
-                    out.append(Cell(v, prompt, seed, run_path(root, prompt, v.name, seed), rel.as_posix()))
+                    path = join(root, rel.as_posix()) if is_url(root) else run_path(root, prompt, v.name, seed)
+                    out.append(Cell(v, prompt, seed, path, rel.as_posix()))
         return out
 
     def cell_settings(self, cell: Cell) -> dict[str, Any]:

@@ -124,6 +124,24 @@ def test_lock_is_free_after_kill_9(tmp_path):
     assert not (run / LOCK).exists()
 
 
+def test_a_recording_killed_before_its_first_manifest_is_replaced(tmp_path):
+    """A writer killed between creating data.zarr and its first manifest (seen when Ray killed a sweep worker): its
+    lock file, data.zarr and a temporary manifest are left; the next writer replaces them. Without the dead
+    writer's lock file the same folder is not known to be ours and is refused."""
+    run = tmp_path / "run"
+    w = RunWriter(run, {"prompt": "a dog"})
+    w.finish()
+    (run / "manifest.json").rename(run / ".manifest.json.x1y2z3")  # as if the first write never reached its rename
+    (run / LOCK).write_text("999999 gone-host\n")  # the dead holder's file; nobody holds the flock
+    w = RunWriter(run, {"prompt": "a cat"})
+    w.finish()
+    assert attnlens.open_run(run).complete and attnlens.open_run(run).manifest["prompt"] == "a cat"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    (run / "manifest.json").rename(run / ".manifest.json.x1y2z3")
+    with pytest.raises(StoreError, match="not an attnlens run"):
+        RunWriter(run, {"prompt": "a cow"})
+
+
 def test_lock_released_on_every_exit_path(tmp_path):
     """A writer that finishes (any status) or is released unlocks; a refused prepare leaves no lock file behind."""
     run = tmp_path / "run"

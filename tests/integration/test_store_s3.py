@@ -5,43 +5,26 @@ object of a run, and a publish that stops part way never leaves a run that reads
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
+pytest.importorskip("boto3")
 pytest.importorskip("s3fs")
 
 import attnlens  # noqa: E402
 from attnlens.errors import RunNotFound  # noqa: E402
 from attnlens.store import remote  # noqa: E402
 from attnlens.sweep import complete_run  # noqa: E402
+from s3_server import moto_s3  # noqa: E402
 
 PROMPT = "a red crown and a golden strawberry"
 
 
 @pytest.fixture
 def s3(monkeypatch, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
-                 "ATTNLENS_HOME": str(tmp_path / "home")}.items():
-        monkeypatch.setenv(k, v)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()  # fsspec keeps file systems by arguments; the endpoint is new
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="bucket")
-    try:
+    with moto_s3(monkeypatch, tmp_path / "home") as client:
         yield client
-    finally:
-        server.stop()
 
 
 def test_record_ls_info_analyze_and_dashboard_index_on_s3(s3, run_cli, tmp_path):

@@ -128,3 +128,46 @@ def test_interventions_in_a_spec_are_pinned_and_passed_to_every_cell(tmp_path):
     spec = parse_spec({**BASE, "interventions": ["swap red blue steps=0:1"]})
     assert spec.interventions == ["swap red blue steps=0:1"]
     assert protocol(spec, None)["interventions"] == ["swap red blue steps=0:1"]  # another sweep with other edits is refused
+
+
+def test_a_sweep_on_a_url_root_keeps_its_manifest_as_one_object_and_reads_the_cells_manifests(tmp_path):
+    from attnlens.errors import StoreError
+    from attnlens.store.remote import filesystem, publish_run, read_run_manifests, write_json_object
+    from attnlens.sweeps.manifest import done_cells
+
+    root = f"memory://bucket/{tmp_path.name}"  # fsspec's in-memory file system: one per process
+    spec = parse_spec(BASE)
+    cells = spec.cells(root)
+    assert cells[0].path == f"{root}/a-red-crown/none-seed0" and cells[0].rel == "a-red-crown/none-seed0"
+    man = SweepManifest.create(root, spec, None)
+    fs, path = filesystem(root)
+    assert fs.ls(path, detail=False) == [f"{path}/sweep.json"]  # one object, nothing else written at the root
+    data = read_sweep(root)
+    assert data == man.data and [c["state"] for c in data["cells"]] == [PENDING] * 12
+    with pytest.raises(ConfigError, match="steps"):
+        SweepManifest.create(root, parse_spec({**BASE, "steps": 3}), None)
+    assert read_sweep(root) == data
+
+    man.min_interval = 3600  # on a URL root, set() writes at most this often; flush() writes what was held back
+    man.set(cells[0].id, "complete")  # recorded as done, but no run on the store
+    assert read_sweep(root)["cells"][0]["state"] == PENDING
+    man.flush()
+    assert read_sweep(root)["cells"][0]["state"] == "complete"
+    w = RunWriter(tmp_path / "run", {"prompt": cells[1].prompt, "seed": 0})
+    w.finish()
+    publish_run(tmp_path / "run", cells[1].path)  # complete, but not with the cell's settings
+    done = {"status": "complete", "prompt": cells[2].prompt, "seed": cells[2].seed, "steps": 2,
+            "method": {"name": cells[2].variant.method}, "sweep_cell": spec.cell_settings(cells[2])}
+    write_json_object(f"{cells[2].path}/manifest.json", done)
+    fs.pipe_file(f"{filesystem(cells[3].path)[1]}/manifest.json", b'{"status": "compl')  # a cut manifest
+    states = {c["id"]: (c["state"], c["run_status"]) for c in cell_states(root)}
+    assert states[cells[0].id] == ("pending", None) and states[cells[1].id] == ("complete", "complete")
+    assert states[cells[3].id] == ("pending", None)
+    assert done_cells(spec, cells) == {cells[2].id}
+    assert read_run_manifests([cells[2].path, cells[4].path]) == {cells[2].path: done, cells[4].path: None}
+
+    fs.pipe_file(f"{path}/sweep.json", b"{not json")
+    with pytest.raises(StoreError, match="damaged"):
+        read_sweep(root)
+    with pytest.raises(AttnlensError, match="holds no sweep"):
+        cell_states(f"{root}/nothing")
