@@ -381,3 +381,21 @@ def test_the_other_cross_attention_methods_guide_the_transformers(request, fixtu
     assert result.log and all(np.isfinite(e["loss"]) and e["grad_norm"] > 0 for e in result.log), result.log
     plain = guided_sample(pipe, PROMPT, seed=0, num_inference_steps=1)
     assert not torch.equal(result.latents, plain.latents)
+
+
+USER_LOSS = '''
+import torch
+
+def loss(maps, parse, i):
+    """Draw attention to text position 2 (a word of the prompt on every family): minus its mean map."""
+    return -torch.stack([m.mean(0)[..., 2].mean() for m in maps.values()]).mean()
+'''
+
+
+@pytest.mark.parametrize("fixture", ["sdxl_pipe", "sd3_pipe", "flux_pipe", "pixart_pipe", "sana_pipe"])
+def test_a_user_loss_file_guides_every_family(request, fixture, tmp_path):
+    """A loss written by the user (``--method path.py:function``) gets the family's live maps and lowers under
+    repeated updates, as the built-in methods do."""
+    (tmp_path / "user_loss.py").write_text(USER_LOSS)
+    losses = lowers_its_loss(request.getfixturevalue(fixture), f"{tmp_path / 'user_loss.py'}:loss")
+    assert losses[-1] < losses[0], losses
