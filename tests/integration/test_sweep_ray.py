@@ -123,9 +123,21 @@ def cluster(s3_endpoint):
     try:
         start(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false", "--temp-dir", str(tmp),
                "--dashboard-agent-listen-port", str(_free_port())])
+        def worker() -> None:
+            start(["--address", address, "--num-cpus", "1", "--dashboard-agent-listen-port", str(_free_port())])
+
         for _ in range(2):
             time.sleep(1)
-            start(["--address", address, "--num-cpus", "1", "--dashboard-agent-listen-port", str(_free_port())])
+            worker()
+        # a worker node's raylet has crashed while starting on a loaded machine (once, in a fresh-clone run): a node
+        # whose process has ended is replaced, up to twice, before the tests get the cluster
+        for _ in range(2):
+            if _workers_ready(address, 60):
+                break
+            for p in list(nodes[1:]):
+                if p.poll() is not None:
+                    nodes.remove(p)
+                    worker()
         yield address
     finally:
         for p in reversed(nodes):  # the processes this fixture started, by their id
@@ -157,13 +169,22 @@ def _ended(proc: subprocess.Popen):
             proc.wait()
 
 
-def _wait_for_workers(address: str, timeout: float = 120) -> None:
-    """Block until the cluster offers the two worker nodes' CPUs (one driver, polling)."""
+def _workers_ready(address: str, timeout: float = 120) -> bool:
+    """Whether the cluster offers the two worker nodes' CPUs within ``timeout`` s (one driver, polling)."""
+    return _probe(address, timeout).returncode == 0
+
+
+def _probe(address: str, timeout: float) -> subprocess.CompletedProcess:
     code = ("import ray, sys, time; ray.init(address=sys.argv[1], logging_level='ERROR'); end = time.time() + "
             "float(sys.argv[2])\nwhile ray.cluster_resources().get('CPU', 0) < 2 and time.time() < end: time.sleep(0.2)"
             "\nsys.exit(ray.cluster_resources().get('CPU', 0) < 2)")
-    probe = subprocess.run([sys.executable, "-c", code, address, str(timeout)], env=_env(), capture_output=True,
-                           text=True, timeout=timeout + 60)
+    return subprocess.run([sys.executable, "-c", code, address, str(timeout)], env=_env(), capture_output=True,
+                          text=True, timeout=timeout + 60)
+
+
+def _wait_for_workers(address: str, timeout: float = 120) -> None:
+    """Block until the cluster offers the two worker nodes' CPUs (one driver, polling)."""
+    probe = _probe(address, timeout)
     assert probe.returncode == 0, f"the Ray cluster did not get its two worker nodes: {probe.stderr[-500:]}"
 
 
