@@ -2,7 +2,8 @@
 # Protocol stage 2 (docs/testbed.md, "Protocol, stage 2"): finish validation (4 captions x 2 seeds), calibrate,
 # then test captions 9.. in order: attnlens-shapes-bow up to 39 captions (78 units), attnlens-shapes up to 12.
 # Stopping rule: every recording process is stopped at STOP (UTC, HH:MM; stage 2 used 17:55), whatever has or has
-# not finished. Run from anywhere: `STOP=17:55 bash analyses/protocol/full.sh`; ATTNLENS / PYTHON name the executables.
+# not finished. Run from anywhere: `STOP=17:55 bash analyses/protocol/full.sh`; ATTNLENS / PYTHON name the executables
+# (default: attnlens and python on PATH, e.g. with the project's .venv activated).
 cd "$(dirname "$0")/../.."   # the repository root; outputs under out/protocol
 A=${ATTNLENS:-attnlens}
 METHODS="--method none --method syngen --method syngen-entropy --method attend-excite --method divide-bind"
