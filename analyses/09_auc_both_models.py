@@ -5,7 +5,9 @@ For each model, every run of its protocol benchmarks (``attnlens bench calibrate
 (``attnlens.analysis``, sample phase) and every attention metric is scored by its ROC AUC for the evaluator's
 per-run label at the point fixed before looking: the ``all`` layer aggregate at the last step
 (:func:`attnlens.testbed.predictive.fixed_point`), over all runs and over the unguided (``none``) runs alone. The
-table puts the models side by side; ``agree`` says whether both AUCs lie on the same side of 0.5.
+table puts the models side by side; ``agree`` says whether both AUCs lie on the same side of 0.5. The intervals
+resample (prompt, seed) units, not runs (``metric_auc(..., clusters=)``): the runs of one unit under different methods
+are near copies, so DeLong's interval over runs would be too narrow (it is kept in the CSV as ``delong_low``/``_high``).
 
     python analyses/09_auc_both_models.py --model attnlens-shapes=out/protocol/shapes \\
         --model attnlens-shapes-bow=out/protocol/bow --out out/protocol/auc
@@ -48,6 +50,10 @@ def model_auc(name: str, folder: Path, out: Path, log) -> pd.DataFrame:
         parts.append(read_table(part))
     df = pd.concat(parts, ignore_index=True)
     df = df[df["run"].isin(runs)]
+    # the fixed point only (layer `all`, trajectory metrics `latent`, last step): the unit bootstrap is per group
+    df = df[df["layer"].isin(["all", "latent"])]
+    df = df[df["step"] == df.groupby(["metric", "role"], observed=True)["step"].transform("max")]
+    units = {r: f"{p}|{s}" for r, p, s in zip(outcomes["run"], outcomes["prompt"], outcomes["seed"])}
     none_runs = list(outcomes.loc[outcomes["variant"] == "none", "run"])
     frames = []
     for label in LABELS:
@@ -56,20 +62,23 @@ def model_auc(name: str, folder: Path, out: Path, log) -> pd.DataFrame:
             if o[label].astype(bool).nunique() < 2:
                 log(f"{name}: every {which} run has the same '{label}': no AUC")
                 continue
-            fx = fixed_point(metric_auc(df, outcomes, label=label, runs=subset))
+            auc = metric_auc(df, outcomes, label=label, runs=subset, clusters=units)
+            fx = fixed_point(auc).merge(auc[["metric", "role", "layer", "step", "delong_low", "delong_high",
+                                             "n_clusters"]], on=["metric", "role", "layer", "step"])
             frames.append(fx.assign(model=name, label=label, runs=which, n=len(o)))
     return pd.concat(frames, ignore_index=True)
 
 
 def side_by_side(t: pd.DataFrame, names: list[str]) -> str:
-    """Markdown: one row per (metric, role), for each (label, runs) the models' AUCs [95 % DeLong interval]."""
+    """Markdown: one row per (metric, role), for each (label, runs) the models' AUCs [95 % unit-bootstrap interval]."""
     t = t.assign(cell=[f"{fmt(a)} [{fmt(lo)}, {fmt(hi)}]" for a, lo, hi in zip(t["auc"], t["low"], t["high"])])
     cols = [(lab, w) for lab in LABELS for w in ("all", "none") if ((t["label"] == lab) & (t["runs"] == w)).any()]
     head = ["metric [role]"]
     for lab, w in cols:
         for n in names:
             sub = t[(t["label"] == lab) & (t["runs"] == w) & (t["model"] == n)]
-            counts = f"{int(sub['n_pos'].iloc[0])}/{int(sub['n_neg'].iloc[0])}" if len(sub) else "–"
+            counts = (f"{int(sub['n_pos'].iloc[0])}/{int(sub['n_neg'].iloc[0])} runs, {int(sub['n_clusters'].iloc[0])} units"
+                      if len(sub) else "–")
             head.append(f"{n}: {lab}, {'all runs' if w == 'all' else 'unguided'} ({counts})")
         head.append("agree")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
@@ -88,6 +97,8 @@ def side_by_side(t: pd.DataFrame, names: list[str]) -> str:
             known = [a for a in aucs if a == a]
             row.append("–" if len(known) < 2 else ("yes" if len({a > 0.5 for a in known}) == 1 else "no"))
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "AUC on all runs [95 % interval from resampling (prompt, seed) units, 2000 draws, seed 0]; counts: "
+              "successes/failures among the runs, and the units they come from."]
     return "\n".join(lines) + "\n"
 
 

@@ -13,8 +13,14 @@ and V₀₁(j) = 1 − (r_j − r₋_j)/m of each failure (r: mid-rank among all
 
     Var(AUC) = s²(V₁₀)/m + s²(V₀₁)/n,   interval AUC ± z·√Var, clipped to [0, 1].
 
-Runs recorded with the same (prompt, seed) under different methods are not independent; the interval treats runs
-as independent samples, so read it as a lower bound on the uncertainty when several methods are pooled.
+Runs recorded with the same (prompt, seed) under different methods are not independent; DeLong's interval treats
+runs as independent samples, so it is too narrow when several methods are pooled. :func:`auc_cluster_bootstrap`
+(``metric_auc(..., clusters=)``) resamples whole units instead: draw the units with replacement, give each run the
+number of times its unit was drawn as a weight, and take the weighted AUC
+
+    AUC_w = Σ_{i success} Σ_{j failure} w_i w_j ([s_i > s_j] + ½[s_i = s_j]) / (Σ_{success} w · Σ_{failure} w);
+
+the interval is the percentile interval of AUC_w over the draws (draws without a success or a failure are skipped).
 """
 
 from __future__ import annotations
@@ -88,8 +94,55 @@ def auc_delong(scores: np.ndarray, labels: np.ndarray, ci: float = 0.95) -> dict
             "n_pos": np.full(g, m), "n_neg": np.full(g, n)}
 
 
+def auc_cluster_bootstrap(scores: np.ndarray, labels: np.ndarray, clusters: Sequence, *, ci: float = 0.95,
+                          n_boot: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+    """ROC AUC of ``scores`` (groups × runs, or one row) for boolean ``labels`` (runs) with a percentile interval
+    from resampling whole ``clusters`` (one id per run, e.g. the run's (prompt, seed) unit) with replacement.
+
+    Returns arrays (one value per group): ``auc`` (on all runs, as :func:`auc_delong`), ``low``, ``high``, ``se``
+    (the standard deviation over draws); ``n_pos``, ``n_neg``; ``n_clusters``. The same ``seed`` gives the same
+    draws for every group, so two groups' intervals come from the same resamples.
+
+    Examples::
+
+        >>> r = auc_cluster_bootstrap(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool), [0, 0, 1, 1])
+        >>> float(r["auc"][0]), float(r["low"][0]), float(r["high"][0])
+        (0.75, 0.75, 0.75)
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    y = np.asarray(labels).astype(bool)
+    if x.shape[-1] != y.shape[0] or len(clusters) != y.shape[0]:
+        raise AttnlensError(f"{x.shape[-1]} scores per group, {y.shape[0]} labels and {len(clusters)} cluster ids")
+    if np.isnan(x).any():
+        raise AttnlensError("scores contain NaN", hint="drop incomplete groups before computing the AUC")
+    _, cid = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)  # clusters in order of str(id)
+    k = int(cid.max()) + 1 if len(cid) else 0
+    base = auc_delong(x, y, ci=ci)
+    g = x.shape[0]
+    out = {"auc": base["auc"], "n_pos": base["n_pos"], "n_neg": base["n_neg"], "n_clusters": np.full(g, k)}
+    if not y.any() or y.all():
+        nan = np.full(g, np.nan)
+        return {**out, "low": nan, "high": nan.copy(), "se": nan.copy()}
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(np.float64)  # draws × clusters
+    w = counts[:, cid]  # draws × runs: each run weighted by how often its cluster was drawn
+    wp, wn = w[:, y], w[:, ~y]
+    sp, sn = wp.sum(axis=1), wn.sum(axis=1)
+    ok = (sp > 0) & (sn > 0)
+    low, high, se = np.empty(g), np.empty(g), np.empty(g)
+    for i in range(g):
+        pos, neg = x[i, y], x[i, ~y]
+        win = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # successes × failures
+        a = np.einsum("bp,pn,bn->b", wp[ok], win, wn[ok]) / (sp[ok] * sn[ok])
+        low[i], high[i] = np.quantile(a, [0.5 - ci / 2.0, 0.5 + ci / 2.0])
+        se[i] = a.std(ddof=1) if len(a) > 1 else np.nan
+    return {**out, "low": low, "high": high, "se": se}
+
+
 def metric_auc(df, outcomes, *, label: str = "success", ci: float = 0.95, phase: str | None = "sample",
-               runs: Sequence[str] | None = None):
+               runs: Sequence[str] | None = None, clusters=None, n_boot: int = 2000, seed: int = 0):
     """AUC of every (metric, role, layer, phase, step) group of the metrics table ``df`` for the ``label`` column
     of ``outcomes`` (one row per run, column ``run`` matching ``df.run``).
 
@@ -98,6 +151,11 @@ def metric_auc(df, outcomes, *, label: str = "success", ci: float = 0.95, phase:
     where some run has no value are dropped. Returns a DataFrame with the group columns, ``auc``, ``low``,
     ``high``, ``se``, ``n_pos``, ``n_neg``, ``informative`` (= |AUC − 0.5|) and ``direction`` (higher or lower
     values go with ``label``).
+
+    ``clusters`` (a mapping run → unit id, e.g. ``(prompt, seed)``) makes ``low``/``high``/``se`` the unit-level
+    bootstrap of :func:`auc_cluster_bootstrap` (``n_boot`` draws from ``seed``; column ``n_clusters``) and keeps
+    DeLong's as ``delong_low``/``delong_high``. It costs about ``n_boot`` × successes × failures per group: filter
+    ``df`` to the groups you report first (e.g. the fixed point).
     """
     import pandas as pd
 
@@ -121,6 +179,15 @@ def metric_auc(df, outcomes, *, label: str = "success", ci: float = 0.95, phase:
         raise AttnlensError("no metric has a value for every run", hint="check that every run is complete")
     res = auc_delong(wide.to_numpy(), out_runs.loc[cols].to_numpy(), ci=ci)
     table = wide.index.to_frame(index=False)
+    if clusters is not None:
+        missing = [r for r in cols if r not in clusters]
+        if missing:
+            raise AttnlensError(f"{len(missing)} run(s) have no cluster id, e.g. {missing[0]}",
+                                hint="give every analysed run its unit, e.g. its (prompt, seed)")
+        table["delong_low"], table["delong_high"] = res["low"], res["high"]
+        res = auc_cluster_bootstrap(wide.to_numpy(), out_runs.loc[cols].to_numpy(), [clusters[r] for r in cols],
+                                    ci=ci, n_boot=n_boot, seed=seed)
+        table["n_clusters"] = res["n_clusters"]
     for k in ("auc", "low", "high", "se", "n_pos", "n_neg"):
         table[k] = res[k]
     table["informative"] = (table["auc"] - 0.5).abs()
@@ -197,4 +264,4 @@ def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all
     return build()
 
 
-__all__ = ["auc_delong", "auc_figure", "best_predictors", "fixed_point", "metric_auc"]
+__all__ = ["auc_cluster_bootstrap", "auc_delong", "auc_figure", "best_predictors", "fixed_point", "metric_auc"]

@@ -241,3 +241,31 @@ def test_cli_bench_refuses_a_bad_intervention_before_recording(tmp_path, run_cli
                                  "--out", tmp_path / "b")
         assert code == 2 and words in err and "Traceback" not in err, err
         assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_auc_of_both_models_script_resamples_units(bench, tmp_path):
+    """analyses/09 on two protocol folders: side-by-side fixed-point AUCs with intervals over (prompt, seed) units,
+    DeLong's kept in the CSV; a rerun reads the per-run metrics it already wrote."""
+    from pathlib import Path
+
+    out, res = bench
+    o = res.outcomes.assign(success=[True, False] * 3, bound=[True, True, False] * 2)  # inject labels
+    for name in ("a", "b"):
+        (tmp_path / name / "test").mkdir(parents=True)
+        o.to_csv(tmp_path / name / "test" / "outcomes.csv", index=False)
+    script = Path(__file__).resolve().parents[2] / "analyses" / "09_auc_both_models.py"
+    cmd = [sys.executable, str(script), "--model", f"a={tmp_path / 'a'}", "--model", f"b={tmp_path / 'b'}",
+           "--out", str(tmp_path / "auc")]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    t = pd.read_csv(tmp_path / "auc" / "auc_fixed_models.csv")
+    assert set(t["model"]) == {"a", "b"} and set(t["label"]) == {"success", "bound"}
+    assert (t["n_clusters"] == 2).all() and {"delong_low", "delong_high"} <= set(t.columns)
+    assert ((t["low"] <= t["auc"]) & (t["auc"] <= t["high"])).all()
+    md = (tmp_path / "auc" / "auc_fixed_models.md").read_text()
+    assert "3/3 runs, 2 units" in md and "resampling (prompt, seed) units" in md
+    a, b = t[t.model == "a"].reset_index(drop=True), t[t.model == "b"].reset_index(drop=True)
+    np.testing.assert_array_equal(a["auc"], b["auc"])  # the same runs give the same numbers under either name
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and "analysing run" in first.stderr and "analysing run" not in again.stderr

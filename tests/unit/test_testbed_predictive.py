@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from attnlens.errors import AttnlensError
-from attnlens.testbed.predictive import auc_delong, best_predictors, metric_auc
+from attnlens.testbed.predictive import auc_cluster_bootstrap, auc_delong, best_predictors, metric_auc
 
 
 def pairwise_auc(x, y):
@@ -119,3 +119,49 @@ def test_fixed_point_is_the_last_step_of_the_all_aggregate(tmp_path):
     part = saved[saved["label"] == "success"]
     assert (part["n_pos_unguided"] + part["n_neg_unguided"] == 12).all()
     assert saved.loc[saved["label"] == "bound", "auc_unguided"].isna().all()
+
+
+def test_cluster_bootstrap_counts_copies_of_a_unit_once():
+    """Four near-copies of each unit (the same scores and label, as when several methods change nothing) narrow
+    DeLong's interval by about half; the unit bootstrap gives exactly the interval of the units alone."""
+    rng = np.random.default_rng(3)
+    y = rng.random(40) < 0.4
+    x = np.round(rng.normal(size=(2, 40)) + 0.8 * y, 1)
+    units = [f"u{i:02d}" for i in range(40)]
+    alone = auc_cluster_bootstrap(x, y, units, n_boot=500)
+    copies = auc_cluster_bootstrap(np.repeat(x, 4, axis=1), np.repeat(y, 4), np.repeat(units, 4), n_boot=500)
+    for k in ("auc", "low", "high", "se"):
+        np.testing.assert_allclose(copies[k], alone[k], rtol=1e-12)
+    assert (copies["n_clusters"] == 40).all() and (copies["n_pos"] == 4 * y.sum()).all()
+    width = lambda r: r["high"] - r["low"]  # noqa: E731
+    d1, d4 = auc_delong(x, y), auc_delong(np.repeat(x, 4, axis=1), np.repeat(y, 4))
+    assert (width(d4) < 0.6 * width(d1)).all()
+    # with one run per unit the bootstrap's spread is DeLong's, up to resampling noise
+    np.testing.assert_allclose(alone["se"], d1["se"], rtol=0.25)
+    assert (alone["low"] <= alone["auc"]).all() and (alone["auc"] <= alone["high"]).all()
+
+
+def test_cluster_bootstrap_one_draw_is_the_auc_of_the_resampled_runs():
+    """The weighted AUC of a draw equals the plain AUC of the runs of the drawn units, repeated as drawn."""
+    rng = np.random.default_rng(4)
+    y = np.repeat(rng.random(12) < 0.5, 3)
+    x = rng.normal(size=36) + y
+    units = np.repeat([f"u{i:02d}" for i in range(12)], 3)  # ids sort as their numbers: draw i is unit i
+    r = auc_cluster_bootstrap(x, y, units, n_boot=1, seed=7)
+    draw = np.random.default_rng(7).multinomial(12, np.full(12, 1 / 12), size=1)[0]
+    keep = np.concatenate([np.flatnonzero(units == f"u{u:02d}").repeat(c) for u, c in enumerate(draw)])
+    assert r["low"][0] == pytest.approx(pairwise_auc(x[keep], y[keep])[0], abs=1e-12) == r["high"][0]
+    with pytest.raises(AttnlensError, match="cluster ids"):
+        auc_cluster_bootstrap(x, y, units[:-1])
+
+
+def test_metric_auc_with_clusters_keeps_delong_beside_the_unit_interval():
+    df, outcomes = _table()
+    plain = metric_auc(df, outcomes)
+    units = {r: int(r[1:]) // 2 for r in outcomes.run}  # two runs per unit
+    t = metric_auc(df, outcomes, clusters=units, n_boot=200)
+    np.testing.assert_array_equal(t["auc"], plain["auc"])
+    np.testing.assert_array_equal(t["delong_low"], plain["low"])
+    assert (t["n_clusters"] == 15).all() and not np.allclose(t["low"], plain["low"])
+    with pytest.raises(AttnlensError, match="no cluster id"):
+        metric_auc(df, outcomes, clusters={"r0": 0})
