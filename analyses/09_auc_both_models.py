@@ -14,7 +14,8 @@ are near copies, so DeLong's interval over runs would be too narrow (it is kept 
 
 Each ``NAME=DIR`` reads ``DIR/calibrate/outcomes.csv`` and ``DIR/test/outcomes.csv`` (those that exist); the maps
 are read from the runs these tables name. Writes ``OUT/NAME/maps/*.parquet`` (the metrics of each run, reused by
-a rerun), ``OUT/auc_fixed_models.{md,csv}``.
+a rerun), ``OUT/auc_fixed_models.{md,csv}`` and the figure ``OUT/auc_agreement.{pdf,png}`` (the first two models
+against each other, one panel per label; SynGen's premise metrics labelled).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ import pandas as pd
 
 from attnlens.analysis import read_table, write_parquet
 from attnlens.compare import fmt
-from attnlens.testbed.predictive import fixed_point, metric_auc
+from attnlens.testbed.predictive import auc_agreement_figure, fixed_point, metric_auc
 
 LABELS = ("success", "bound")
+#: the metrics of SynGen's two terms and of entity overlap, labelled on the figure
+PREMISE = (("jsd", "unbound"), ("soft_iou", "bound"), ("soft_iou", "entities"))
 
 
 def model_auc(name: str, folder: Path, out: Path, log) -> pd.DataFrame:
@@ -120,6 +123,12 @@ def main() -> None:
     t.to_csv(args.out / "auc_fixed_models.csv", index=False)
     md = side_by_side(t, [n for n, _ in pairs])
     (args.out / "auc_fixed_models.md").write_text(md)
+    if len(pairs) >= 2:
+        from attnlens.figures import save_figure
+
+        fig = auc_agreement_figure(t, pairs[0][0], pairs[1][0], highlight=PREMISE)
+        for suffix in ("pdf", "png"):
+            save_figure(fig, args.out / f"auc_agreement.{suffix}")
     print(md)
 
 

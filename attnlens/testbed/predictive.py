@@ -264,4 +264,58 @@ def auc_figure(auc_table, pairs: Sequence[tuple[str, str]], *, layer: str = "all
     return build()
 
 
-__all__ = ["auc_cluster_bootstrap", "auc_delong", "auc_figure", "best_predictors", "fixed_point", "metric_auc"]
+def auc_agreement_figure(table, x_model: str, y_model: str, *, labels: Sequence[str] = ("bound", "success"),
+                         runs: str = "all", highlight: Sequence[tuple[str, str]] = (), width: str | float = "page",
+                         height: float | None = None):
+    """Does an AUC analysis carry over from one model to another? One panel per label: each (metric, role) is a
+    point at (AUC on ``x_model``, AUC on ``y_model``) with both intervals as error bars. Points in the lower-left or
+    upper-right quadrant (split at 0.5) agree in direction; the diagonal is equal AUC. ``table`` is long, with
+    columns ``model``, ``label``, ``runs``, ``metric``, ``role``, ``auc``, ``low``, ``high`` (one row per model, label,
+    runs and metric, e.g. fixed-point tables of :func:`metric_auc` concatenated with those columns added);
+    ``highlight`` names (metric, role) pairs to label on the plot."""
+    want = [lab for lab in labels if ((table["label"] == lab) & (table["runs"] == runs)).any()]
+    if not want:
+        raise AttnlensError(f"no AUC rows for labels {', '.join(labels)} over '{runs}' runs",
+                            hint="pass the labels and runs of the table (e.g. label 'bound', runs 'all')")
+    for m in (x_model, y_model):
+        if m not in set(table["model"]):
+            raise AttnlensError(f"no AUC rows for model '{m}'", hint=f"models: {', '.join(sorted(set(table['model'])))}")
+    keys = ["metric", "role"]
+
+    @_styled
+    def build():
+        fig = _new_figure(width, height or 3.0)
+        axes = fig.subplots(1, len(want), squeeze=False)[0]
+        for ax, lab in zip(axes, want):
+            part = table[(table["label"] == lab) & (table["runs"] == runs)]
+            both = part[part["model"] == x_model].merge(part[part["model"] == y_model], on=keys, suffixes=("_x", "_y"))
+            agree = (both["auc_x"] > 0.5) == (both["auc_y"] > 0.5)
+            ax.axhline(0.5, color="0.6", linewidth=0.6, linestyle=":")
+            ax.axvline(0.5, color="0.6", linewidth=0.6, linestyle=":")
+            ax.plot([0, 1], [0, 1], color="0.8", linewidth=0.6)
+            for ok, colour, name in ((True, OKABE_ITO[4], "same direction"), (False, OKABE_ITO[5], "opposite")):
+                b = both[agree == ok]
+                if not len(b):
+                    continue
+                ax.errorbar(b["auc_x"], b["auc_y"], xerr=[b["auc_x"] - b["low_x"], b["high_x"] - b["auc_x"]],
+                            yerr=[b["auc_y"] - b["low_y"], b["high_y"] - b["auc_y"]], fmt="o", markersize=3,
+                            color=colour, elinewidth=0.5, capsize=0, label=f"{name} ({len(b)})")
+            for metric, role in highlight:
+                hit = both[(both["metric"] == metric) & (both["role"] == role)]
+                if len(hit):
+                    ax.annotate(f"{metric} [{role}]", (hit["auc_x"].iloc[0], hit["auc_y"].iloc[0]), fontsize=6,
+                                xytext=(4, 4), textcoords="offset points")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_aspect("equal")
+            ax.set_xlabel(f"AUC on {x_model}")
+            ax.set_ylabel(f"AUC on {y_model}")
+            ax.set_title(f"{lab}, {runs} runs")
+            ax.legend(loc="lower right")
+            _panel(fig, ax)
+        return fig
+
+    return build()
+
+
+__all__ = ["auc_agreement_figure", "auc_cluster_bootstrap", "auc_delong", "auc_figure", "best_predictors", "fixed_point", "metric_auc"]

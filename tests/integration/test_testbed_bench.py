@@ -265,6 +265,7 @@ def test_auc_of_both_models_script_resamples_units(bench, tmp_path):
     assert ((t["low"] <= t["auc"]) & (t["auc"] <= t["high"])).all()
     md = (tmp_path / "auc" / "auc_fixed_models.md").read_text()
     assert "3/3 runs, 2 units" in md and "resampling (prompt, seed) units" in md
+    assert (tmp_path / "auc" / "auc_agreement.pdf").read_bytes()[:4] == b"%PDF"
     a, b = t[t.model == "a"].reset_index(drop=True), t[t.model == "b"].reset_index(drop=True)
     np.testing.assert_array_equal(a["auc"], b["auc"])  # the same runs give the same numbers under either name
     again = subprocess.run(cmd, capture_output=True, text=True)

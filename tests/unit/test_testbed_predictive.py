@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from attnlens.errors import AttnlensError
-from attnlens.testbed.predictive import auc_cluster_bootstrap, auc_delong, best_predictors, metric_auc
+from attnlens.testbed.predictive import auc_agreement_figure, auc_cluster_bootstrap, auc_delong, best_predictors, metric_auc
 
 
 def pairwise_auc(x, y):
@@ -165,3 +165,26 @@ def test_metric_auc_with_clusters_keeps_delong_beside_the_unit_interval():
     assert (t["n_clusters"] == 15).all() and not np.allclose(t["low"], plain["low"])
     with pytest.raises(AttnlensError, match="no cluster id"):
         metric_auc(df, outcomes, clusters={"r0": 0})
+
+
+def test_auc_agreement_figure_puts_each_metric_at_its_two_aucs():
+    from attnlens.figures import panel_count
+
+    rows = []
+    for model, sign in (("a", 1), ("b", -1)):
+        for lab in ("bound", "success"):
+            for metric, auc in (("jsd", 0.8), ("iou", 0.3), ("tv", 0.6)):
+                a = 0.5 + sign * (auc - 0.5) if metric == "iou" else auc  # iou flips direction between models
+                rows.append((model, lab, "all", metric, "x", a, a - 0.1, a + 0.1))
+    t = pd.DataFrame(rows, columns=["model", "label", "runs", "metric", "role", "auc", "low", "high"])
+    fig = auc_agreement_figure(t, "a", "b", highlight=[("jsd", "x")])
+    assert panel_count(fig) == 2
+    ax = fig.attnlens_panels[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["same direction (2)", "opposite (1)"]
+    same = ax.lines[3].get_xydata()  # after the two 0.5 lines and the diagonal: the first error-bar series
+    assert sorted(map(tuple, same.round(6))) == [(0.6, 0.6), (0.8, 0.8)]
+    assert any(a.get_text() == "jsd [x]" for a in ax.texts)
+    with pytest.raises(AttnlensError, match="no AUC rows for model"):
+        auc_agreement_figure(t, "a", "c")
+    with pytest.raises(AttnlensError, match="no AUC rows for labels"):
+        auc_agreement_figure(t, "a", "b", labels=["nope"])
