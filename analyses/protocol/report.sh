@@ -37,4 +37,6 @@ done
 wait
 $PY analyses/09_auc_both_models.py --model attnlens-shapes=out/protocol/shapes \
     --model attnlens-shapes-bow=out/protocol/bow --out out/protocol/auc > out/protocol/auc.log 2>&1
+$PY analyses/10_protocol_differences.py --model attnlens-shapes-bow=out/protocol/bow \
+    --model attnlens-shapes=out/protocol/shapes --out out/protocol/differences
 date -u +"%H:%M:%S report done"

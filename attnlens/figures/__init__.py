@@ -11,6 +11,8 @@ One module per figure kind, each a pure function that returns a matplotlib ``Fig
   (default in the CLI: the headline metrics).
 * :mod:`.layers` — :func:`layers_figure`: a layer × step heat map of a metric, one panel per method.
 * :mod:`.losses` — :func:`losses_figure`: the guidance loss terms per step, one panel per term.
+* :mod:`.differences` — :func:`differences_figure`: paired differences to the baseline with intervals (a forest
+  plot) from one or more comparison tables, one panel per metric.
 * :mod:`.style` — sizes, palette, fonts and :func:`save_figure` (PDF with TrueType fonts embedded, SVG or 300-dpi
   PNG, byte-for-byte deterministic); :mod:`.tables` — row selection and per-step bootstrap curves.
 
@@ -23,6 +25,7 @@ changes matplotlib's backend. The Okabe–Ito palette for lines (colour-blind sa
 from __future__ import annotations
 
 from .curves import curves_figure
+from .differences import differences_figure
 from .layers import layer_order, layers_figure, short_layer
 from .losses import losses_figure
 from .maps import maps_figure, word_heatmap_figure, word_maps
@@ -52,6 +55,6 @@ from .style import (  # noqa: F401  (private helpers re-exported for attnlens.te
 from .tables import _draw_curves, _filter, _groups, step_curves  # noqa: F401
 
 __all__ = ["BOOKKEEPING", "DPI", "FORMATS", "FigureSpec", "HEATMAP_CMAP", "KINDS", "LINESTYLES", "OKABE_ITO",
-           "OVERLAY_CMAP", "STYLE", "WIDTHS", "curves_figure", "draw", "figure_bytes", "figure_width", "group_style",
+           "OVERLAY_CMAP", "STYLE", "WIDTHS", "curves_figure", "differences_figure", "draw", "figure_bytes", "figure_width", "group_style",
            "headline_metrics", "layer_order", "layers_figure", "losses_figure", "maps_figure", "panel_count", "render",
            "save_figure", "select_steps", "short_layer", "step_curves", "word_heatmap_figure", "word_maps"]

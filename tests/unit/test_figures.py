@@ -13,7 +13,7 @@ from PIL import Image
 
 from attnlens import figures as F
 from attnlens.analysis import COLUMNS
-from attnlens.errors import AttnlensError
+from attnlens.errors import AttnlensError, BadOption
 
 LAYERS = ["down_blocks.0.attentions.0.transformer_blocks.0.attn2", "mid_block.attentions.0.transformer_blocks.0.attn2",
           "up_blocks.1.attentions.0.transformer_blocks.0.attn2"]
@@ -226,3 +226,33 @@ def test_headline_metrics_by_role():
     assert F.headline_metrics("modifier") == (["leak_in", "leak_out"], ["modifier", "modifier"])
     with pytest.raises(AttnlensError, match="no headline metric has role"):
         F.headline_metrics("nosuch")
+
+
+def _diff_table(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["metric", "role", "variant", "diff", "diff_low", "diff_high"])
+
+
+def test_differences_figure_draws_each_group_at_its_difference_and_interval():
+    from attnlens.figures import differences_figure
+
+    a = _diff_table([("misbinding", "image", "none", None, None, None),
+                     ("misbinding", "image", "m1", -0.2, -0.3, -0.1), ("misbinding", "image", "m2", 0.0, -0.05, 0.05),
+                     ("bound", "image", "m1", 0.1, 0.0, 0.2), ("bound", "image", "m2", 0.0, 0.0, 0.0)])
+    b = _diff_table([("misbinding", "image", "m2", 0.1, 0.0, 0.2), ("bound", "image", "m2", -0.1, -0.2, 0.0)])
+    fig = differences_figure({"A": a, "B": b}, ["misbinding", "bound"])
+    assert F.panel_count(fig) == 2
+    ax = fig.attnlens_panels[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["m2", "m1"]  # first group on top, baseline not drawn
+    (xa, ya), (xb, yb) = (line.get_data() for line in ax.lines[1:3])  # after the zero line: table A, then B
+    assert list(xa) == [-0.2, 0.0] and list(xb) == [0.1]
+    assert ya[0] > ya[1] and ya[1] > yb[0]  # m1 above m2; A's marker above B's on the shared row
+    bars = ax.collections[0].get_segments()  # table A's interval bars
+    assert [tuple(np.round(s[:, 0], 6)) for s in bars] == [(-0.3, -0.1), (-0.05, 0.05)]
+    only = differences_figure({"A": a}, ["bound"], groups=["m2"])
+    assert [t.get_text() for t in only.attnlens_panels[0].get_yticklabels()] == ["m2"]
+    with pytest.raises(BadOption, match="no differences for metric"):
+        differences_figure({"A": a}, ["nope"])
+    with pytest.raises(BadOption, match="no column"):
+        differences_figure({"A": a.drop(columns="diff_low")}, ["bound"])
