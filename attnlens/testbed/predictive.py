@@ -300,19 +300,22 @@ def auc_agreement_figure(table, x_model: str, y_model: str, *, labels: Sequence[
                 ax.errorbar(b["auc_x"], b["auc_y"], xerr=[b["auc_x"] - b["low_x"], b["high_x"] - b["auc_x"]],
                             yerr=[b["auc_y"] - b["low_y"], b["high_y"] - b["auc_y"]], fmt="o", markersize=3,
                             color=colour, elinewidth=0.5, capsize=0, label=f"{name} ({len(b)})")
-            for metric, role in highlight:
+            for j, (metric, role) in enumerate(highlight):
                 hit = both[(both["metric"] == metric) & (both["role"] == role)]
                 if len(hit):
+                    dx, dy, ha = ((5, 5, "left"), (5, -11, "left"), (5, 14, "left"))[j % 3]  # labels apart
                     ax.annotate(f"{metric} [{role}]", (hit["auc_x"].iloc[0], hit["auc_y"].iloc[0]), fontsize=6,
-                                xytext=(4, 4), textcoords="offset points")
+                                xytext=(dx, dy), textcoords="offset points", ha=ha)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             ax.set_aspect("equal")
             ax.set_xlabel(f"AUC on {x_model}")
             ax.set_ylabel(f"AUC on {y_model}")
             ax.set_title(f"{lab}, {runs} runs")
-            ax.legend(loc="lower right")
             _panel(fig, ax)
+        for ax in axes:  # the counts differ per panel: say them in each panel's legend entries, one legend below
+            handles, names = ax.get_legend_handles_labels()
+            ax.legend(handles, names, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2, frameon=False)
         return fig
 
     return build()
