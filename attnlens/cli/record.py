@@ -40,6 +40,12 @@ Interventions (docs/interventions.md) edit the cross-attention probabilities the
 
   attnlens record "a red circle and a blue square" --intervene "patch runs/a-red-circle-and-a-blue-square/none-seed0"
 
+On a testbed caption (attnlens bench binding's held-out prompts), an edit can be named and is made against that
+caption's own scene: mask-gt (each object's colour and shape words kept inside its ground-truth box), copy-noun,
+swap-colours, with steps=/layers=/phases= after the name (docs/testbed.md):
+
+  attnlens record "a red circle and a blue square" --model attnlens-shapes-bow --intervene mask-gt
+
 Grammar: OP TOKEN... [steps=SEL] [layers=L,...] [phases=sample,guidance]; OP is ablate WORD..., scale WORD... K,
 swap A B, copy SOURCE TARGET, mask WORD... box=r0,c0,r1,c1 (fractions or pixels), patch RUN. A run with
 interventions is written to OUT/<prompt-slug>/<method>+<interventions>-seed<N>.
@@ -145,7 +151,8 @@ def record(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
     model_dtype: Optional[str] = typer.Option(None, "--model-dtype", help="fp16 | fp32 (default: fp16 on cuda, fp32 on cpu)."),
     intervene: list[str] = typer.Option([], "--intervene", "-I",
-                                        help='Edit the attention, e.g. "swap red blue steps=0:10 layers=res16" '
+                                        help='Edit the attention, e.g. "swap red blue steps=0:10 layers=res16", '
+                                             "or on a testbed caption mask-gt | copy-noun | swap-colours "
                                              "(repeatable; applied in order; see the examples below)."),
     intervene_file: Optional[Path] = typer.Option(None, "--intervene-file",
                                                   help="JSON or TOML file of interventions (a list of specs, or "
@@ -187,9 +194,24 @@ def record(
     get_method(method, **options)  # validate before loading a model
     if guide_text is not None and guide_text not in ("clip", "t5", "both"):
         raise BadOption(f"unknown --guide-text '{guide_text}'", hint="choose one of: clip, t5, both (SD3 only)")
-    edits = [parse_intervention(t) for t in intervene] + (read_spec_file(intervene_file) if intervene_file else [])
+    from ..testbed.scene_edits import check_edit, edit_texts, is_named, scene_of
+
+    file_edits = read_spec_file(intervene_file) if intervene_file else []
+    named = [t for t in intervene if is_named(t)]
+    if named:  # testbed edits (mask-gt, copy-noun, swap-colours): made against each prompt's own testbed scene
+        for t in intervene:
+            check_edit(t)
+        per_prompt = {p: [parse_intervention(x) for t in intervene
+                          for x in edit_texts(t, scene_of(p) if is_named(t) else None)] + file_edits
+                      for p in prompts}  # a prompt that is no testbed caption is refused here, before any run
+        parts = [" ".join(t.split()) if is_named(t) else label_of([parse_intervention(t)]) for t in intervene]
+        edit_label = " + ".join(parts + ([label_of(file_edits)] if file_edits else []))
+        edits = per_prompt[prompts[0]]
+    else:
+        edits = [parse_intervention(t) for t in intervene] + file_edits
+        per_prompt, edit_label = {p: edits for p in prompts}, label_of(edits) if edits else ""
     name = run_name(method) + (f"+text-{guide_text}" if guide_text else "") + \
-        (f"+{slugify(label_of(edits), limit=60)}" if edits else "")
+        (f"+{slugify(edit_label, limit=60)}" if edits else "")
     from ..store import prepare_run_dir
     from ..store.remote import cache_path, is_url, join, publish_run
 
@@ -219,6 +241,12 @@ def record(
         for w in check_prompt(p, pipe.tokenizer).warnings:
             warn(w)
 
+    manifest = {"model_id": model}
+    if named:  # one label for every prompt (the boxes differ per prompt): `compare --by variant` groups them
+        from ..analysis.runs import variant_label
+
+        base = variant_label({"method": {"name": method, "hyperparameters": options, "guide_text": guide_text}})
+        manifest["label"] = f"{base} + {edit_label}"
     native = native_size(pipe)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False)
@@ -244,8 +272,8 @@ def record(
                                      num_inference_steps=n_steps, guidance_scale=guidance_scale, height=height,
                                      width=width, spacy_model=spacy_model, bind=list(bind) or None,
                                      include_entities=include_entities, recording=config,
-                                     overwrite=overwrite or remote, progress=tick, manifest={"model_id": model},
-                                     interventions=edits or None, guide_text=guide_text)
+                                     overwrite=overwrite or remote, progress=tick, manifest=manifest,
+                                     interventions=per_prompt[p] or None, guide_text=guide_text)
                 except BaseException:
                     progress.remove_task(task)  # a refused or failed run leaves its error line, not an empty bar
                     raise

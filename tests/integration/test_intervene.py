@@ -211,6 +211,30 @@ def test_cli_intervene(run_cli, tmp_path):
     assert (tmp_path / "a-red-cube-and-a-blue-ball" / "none+scale-red-3-steps-0-seed0").is_dir()
 
 
+def test_cli_named_testbed_edit_uses_each_prompts_own_scene(run_cli, tmp_path):
+    """`--intervene mask-gt` on testbed captions: each prompt's masks carry its own scene's boxes, every run has the
+    same variant label, and a prompt that is no testbed caption is refused before anything is written."""
+    from attnlens.testbed.scene_edits import edit_texts, scene_of
+
+    prompts = ["a red circle and a blue square", "a green cross and a blue cross"]
+    code, _, err = run_cli("record", *prompts, "--n-steps", "2", "--height", "64", "--width", "64", "--out",
+                           tmp_path, "--intervene", "mask-gt steps=0:1", "--intervene", "ablate and")
+    assert code == 0, err
+    for p in prompts:
+        (path,) = list((tmp_path / p.replace(" ", "-")).iterdir())
+        assert path.name == "none+mask-gt-steps-0-1-ablate-and-seed0"
+        run = attnlens.open_run(path)
+        assert variant_label(run.manifest) == "none + mask-gt steps=0:1 + ablate(and)"
+        masks = [e for e in run.manifest["interventions"] if e["op"] == "mask"]
+        want = [t.split() for t in edit_texts("mask-gt", scene_of(p))]
+        assert [m["tokens"] for m in masks] == [w[1:3] for w in want]
+        assert [",".join(f"{v:.4g}" for v in m["box"]) for m in masks] == [w[3].removeprefix("box=") for w in want]
+        assert all(m["steps"] == "0:1" for m in masks)
+    code, _, err = run_cli("record", PROMPT, "--n-steps", "2", "--out", tmp_path / "no", "--intervene", "mask-gt")
+    assert code == 2 and "not a held-out caption" in err and "Traceback" not in err
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--intervene", "swap red"], "takes 2 token"),
     (["--intervene", "explode red"], "unknown intervention"),
