@@ -26,7 +26,7 @@ for m in bow shapes; do
   K=$(kof $D); echo "$m: K = $K"
   $A bench binding --model $M $METHODS --split test --skip-prompts 8 --prompts $K --seeds 0,1 --sweep "" --no-analyse \
      --calibration $D/calibrate/calibration.json --threads 1 --out $D/test --runs $D/runs-test > $D/test.txt 2>&1
-  if [ $m = bow ] && [ $K -gt 12 ]; then
+  if [ $K -gt 12 ]; then
     $A bench binding --model $M $METHODS --split test --skip-prompts 8 --prompts 12 --seeds 0,1 --sweep "" --no-analyse \
        --calibration $D/calibrate/calibration.json --threads 1 --out $D/test-k12 --runs $D/runs-test > $D/test-k12.txt 2>&1
   fi
